@@ -1,0 +1,2 @@
+//! shipit: agentless SSH deploys.
+pub mod transport;

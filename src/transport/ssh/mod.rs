@@ -1,0 +1,1 @@
+//! OpenSSH-compatible client over russh (being written).
