@@ -8,7 +8,23 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{ExecObserver, ExecRequest, Exit, Output, STDIN_CHUNK, Stream, TransportError};
+use super::{
+    ExecObserver, ExecRequest, Exit, Output, STDIN_CHUNK, Stream, Transport, TransportError,
+};
+
+/// The machine running shipit, as a [`Transport`] (the host name is ignored).
+pub struct LocalTransport;
+
+impl Transport for LocalTransport {
+    async fn exec(
+        &self,
+        _host: &str,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
+        run(request, &[], observer).await
+    }
+}
 
 /// Runs `request.command` with `sh -c` in the current directory, with the
 /// given extra environment.

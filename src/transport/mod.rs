@@ -6,6 +6,8 @@
 //! rendered POSIX `sh` command line on one named host and reports exactly how
 //! it ended.
 
+#[cfg(test)]
+pub mod fake;
 pub mod local;
 pub mod ssh;
 

@@ -1,0 +1,228 @@
+//! deploy.toml, parsed and validated into typed values.
+//!
+//! `raw` mirrors the file; `load` reads it and reports syntax and shape
+//! errors with line numbers; `validate` applies stage overrides, defaults and
+//! rules, naming the exact key of every bad value. Nothing past this module
+//! ever sees an unchecked string where a duration, path or template belongs.
+
+mod load;
+pub mod raw;
+pub mod template;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use load::{from_str, load};
+pub use template::{Template, Var, Vars};
+
+/// Every stage of one deploy.toml, all validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub stages: BTreeMap<String, Stage>,
+}
+
+impl Config {
+    pub fn stage(&self, name: &str) -> Result<&Stage, ConfigErrors> {
+        self.stages.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.stages.keys().map(String::as_str).collect();
+            ConfigErrors::one(ConfigError {
+                file: self.file.clone(),
+                line: None,
+                key: format!("stages.{name}"),
+                message: format!(
+                    "there is no stage `{name}`; stages defined: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            })
+        })
+    }
+}
+
+/// Everything one stage needs: the `[app]`, `[ssh]`, … sections with this
+/// stage's overrides applied, and its hosts.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub app: App,
+    pub ssh: Ssh,
+    pub rollout: Rollout,
+    pub health: Option<Health>,
+    pub lb: Lb,
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    /// Absolute path on every host.
+    pub deploy_to: String,
+    pub source: Source,
+    pub build: Option<String>,
+    /// Local command whose output names the revision being shipped.
+    pub revision: Option<String>,
+    pub keep_releases: usize,
+    pub shared_dirs: Vec<String>,
+    pub shared_files: Vec<String>,
+    pub restart: Option<Template>,
+}
+
+/// What gets shipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local directory, packed by shipit.
+    Directory(PathBuf),
+    /// A ready `.tar.gz` / `.tgz`, shipped as it is.
+    Archive(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Directory(p) | Source::Archive(p) => p,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyChecking {
+    Strict,
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshConfigFile {
+    /// `~/.ssh/config`, if it exists.
+    Default,
+    Path(PathBuf),
+    Disabled,
+}
+
+/// `[ssh]`. `None` means "not set in deploy.toml": ssh_config or the
+/// built-in default decides, in that order.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub host_key_checking: Option<HostKeyChecking>,
+    pub config: SshConfigFile,
+    pub proxy_jump: Option<Vec<String>>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Option<Duration>,
+    pub max_concurrent_connects: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub batch_size: BatchSize,
+}
+
+/// `rolling_batch_size`: how many hosts change at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Count(usize),
+    /// 1–100; the share of the stage's selected hosts, rounded down, at least 1.
+    Percent(u8),
+}
+
+impl BatchSize {
+    pub fn hosts_per_batch(self, hosts: usize) -> usize {
+        let n = match self {
+            BatchSize::Count(n) => n,
+            BatchSize::Percent(p) => hosts * usize::from(p) / 100,
+        };
+        n.clamp(1, hosts.max(1))
+    }
+}
+
+impl fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchSize::Count(n) => write!(f, "{n}"),
+            BatchSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// `[health]`: polled over HTTP from the machine running shipit.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub url: Template,
+    pub expect_status: u16,
+    pub expect_body: Option<Template>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    pub request_timeout: Duration,
+}
+
+/// `[lb]`: command templates run on the machine running shipit.
+#[derive(Debug, Clone, Default)]
+pub struct Lb {
+    pub drain: Option<Template>,
+    pub enable: Option<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub roles: Vec<String>,
+}
+
+/// One problem in deploy.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// Dotted key path, such as `stages.production.health.timeout`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All problems found in one file, reported together so one run fixes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn one(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

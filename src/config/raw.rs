@@ -1,0 +1,201 @@
+//! The shape of deploy.toml exactly as written: every key optional, unknown
+//! keys rejected. Defaults and rules across keys belong to `validate`, so
+//! this file is the one place that lists which keys exist.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub app: Option<RawApp>,
+    pub ssh: Option<RawSsh>,
+    pub rollout: Option<RawRollout>,
+    pub health: Option<RawHealth>,
+    pub lb: Option<RawLb>,
+    pub stages: Option<BTreeMap<String, RawStage>>,
+}
+
+/// The sections that apply to every stage and that a stage may override.
+/// (Spelled out in both tables above because serde cannot combine
+/// `flatten` with `deny_unknown_fields`.)
+#[derive(Debug, Default, Clone)]
+pub struct RawSettings {
+    pub app: Option<RawApp>,
+    pub ssh: Option<RawSsh>,
+    pub rollout: Option<RawRollout>,
+    pub health: Option<RawHealth>,
+    pub lb: Option<RawLb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStage {
+    pub hosts: Option<Vec<RawHost>>,
+    pub app: Option<RawApp>,
+    pub ssh: Option<RawSsh>,
+    pub rollout: Option<RawRollout>,
+    pub health: Option<RawHealth>,
+    pub lb: Option<RawLb>,
+}
+
+impl RawFile {
+    pub fn settings(&self) -> RawSettings {
+        RawSettings {
+            app: self.app.clone(),
+            ssh: self.ssh.clone(),
+            rollout: self.rollout.clone(),
+            health: self.health.clone(),
+            lb: self.lb.clone(),
+        }
+    }
+}
+
+impl RawStage {
+    pub fn settings(&self) -> RawSettings {
+        RawSettings {
+            app: self.app.clone(),
+            ssh: self.ssh.clone(),
+            rollout: self.rollout.clone(),
+            health: self.health.clone(),
+            lb: self.lb.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<i64>,
+    pub user: Option<String>,
+    pub roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: Option<String>,
+    pub deploy_to: Option<String>,
+    pub source: Option<String>,
+    pub build: Option<String>,
+    pub revision: Option<String>,
+    pub keep_releases: Option<i64>,
+    pub shared_dirs: Option<Vec<String>>,
+    pub shared_files: Option<Vec<String>>,
+    pub restart: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    pub user: Option<String>,
+    pub port: Option<i64>,
+    pub identity_file: Option<String>,
+    pub known_hosts: Option<String>,
+    pub host_key_checking: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub command_timeout: Option<String>,
+    pub max_concurrent_connects: Option<i64>,
+    /// A path, or `false` to ignore ~/.ssh/config.
+    pub config: Option<toml::Value>,
+    /// `"user@host:port"`, a comma list of hops, or an array of hops.
+    pub proxy_jump: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// A number or a percentage string such as `"25%"`.
+    pub rolling_batch_size: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub url: Option<String>,
+    pub expect_status: Option<i64>,
+    pub expect_body: Option<String>,
+    pub timeout: Option<String>,
+    pub interval: Option<String>,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLb {
+    pub drain: Option<String>,
+    pub enable: Option<String>,
+}
+
+/// Field-by-field overlay: a value set in the stage wins.
+pub trait Overlay {
+    fn overlay(self, stage: Self) -> Self;
+}
+
+macro_rules! overlay_fields {
+    ($ty:ty { $($field:ident),* $(,)? }) => {
+        impl Overlay for $ty {
+            fn overlay(self, stage: Self) -> Self {
+                Self { $($field: stage.$field.or(self.$field)),* }
+            }
+        }
+    };
+}
+
+overlay_fields!(RawApp {
+    name,
+    deploy_to,
+    source,
+    build,
+    revision,
+    keep_releases,
+    shared_dirs,
+    shared_files,
+    restart
+});
+overlay_fields!(RawSsh {
+    user,
+    port,
+    identity_file,
+    known_hosts,
+    host_key_checking,
+    connect_timeout,
+    command_timeout,
+    max_concurrent_connects,
+    config,
+    proxy_jump,
+});
+overlay_fields!(RawRollout { rolling_batch_size });
+overlay_fields!(RawHealth {
+    url,
+    expect_status,
+    expect_body,
+    timeout,
+    interval,
+    request_timeout
+});
+overlay_fields!(RawLb { drain, enable });
+
+impl<T: Overlay> Overlay for Option<T> {
+    fn overlay(self, stage: Self) -> Self {
+        match (self, stage) {
+            (Some(base), Some(over)) => Some(base.overlay(over)),
+            (base, over) => over.or(base),
+        }
+    }
+}
+
+impl Overlay for RawSettings {
+    fn overlay(self, stage: Self) -> Self {
+        RawSettings {
+            app: self.app.overlay(stage.app),
+            ssh: self.ssh.overlay(stage.ssh),
+            rollout: self.rollout.overlay(stage.rollout),
+            health: self.health.overlay(stage.health),
+            lb: self.lb.overlay(stage.lb),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What the read-only probe (`Layout::probe`) found on one host. Plans are
+//! built from these facts, never from guesses, and a dry run (which does not
+//! connect) simply has none.
+
+use super::ReleaseId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    /// `deploy_to` exists on the host.
+    pub deploy_to_exists: bool,
+    pub deploy_to_writable: bool,
+    pub current: Current,
+    /// Every release directory with a valid name, oldest first.
+    pub releases: Vec<ReleaseInfo>,
+    /// Names in `releases/` that are not shipit release ids; left alone.
+    pub foreign: Vec<String>,
+    /// `shared_files` that do not exist in `shared/`.
+    pub missing_shared: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Current {
+    /// No `current` yet: a host that was never deployed to.
+    #[default]
+    Missing,
+    Release(ReleaseId),
+    /// A symlink to something that is not one of our releases.
+    Elsewhere(String),
+    /// `current` exists but is not a symlink; shipit refuses to touch it.
+    NotALink,
+}
+
+impl Current {
+    pub fn release(&self) -> Option<&ReleaseId> {
+        match self {
+            Current::Release(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    pub id: ReleaseId,
+    pub finished: bool,
+    pub bad: bool,
+    pub revision: String,
+}
+
+impl HostFacts {
+    pub fn release(&self, id: &ReleaseId) -> Option<&ReleaseInfo> {
+        self.releases.iter().find(|r| &r.id == id)
+    }
+
+    /// Parses the probe's output for a host whose `deploy_to` is `deploy_to`.
+    pub fn parse(deploy_to: &str, output: &str) -> Result<HostFacts, String> {
+        let mut facts = HostFacts::default();
+        let releases_dir = format!("{deploy_to}/releases/");
+        for line in output.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            match fields.as_slice() {
+                ["deploy_to missing"] => return Ok(facts),
+                ["deploy_to writable"] => {
+                    facts.deploy_to_exists = true;
+                    facts.deploy_to_writable = true;
+                }
+                ["deploy_to read-only"] => facts.deploy_to_exists = true,
+                ["current not-a-link"] => facts.current = Current::NotALink,
+                ["current", target] => {
+                    let id = target
+                        .strip_prefix(&releases_dir)
+                        .and_then(|name| name.parse::<ReleaseId>().ok());
+                    facts.current = match id {
+                        Some(id) => Current::Release(id),
+                        None => Current::Elsewhere(target.to_string()),
+                    };
+                }
+                ["release", name, state, bad, revision @ ..] => match name.parse::<ReleaseId>() {
+                    Ok(id) => facts.releases.push(ReleaseInfo {
+                        id,
+                        finished: *state == "finished",
+                        bad: *bad == "bad",
+                        revision: revision.join("\t"),
+                    }),
+                    Err(_) => facts.foreign.push(name.to_string()),
+                },
+                ["missing-shared", path] => facts.missing_shared.push(path.to_string()),
+                _ => return Err(format!("unexpected probe output line: {line:?}")),
+            }
+        }
+        facts.releases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(facts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_probe() {
+        let out = "deploy_to writable\ncurrent\t/srv/a b/releases/20261122101500\n\
+                   release\t20261122101500\tfinished\tgood\tabc\n\
+                   release\t20261121000000\tfinished\tbad\t\n\
+                   release\told-stuff\tfinished\tgood\t\n\
+                   release\t20261123000000\tunfinished\tgood\t\n\
+                   missing-shared\t.env\n";
+        let facts = HostFacts::parse("/srv/a b", out).unwrap();
+        assert!(facts.deploy_to_exists && facts.deploy_to_writable);
+        assert_eq!(
+            facts.current,
+            Current::Release("20261122101500".parse().unwrap())
+        );
+        let ids: Vec<&str> = facts.releases.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["20261121000000", "20261122101500", "20261123000000"]);
+        assert!(facts.releases[0].bad);
+        assert!(!facts.releases[2].finished);
+        assert_eq!(facts.releases[1].revision, "abc");
+        assert_eq!(facts.foreign, ["old-stuff"]);
+        assert_eq!(facts.missing_shared, [".env"]);
+    }
+
+    #[test]
+    fn current_pointing_elsewhere() {
+        let facts =
+            HostFacts::parse("/srv/a", "deploy_to writable\ncurrent\t/opt/manual\n").unwrap();
+        assert_eq!(facts.current, Current::Elsewhere("/opt/manual".into()));
+        let facts = HostFacts::parse("/srv/a", "deploy_to missing\n").unwrap();
+        assert!(!facts.deploy_to_exists);
+        assert!(HostFacts::parse("/srv/a", "garbage\n").is_err());
+    }
+}

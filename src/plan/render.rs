@@ -1,0 +1,134 @@
+//! The plan as text, for `--dry-run`: hosts per batch, the release, and
+//! every step with the exact command it runs (secrets redacted).
+
+use std::fmt::Write as _;
+
+use super::{Action, Operation, Pipeline, Plan};
+
+/// `full` shows shipit's own scripts in full instead of by label.
+pub fn render(plan: &Plan, full: bool) -> String {
+    let mut out = String::new();
+    let changing: Vec<&str> = plan.changing_hosts().map(|h| h.name.as_str()).collect();
+    let _ = match plan.operation {
+        Operation::Deploy => writeln!(
+            out,
+            "Plan: deploy {} release {} to {}",
+            plan.app, plan.release, plan.stage
+        ),
+        Operation::Rollback => writeln!(
+            out,
+            "Plan: roll {} on {} back to release {}",
+            plan.app, plan.stage, plan.release
+        ),
+    };
+    if !plan.revision.is_empty() {
+        let _ = writeln!(out, "  revision  {}", plan.revision);
+    }
+    let _ = writeln!(
+        out,
+        "  hosts     {} in {} batch{}: {}",
+        changing.len(),
+        plan.batches.len(),
+        if plan.batches.len() == 1 { "" } else { "es" },
+        plan.batches
+            .iter()
+            .map(|b| b
+                .iter()
+                .map(|p| p.host.as_str())
+                .collect::<Vec<_>>()
+                .join(" "))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for host in &plan.hosts {
+        let before = host.before.as_ref().map_or_else(
+            || "unknown (a dry run does not connect)".to_string(),
+            ToString::to_string,
+        );
+        let note = if host.unchanged {
+            "   (already there; left alone)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {:<8}  {} now runs {before}{note}",
+            host.name, host.address
+        );
+    }
+    for warning in &plan.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+
+    if !plan.prepare.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPrepare, on all hosts at once (nothing switches until every host has the release):"
+        );
+        section(&mut out, &plan.prepare, full);
+    }
+    let total = plan.batches.len();
+    for (i, batch) in plan.batches.iter().enumerate() {
+        let names: Vec<&str> = batch.iter().map(|p| p.host.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "\nBatch {} of {total}: {} (hosts of a batch in parallel; the next batch starts when all are healthy)",
+            i + 1,
+            names.join(", ")
+        );
+        section(&mut out, batch, full);
+    }
+    if !plan.finish.is_empty() {
+        let _ = writeln!(out, "\nAfter every batch succeeded:");
+        section(&mut out, &plan.finish, full);
+    }
+    let _ = writeln!(
+        out,
+        "\nEach host then appends the outcome to {}.",
+        plan.bookkeeping.layout.revisions_log()
+    );
+    out
+}
+
+fn section(out: &mut String, pipelines: &[Pipeline], full: bool) {
+    for pipeline in pipelines {
+        for (i, step) in pipeline.steps.iter().enumerate() {
+            let host = if i == 0 { pipeline.host.as_str() } else { "" };
+            let _ = writeln!(
+                out,
+                "  {host:<8}  {:<11}  {}",
+                step.kind.as_str(),
+                action(&step.action, full)
+            );
+        }
+    }
+}
+
+fn action(action: &Action, full: bool) -> String {
+    let show = |cmd: &crate::shell::Cmd| {
+        if full {
+            cmd.display_full()
+        } else {
+            cmd.display()
+        }
+    };
+    match action {
+        Action::Remote { cmd } => show(cmd),
+        Action::Upload { cmd } => format!("{}  < release archive", show(cmd)),
+        Action::Local { cmd } => format!("local: {}", show(cmd)),
+        Action::Http { check } => {
+            let mut s = format!("GET {} until status {}", check.url, check.expect_status);
+            if let Some(body) = &check.expect_body {
+                let _ = write!(s, " and body contains {body:?}");
+            }
+            let _ = write!(
+                s,
+                " (every {}, up to {})",
+                humantime::format_duration(check.interval),
+                humantime::format_duration(check.timeout)
+            );
+            s
+        }
+        Action::Nothing { reason } => format!("({reason})"),
+    }
+}

@@ -1,0 +1,248 @@
+//! Planner tests: configuration and facts in, plan out.
+
+use super::*;
+use crate::testing::{facts, id, stage};
+
+const LB_AND_HEALTH: &str = r#"
+restart = "bin/restart {name}"
+shared_dirs = ["log"]
+shared_files = [".env"]
+[health]
+url = "http://{address}:8080/health"
+expect_body = "{release}"
+[lb]
+drain = "lbctl drain {name}"
+enable = "lbctl enable {name}"
+[rollout]
+rolling_batch_size = 2
+"#;
+
+fn deploy_plan(hosts: usize, extra: &str, with_facts: bool) -> Plan {
+    let stage = stage(hosts, extra);
+    let f = facts(&stage, Some(2), &[1, 2]);
+    deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: "abc".into(),
+        facts: with_facts.then_some(&f),
+        by: "ana@laptop".into(),
+    })
+    .unwrap()
+}
+
+fn kinds(p: &Pipeline) -> Vec<&'static str> {
+    p.steps.iter().map(|s| s.kind.as_str()).collect()
+}
+
+fn hosts(batch: &[Pipeline]) -> Vec<&str> {
+    batch.iter().map(|p| p.host.as_str()).collect()
+}
+
+#[test]
+fn deploy_prepares_everywhere_then_rolls_in_batches() {
+    let plan = deploy_plan(5, &format!("keep_releases = 2\n{LB_AND_HEALTH}"), true);
+    assert_eq!(
+        hosts(&plan.prepare),
+        ["web1", "web2", "web3", "web4", "web5"]
+    );
+    assert_eq!(kinds(&plan.prepare[0]), ["upload", "link-shared", "finish"]);
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(b)).collect();
+    assert_eq!(
+        batches,
+        [vec!["web1", "web2"], vec!["web3", "web4"], vec!["web5"]]
+    );
+    assert_eq!(
+        kinds(&plan.batches[0][0]),
+        ["drain", "switch", "restart", "health", "enable"]
+    );
+    assert!(plan.warnings.is_empty());
+    assert_eq!(plan.hosts[0].before, Some(id(2)));
+}
+
+#[test]
+fn steps_carry_exact_commands_and_checks() {
+    let plan = deploy_plan(1, &format!("keep_releases = 2\n{LB_AND_HEALTH}"), true);
+    let steps = &plan.batches[0][0].steps;
+    let Action::Local { cmd } = &steps[0].action else {
+        panic!()
+    };
+    assert!(
+        cmd.render().ends_with("sh -c 'lbctl drain web1'"),
+        "{}",
+        cmd.render()
+    );
+    assert!(cmd.render().contains("SHIPIT_RELEASE=20261122100003"));
+    assert!(
+        cmd.render()
+            .contains("SHIPIT_PREVIOUS_RELEASE=20261122100002")
+    );
+    let Action::Remote { cmd } = &steps[2].action else {
+        panic!()
+    };
+    assert!(
+        cmd.render()
+            .starts_with("cd /srv/shop/releases/20261122100003 && ")
+    );
+    assert!(cmd.render().ends_with("sh -c 'bin/restart web1'"));
+    let Action::Http { check } = &steps[3].action else {
+        panic!()
+    };
+    assert_eq!(check.url, "http://10.0.0.11:8080/health");
+    assert_eq!(check.expect_body.as_deref(), Some("20261122100003"));
+}
+
+#[test]
+fn cleanup_is_planned_from_facts() {
+    let plan = deploy_plan(1, "keep_releases = 1", true);
+    // After the deploy: 1, 2 (previous) and 3 (new). keep 1 → only 1 goes.
+    let Action::Remote { cmd } = &plan.finish[0].steps[0].action else {
+        panic!("{:?}", plan.finish)
+    };
+    assert_eq!(
+        cmd.display(),
+        "shipit:remove-releases /srv/shop 20261122100001"
+    );
+    let plan = deploy_plan(1, "keep_releases = 5", true);
+    assert!(matches!(
+        plan.finish[0].steps[0].action,
+        Action::Nothing { .. }
+    ));
+}
+
+#[test]
+fn a_dry_run_plan_says_what_it_does_not_know() {
+    let plan = deploy_plan(3, "", false);
+    assert_eq!(plan.hosts[0].before, None);
+    assert_eq!(plan.batches.len(), 3);
+    assert_eq!(kinds(&plan.batches[0][0]), ["switch"]);
+    assert_eq!(plan.warnings.len(), 2);
+    let text = render(&plan, false);
+    assert!(
+        text.contains("web1      10.0.0.11 now runs unknown (a dry run does not connect)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: no load balancer configured"),
+        "{text}"
+    );
+}
+
+#[test]
+fn percentages_and_oversized_batches() {
+    let plan = deploy_plan(4, "[rollout]\nrolling_batch_size = \"50%\"", false);
+    assert_eq!(plan.batches.len(), 2);
+    let plan = deploy_plan(3, "[rollout]\nrolling_batch_size = 10", false);
+    assert_eq!(plan.batches.len(), 1);
+    let plan = deploy_plan(1, "[rollout]\nrolling_batch_size = \"25%\"", false);
+    assert_eq!(plan.batches.len(), 1);
+}
+
+#[test]
+fn preflight_refuses_before_changing_anything() {
+    let stage = stage(2, "shared_files = [\".env\"]");
+    let mut f = facts(&stage, Some(2), &[1, 2]);
+    f.get_mut("web2")
+        .unwrap()
+        .missing_shared
+        .push(".env".into());
+    f.get_mut("web1").unwrap().current = crate::host::Current::NotALink;
+    let err = deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: String::new(),
+        facts: Some(&f),
+        by: String::new(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "not deploying; nothing was changed on any host:\n  \
+         web1: /srv/shop/current is a real directory, not a symlink; move it away (shipit will not delete it)\n  \
+         web2: shared file /srv/shop/shared/.env is missing; create it on the host (shipit never creates shared files)"
+    );
+}
+
+#[test]
+fn rollback_rolls_the_hosts_not_yet_on_the_target() {
+    let stage = stage(3, LB_AND_HEALTH);
+    let mut f = facts(&stage, Some(3), &[1, 2, 3]);
+    // web3 was never switched to 3 (a deploy that stopped early).
+    f.get_mut("web3").unwrap().current = crate::host::Current::Release(id(2));
+    let plan = rollback(&RollbackInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        to: None,
+        facts: &f,
+        by: "ana".into(),
+    })
+    .unwrap();
+    assert_eq!(plan.release, id(2));
+    assert_eq!(plan.revision, "rev2");
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(b)).collect();
+    assert_eq!(batches, [vec!["web1", "web2"]]);
+    assert!(plan.hosts[2].unchanged);
+    assert_eq!(
+        kinds(&plan.batches[0][0]),
+        ["drain", "switch", "restart", "health", "enable"]
+    );
+    let Action::Http { check } = &plan.batches[0][0].steps[3].action else {
+        panic!()
+    };
+    assert_eq!(check.expect_body.as_deref(), Some("20261122100002"));
+    // Release 3 is marked bad on every host that has it.
+    assert_eq!(hosts(&plan.finish), ["web1", "web2", "web3"]);
+    let Action::Remote { cmd } = &plan.finish[0].steps[0].action else {
+        panic!()
+    };
+    assert!(
+        cmd.display()
+            .starts_with("shipit:mark-bad /srv/shop 20261122100003")
+    );
+}
+
+#[test]
+fn rollback_with_nothing_older_is_an_error() {
+    let stage = stage(1, "");
+    let f = facts(&stage, Some(1), &[1]);
+    let err = rollback(&RollbackInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        to: None,
+        facts: &f,
+        by: String::new(),
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("nothing to roll back to"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_text() {
+    let plan = deploy_plan(2, LB_AND_HEALTH, true);
+    let text = render(&plan, false);
+    let expected = "\
+Plan: deploy shop release 20261122100003 to production
+  revision  abc
+  hosts     2 in 1 batch: web1 web2
+  web1      10.0.0.11 now runs 20261122100002
+  web2      10.0.0.12 now runs 20261122100002
+
+Prepare, on all hosts at once (nothing switches until every host has the release):
+  web1      upload       shipit:unpack /srv/shop 20261122100003  < release archive
+            link-shared  shipit:link-shared /srv/shop 20261122100003 dlog f.env
+            finish       shipit:finish /srv/shop 20261122100003 abc
+  web2      upload       shipit:unpack /srv/shop 20261122100003  < release archive
+            link-shared  shipit:link-shared /srv/shop 20261122100003 dlog f.env
+            finish       shipit:finish /srv/shop 20261122100003 abc
+";
+    assert!(text.starts_with(expected), "{text}");
+    assert!(text.contains(
+        "            health       GET http://10.0.0.12:8080/health until status 200 and body contains \"20261122100003\" (every 500ms, up to 30s)\n"
+    ), "{text}");
+    assert!(text.contains("Each host then appends the outcome to /srv/shop/revisions.log."));
+}

@@ -1,0 +1,96 @@
+//! A scripted stand-in for hosts, for unit tests of the executor's logic
+//! only. Integration tests use real sshd hosts.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{ExecObserver, ExecRequest, Exit, Output, Transport, TransportError};
+
+/// A rule: when `host` (or any host, for `*`) runs a command containing
+/// `needle`, answer with `exit` after `delay`.
+struct Rule {
+    host: String,
+    needle: String,
+    exit: Option<u32>,
+    delay: Duration,
+}
+
+#[derive(Default)]
+pub struct FakeTransport {
+    rules: Mutex<Vec<Rule>>,
+    /// Every command run, in the order they started: (host, command).
+    pub log: Mutex<Vec<(String, String)>>,
+}
+
+impl FakeTransport {
+    pub fn fail(self, host: &str, needle: &str, code: u32) -> Self {
+        self.rules.lock().unwrap().push(Rule {
+            host: host.into(),
+            needle: needle.into(),
+            exit: Some(code),
+            delay: Duration::ZERO,
+        });
+        self
+    }
+
+    pub fn delay(self, host: &str, needle: &str, delay: Duration) -> Self {
+        self.rules.lock().unwrap().push(Rule {
+            host: host.into(),
+            needle: needle.into(),
+            exit: None,
+            delay,
+        });
+        self
+    }
+
+    /// `host:label` for every command whose text contains one of `labels`.
+    pub fn steps(&self, labels: &[&str]) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(host, cmd)| {
+                labels
+                    .iter()
+                    .find(|l| cmd.contains(*l))
+                    .map(|l| format!("{host}:{}", l.trim_start_matches("shipit:")))
+            })
+            .collect()
+    }
+}
+
+impl Transport for FakeTransport {
+    async fn exec(
+        &self,
+        host: &str,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((host.to_string(), request.command.clone()));
+        if let Some(stdin) = &request.stdin {
+            observer.stdin_progress(stdin.len() as u64);
+        }
+        let (mut code, mut delay) = (0, Duration::ZERO);
+        for rule in self.rules.lock().unwrap().iter() {
+            if (rule.host == "*" || rule.host == host) && request.command.contains(&rule.needle) {
+                if let Some(exit) = rule.exit {
+                    code = exit;
+                }
+                delay = delay.max(rule.delay);
+            }
+        }
+        tokio::time::sleep(delay).await;
+        Ok(Output {
+            exit: Exit::Code(code),
+            stdout: Vec::new(),
+            stderr: if code == 0 {
+                Vec::new()
+            } else {
+                b"scripted failure\n".to_vec()
+            },
+        })
+    }
+}
