@@ -123,16 +123,47 @@ pub enum TransportError {
     },
     #[error(
         "{host}: host key for {address} is not in {known_hosts} ({fingerprint}).\n  \
-         Check the fingerprint, then add it with: ssh-keyscan -p {port} {ip} >> {known_hosts}\n  \
+         Check the fingerprint, then add it with: {keyscan}\n  \
          or set ssh.host_key_checking = \"accept-new\" to record unknown keys on first use"
     )]
     HostKeyUnknown {
         host: String,
         address: String,
+        /// The name or address dialled (what known_hosts is searched for).
         ip: String,
         port: u16,
         fingerprint: String,
         known_hosts: String,
+        /// The complete command that records the key (`ssh-keyscan ... >> FILE`,
+        /// run through the jump hosts when there are any).
+        keyscan: String,
+    },
+    #[error(
+        "{host}: host key for {address} is a {key_type} key ({fingerprint}), but {known_hosts} \
+         records only {known_types} for it (line {line}).\n  \
+         shipit does not accept a new key type for a known host, even with accept-new: \
+         verify the key out of band, then add it with: {keyscan}"
+    )]
+    HostKeyOtherType {
+        host: String,
+        address: String,
+        key_type: String,
+        fingerprint: String,
+        known_types: String,
+        known_hosts: String,
+        line: usize,
+        keyscan: String,
+    },
+    #[error(
+        "{host}: host key for {address} ({fingerprint}) is marked @revoked in {known_hosts} line {line}.\n  \
+         shipit refuses revoked keys: the host must get a new key, then record that one"
+    )]
+    HostKeyRevoked {
+        host: String,
+        address: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: usize,
     },
     #[error(
         "{host}: HOST KEY FOR {address} HAS CHANGED ({fingerprint}; {known_hosts} line {line} says otherwise).\n  \
@@ -162,6 +193,14 @@ pub enum TransportError {
     },
     #[error("{host}: connection lost: {detail}")]
     Disconnected { host: String, detail: String },
+    #[error("{host}: cannot reach it through jump host {jump}: {detail}")]
+    Jump {
+        host: String,
+        jump: String,
+        detail: String,
+    },
+    #[error("{host}: ssh settings: {detail}")]
+    Config { host: String, detail: String },
     #[error("{host}: no connection (it failed earlier or was never opened)")]
     NotConnected { host: String },
     #[error("{host}: ssh: {detail}")]
@@ -179,7 +218,11 @@ impl TransportError {
             TransportError::Connect { .. }
                 | TransportError::HostKeyUnknown { .. }
                 | TransportError::HostKeyChanged { .. }
+                | TransportError::HostKeyOtherType { .. }
+                | TransportError::HostKeyRevoked { .. }
                 | TransportError::Auth { .. }
+                | TransportError::Jump { .. }
+                | TransportError::Config { .. }
                 | TransportError::NotConnected { .. }
         )
     }

@@ -1,1 +1,395 @@
-//! OpenSSH-compatible client over russh (being written).
+//! The SSH transport: one russh connection per host, opened up front for
+//! the whole fleet, and commands run on it as exec channels.
+//!
+//! This file owns [`SshTransport`] and running a command: channel limits
+//! per connection (sshd's `MaxSessions 10` refuses more, and a refusal is
+//! treated as backpressure), stdin streamed in [`STDIN_CHUNK`] pieces,
+//! exit statuses and signals, timeouts and lost connections. How hosts are
+//! reached and logged in to lives in `connect`, `auth`, `known_hosts` and
+//! `settings`; `docs/ssh.md` explains the behaviour to operators.
+
+mod auth;
+mod connect;
+mod known_hosts;
+mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::ChannelMsg;
+use tokio::sync::Semaphore;
+
+pub use auth::{MAX_ATTEMPTS, PASSPHRASE_VAR};
+pub use connect::HANDSHAKES_PER_SSHD;
+pub use settings::{HostKeyChecking, SshConfigSource, SshEnv, SshOverrides, SshTarget};
+
+use connect::{Connection, Shared, describe};
+
+use super::{
+    ExecObserver, ExecRequest, Exit, Output, STDIN_CHUNK, Stream, Transport, TransportError,
+};
+
+/// Limits and timeouts for connecting and running commands.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// TCP connect, SSH handshake, and each login step. Default 10 s.
+    pub connect_timeout: Duration,
+    /// A keepalive is sent after this long without traffic. Default 15 s.
+    pub keepalive_interval: Duration,
+    /// The connection is dropped after this many unanswered keepalives,
+    /// so a host that vanishes fails after about interval x max. Default 3.
+    pub keepalive_max: usize,
+    /// Targets being connected at once. Default 32.
+    pub max_concurrent_connects: usize,
+    /// Commands running at once on one host (sshd allows 10 sessions per
+    /// connection by default). Default 8.
+    pub channels_per_host: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_max: 3,
+            max_concurrent_connects: 32,
+            channels_per_host: 8,
+        }
+    }
+}
+
+struct HostEntry {
+    connection: Arc<Connection>,
+    channels: Semaphore,
+}
+
+/// Connections to a set of hosts, opened by [`SshTransport::connect`].
+pub struct SshTransport {
+    hosts: HashMap<String, HostEntry>,
+    shared: Arc<Shared>,
+}
+
+impl SshTransport {
+    /// Opens one connection per target (bounded concurrency), all at once.
+    /// Returns the transport holding every connection that worked and, per
+    /// target that failed, its error. Jump hosts shared by several targets
+    /// are connected once and multiplexed.
+    pub async fn connect(
+        targets: &[SshTarget],
+        overrides: &SshOverrides,
+        options: &ConnectOptions,
+    ) -> (SshTransport, Vec<TransportError>) {
+        Self::connect_with_env(targets, overrides, options, SshEnv::from_process()).await
+    }
+
+    /// [`SshTransport::connect`] with an explicit environment (home
+    /// directory, local user, agent socket, passphrase) instead of the
+    /// process's.
+    pub async fn connect_with_env(
+        targets: &[SshTarget],
+        overrides: &SshOverrides,
+        options: &ConnectOptions,
+        env: SshEnv,
+    ) -> (SshTransport, Vec<TransportError>) {
+        let mut resolved = settings::resolve_all(targets, overrides, &env);
+        let shared = Arc::new(Shared::new(env, options.clone()));
+        let mut errors = Vec::new();
+        let mut tasks = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for target in targets {
+            if !seen.insert(target.name.clone()) {
+                errors.push(TransportError::Config {
+                    host: target.name.clone(),
+                    detail: "listed twice among the hosts to connect".into(),
+                });
+                continue;
+            }
+            match resolved.remove(&target.name) {
+                Some(Ok(settings)) => {
+                    let shared = shared.clone();
+                    let name = target.name.clone();
+                    tasks.push((
+                        name,
+                        tokio::spawn(async move { shared.connect_target(&settings).await }),
+                    ));
+                }
+                Some(Err(detail)) => errors.push(TransportError::Config {
+                    host: target.name.clone(),
+                    detail,
+                }),
+                None => {}
+            }
+        }
+        let mut hosts = HashMap::new();
+        for (name, task) in tasks {
+            match task.await {
+                Ok(Ok(connection)) => {
+                    hosts.insert(
+                        name,
+                        HostEntry {
+                            connection: Arc::new(connection),
+                            channels: Semaphore::new(options.channels_per_host.max(1)),
+                        },
+                    );
+                }
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(TransportError::Ssh {
+                    host: name,
+                    detail: format!("connecting failed unexpectedly: {e}"),
+                }),
+            }
+        }
+        (SshTransport { hosts, shared }, errors)
+    }
+
+    /// Names of the hosts with a connection.
+    pub fn connected(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.hosts.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Whether `host` has a live connection.
+    pub fn is_connected(&self, host: &str) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|h| !h.connection.handle.is_closed())
+    }
+
+    /// Jump host connections opened (each shared by all targets behind it).
+    pub fn jump_connections(&self) -> usize {
+        self.shared.jump_connections().len()
+    }
+
+    /// Politely disconnects every host, then the jump hosts.
+    pub async fn close(&self) {
+        let hosts = self.hosts.values().map(|h| h.connection.disconnect());
+        futures::future::join_all(hosts).await;
+        for jump in self.shared.jump_connections() {
+            jump.disconnect().await;
+        }
+    }
+
+    async fn run(
+        &self,
+        host: &str,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
+        let entry = self
+            .hosts
+            .get(host)
+            .ok_or_else(|| TransportError::NotConnected {
+                host: host.to_string(),
+            })?;
+        let connection = &entry.connection;
+        let _slot = entry
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| TransportError::NotConnected {
+                host: host.to_string(),
+            })?;
+        let channel = open_session(host, connection).await?;
+        let (mut reader, writer) = channel.split();
+
+        let work = async {
+            writer
+                .exec(true, request.command.as_bytes())
+                .await
+                .map_err(|e| lost_or(host, connection, e))?;
+            let feed = async {
+                if let Some(data) = &request.stdin {
+                    feed_stdin(&writer, data, observer).await;
+                }
+                let _ = writer.eof().await;
+            };
+            let collect = collect_output(&mut reader, observer);
+            let ((), collected) = tokio::join!(feed, collect);
+            let (stdout, stderr, exit, refused) = collected;
+            if refused {
+                return Err(TransportError::Ssh {
+                    host: host.to_string(),
+                    detail: format!("sshd refused to run `{}`", request.command),
+                });
+            }
+            let exit = match exit {
+                Some(exit) => exit,
+                None if connection.handle.is_closed() => {
+                    return Err(TransportError::Disconnected {
+                        host: host.to_string(),
+                        detail: format!(
+                            "{} while `{}` was running; its outcome is unknown",
+                            connection.lost_reason(),
+                            request.command
+                        ),
+                    });
+                }
+                None => Exit::Unknown,
+            };
+            Ok(Output {
+                exit,
+                stdout,
+                stderr,
+            })
+        };
+
+        match request.timeout {
+            None => work.await,
+            Some(limit) => match tokio::time::timeout(limit, work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // Ask the command to stop, then close the channel.
+                    let _ = writer.signal(russh::Sig::TERM).await;
+                    let _ = writer.close().await;
+                    Err(TransportError::Timeout {
+                        host: host.to_string(),
+                        what: format!("`{}`", request.command),
+                        after: limit,
+                    })
+                }
+            },
+        }
+    }
+}
+
+impl Transport for SshTransport {
+    fn exec(
+        &self,
+        host: &str,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> impl Future<Output = Result<Output, TransportError>> + Send {
+        self.run(host, request, observer)
+    }
+}
+
+/// The error for a failed channel operation: the connection's fate if it
+/// is gone, else the error itself.
+fn lost_or(host: &str, connection: &Connection, e: russh::Error) -> TransportError {
+    if connection.handle.is_closed() {
+        TransportError::Disconnected {
+            host: host.to_string(),
+            detail: connection.lost_reason(),
+        }
+    } else {
+        TransportError::Ssh {
+            host: host.to_string(),
+            detail: describe(&e),
+        }
+    }
+}
+
+/// Opens a session channel. sshd refusing one (past `MaxSessions`, often
+/// because another client shares the limit) means "not now": wait and retry.
+async fn open_session(
+    host: &str,
+    connection: &Connection,
+) -> Result<russh::Channel<russh::client::Msg>, TransportError> {
+    const ATTEMPTS: u32 = 40;
+    let mut pause = Duration::from_millis(50);
+    for attempt in 1.. {
+        match connection.handle.channel_open_session().await {
+            Ok(channel) => return Ok(channel),
+            Err(russh::Error::ChannelOpenFailure(why)) if attempt < ATTEMPTS => {
+                tracing::debug!("{host}: session channel refused ({why:?}), retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(russh::Error::ChannelOpenFailure(why)) => {
+                return Err(TransportError::Ssh {
+                    host: host.to_string(),
+                    detail: format!(
+                        "sshd refused a session channel {ATTEMPTS} times ({why:?}); lower \
+                         channels_per_host, or raise MaxSessions in the host's sshd_config"
+                    ),
+                });
+            }
+            Err(e) => return Err(lost_or(host, connection, e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn feed_stdin(
+    writer: &russh::ChannelWriteHalf<russh::client::Msg>,
+    data: &Bytes,
+    observer: &dyn ExecObserver,
+) {
+    let mut sent = 0usize;
+    while sent < data.len() {
+        let end = (sent + STDIN_CHUNK).min(data.len());
+        // A command that stops reading early is its own business; its exit
+        // status will tell.
+        if writer.data_bytes(data.slice(sent..end)).await.is_err() {
+            return;
+        }
+        sent = end;
+        observer.stdin_progress(sent as u64);
+    }
+}
+
+/// Reads the channel until it is gone: stdout, stderr, how it ended, and
+/// whether sshd refused the exec request.
+async fn collect_output(
+    reader: &mut russh::ChannelReadHalf,
+    observer: &dyn ExecObserver,
+) -> (Vec<u8>, Vec<u8>, Option<Exit>, bool) {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut exit = None;
+    let mut refused = false;
+    // Exit status may come after EOF, and data after the exit status: read
+    // until the channel is gone.
+    while let Some(message) = reader.wait().await {
+        match message {
+            ChannelMsg::Data { data } => {
+                observer.output(Stream::Stdout, &data);
+                stdout.extend_from_slice(&data);
+            }
+            ChannelMsg::ExtendedData { data, ext: 1 } => {
+                observer.output(Stream::Stderr, &data);
+                stderr.extend_from_slice(&data);
+            }
+            ChannelMsg::ExitStatus { exit_status } => exit = Some(Exit::Code(exit_status)),
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                ..
+            } => {
+                exit = Some(Exit::Signal {
+                    name: signal_text(&signal_name),
+                    core_dumped,
+                })
+            }
+            ChannelMsg::Failure if exit.is_none() => refused = true,
+            _ => {}
+        }
+        if refused {
+            break;
+        }
+    }
+    (stdout, stderr, exit, refused)
+}
+
+fn signal_text(sig: &russh::Sig) -> String {
+    use russh::Sig;
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    }
+    .to_string()
+}
