@@ -311,7 +311,7 @@ mod tests {
         );
 
         // The live release survives a removal request.
-        let (code, _, err) = run(&layout.remove_releases(&[r1.clone()]), None);
+        let (code, _, err) = run(&layout.remove_releases(std::slice::from_ref(&r1)), None);
         assert_eq!(code, 0);
         assert!(err.contains("current points to it"));
         assert!(std::path::Path::new(&release).is_dir());

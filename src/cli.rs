@@ -1,0 +1,195 @@
+//! The command line: `shipit STAGE COMMAND [OPTIONS]`, plus the few
+//! commands that need no stage (`init`, `completions`). Only clap types
+//! live here; `lib.rs` turns them into calls into `commands`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Options accepted before the stage and after the command alike.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Global {
+    /// The deploy file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "SHIPIT_CONFIG",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
+    /// Show every remote command and its output.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Global {
+    /// Options given after the command win over those given before it.
+    pub fn merge(self, later: Global) -> Global {
+        Global {
+            config: later.config.or(self.config),
+            verbose: self.verbose || later.verbose,
+            quiet: self.quiet || later.quiet,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shipit",
+    version,
+    about = "Agentless SSH deploys: rolling, health-gated, load-balancer aware",
+    subcommand_value_name = "STAGE",
+    subcommand_help_heading = "Stages and commands",
+    after_help = "Run `shipit STAGE --help` for what a stage can do, e.g. `shipit production --help`.\n\
+                  Exit codes: 0 ok, 1 failed with no host changed, 2 usage or config error, \
+                  3 cannot connect, 4 failed and rolled back, 5 failed and hosts left changed, \
+                  6 lock held, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// STAGE COMMAND: deploy, rollback, releases… on one stage of deploy.toml.
+    #[command(external_subcommand)]
+    Stage(Vec<OsString>),
+}
+
+/// `shipit STAGE …`, parsed once the stage name is known.
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true)]
+pub struct StageCli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: StageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// Ship a new release to every host, batch by batch.
+    Deploy(DeployArgs),
+    /// Return the hosts to the release before the current one.
+    Rollback(RollbackArgs),
+    /// Per host: the releases, which is current, which are bad or unfinished.
+    Releases,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// Print the plan and stop; connects to nothing and changes nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// With --dry-run: show shipit's own scripts in full.
+    #[arg(long, requires = "dry_run")]
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// Roll back to this release instead of the one before current.
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<String>,
+    /// Print the plan and stop. Reads the hosts (to know what to roll back
+    /// to) but changes nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// With --dry-run: show shipit's own scripts in full.
+    #[arg(long, requires = "dry_run")]
+    pub full: bool,
+}
+
+/// The parsed command line.
+pub enum Invocation {
+    Stage {
+        stage: String,
+        global: Global,
+        command: StageCommand,
+    },
+}
+
+/// Parses `args` (without the program name). Errors are clap's, with its
+/// exit codes (2 for usage, 0 for --help/--version).
+pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
+    let cli = Cli::try_parse_from(std::iter::once(OsString::from("shipit")).chain(args))?;
+    match cli.command {
+        TopCommand::Stage(rest) => {
+            let mut rest = rest.into_iter();
+            let stage = rest
+                .next()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let parsed = StageCli::try_parse_from(rest).map_err(|e| {
+                // Make clap's usage lines say `shipit STAGE …`.
+                e.with_cmd(&stage_command(&stage))
+            })?;
+            Ok(Invocation::Stage {
+                stage,
+                global: cli.global.merge(parsed.global),
+                command: parsed.command,
+            })
+        }
+    }
+}
+
+fn stage_command(stage: &str) -> clap::Command {
+    use clap::CommandFactory;
+    StageCli::command().bin_name(format!("shipit {stage}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn stage_first_with_options_anywhere() {
+        let Ok(Invocation::Stage {
+            stage,
+            global,
+            command,
+        }) = parse(args("-c a.toml production deploy --dry-run -v"))
+        else {
+            panic!()
+        };
+        assert_eq!(stage, "production");
+        assert_eq!(global.config, Some(PathBuf::from("a.toml")));
+        assert!(global.verbose);
+        assert!(matches!(
+            command,
+            StageCommand::Deploy(DeployArgs { dry_run: true, .. })
+        ));
+
+        let Ok(Invocation::Stage { command, .. }) =
+            parse(args("staging rollback --to 20261122101500"))
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            command,
+            StageCommand::Rollback(RollbackArgs { to: Some(_), .. })
+        ));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(args("production")).is_err());
+        assert!(parse(args("production deploy --bogus")).is_err());
+        assert!(parse(args("production deploy --full")).is_err());
+        let err = parse(args("production launch")).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

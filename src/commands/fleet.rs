@@ -1,0 +1,109 @@
+//! Reaching a stage's hosts: one SSH connection each for the whole run,
+//! then a read-only probe of what each host has.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+
+use crate::config::{self, Host, Stage};
+use crate::error::Error;
+use crate::host::{HostFacts, Layout};
+use crate::transport::ssh::{
+    ConnectOptions, HostKeyChecking, SshConfigSource, SshOverrides, SshTarget, SshTransport,
+};
+use crate::transport::{ExecRequest, Quiet, Transport};
+
+/// Connects to every host; any failure is an error before anything changed.
+pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
+    let ssh = &stage.ssh;
+    let overrides = SshOverrides {
+        user: ssh.user.clone(),
+        port: ssh.port,
+        identity_file: ssh.identity_file.clone(),
+        known_hosts: ssh.known_hosts.clone(),
+        host_key_checking: ssh.host_key_checking.map(|c| match c {
+            config::HostKeyChecking::Strict => HostKeyChecking::Strict,
+            config::HostKeyChecking::AcceptNew => HostKeyChecking::AcceptNew,
+        }),
+        proxy_jump: ssh.proxy_jump.clone(),
+        config: match &ssh.config {
+            config::SshConfigFile::Default => SshConfigSource::Default,
+            config::SshConfigFile::Path(p) => SshConfigSource::File(p.clone()),
+            config::SshConfigFile::Disabled => SshConfigSource::Disabled,
+        },
+    };
+    let options = ConnectOptions {
+        connect_timeout: ssh.connect_timeout,
+        max_concurrent_connects: ssh.max_concurrent_connects,
+        ..ConnectOptions::default()
+    };
+    let targets: Vec<SshTarget> = hosts
+        .iter()
+        .map(|h| SshTarget {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            port: h.port,
+            user: h.user.clone(),
+        })
+        .collect();
+    let (transport, errors) = SshTransport::connect(&targets, &overrides, &options).await;
+    if errors.is_empty() {
+        Ok(transport)
+    } else {
+        transport.close().await;
+        Err(Error::Connect(errors))
+    }
+}
+
+/// Reads what every host has under `deploy_to`. Changes nothing.
+pub async fn probe(
+    transport: &SshTransport,
+    stage: &Stage,
+    hosts: &[Host],
+) -> Result<BTreeMap<String, HostFacts>, Error> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    let cmd = layout.probe(&stage.app.shared_files);
+    let results = join_all(hosts.iter().map(|h| {
+        let request = ExecRequest {
+            command: cmd.render(),
+            stdin: None,
+            timeout: Some(stage.ssh.connect_timeout * 3),
+        };
+        async move {
+            (
+                h.name.clone(),
+                transport.exec(&h.name, request, &Quiet).await,
+            )
+        }
+    }))
+    .await;
+    let mut facts = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (host, result) in results {
+        match result {
+            Ok(out) if out.exit.success() => {
+                match HostFacts::parse(layout.deploy_to(), &out.stdout_text()) {
+                    Ok(f) => {
+                        facts.insert(host, f);
+                    }
+                    Err(e) => problems.push(format!("{host}: {e}")),
+                }
+            }
+            Ok(out) => problems.push(format!(
+                "{host}: reading {} failed ({}): {}",
+                layout.deploy_to(),
+                out.exit,
+                out.stderr_tail(3)
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(facts)
+    } else {
+        Err(Error::Unchanged(format!(
+            "cannot read the hosts' state; nothing was changed:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}

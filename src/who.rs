@@ -1,0 +1,56 @@
+//! Who is deploying, for locks and logs: the CI actor when running in CI,
+//! else `user@machine`.
+
+/// CI variables that name the person behind a job, most specific first.
+const CI_ACTORS: &[(&str, &str)] = &[
+    ("GITHUB_ACTOR", "github"),
+    ("GITLAB_USER_LOGIN", "gitlab"),
+    ("BUILDKITE_BUILD_CREATOR", "buildkite"),
+    ("CIRCLE_USERNAME", "circleci"),
+    ("BITBUCKET_STEP_TRIGGERER_UUID", "bitbucket"),
+];
+
+pub fn who() -> String {
+    describe(
+        |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+        &machine(),
+    )
+}
+
+pub fn machine() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn describe(var: impl Fn(&str) -> Option<String>, machine: &str) -> String {
+    for (name, ci) in CI_ACTORS {
+        if let Some(actor) = var(name) {
+            return format!("{actor} via {ci}");
+        }
+    }
+    let user = var("USER")
+        .or_else(|| var("LOGNAME"))
+        .unwrap_or_else(|| "unknown".into());
+    format!("{user}@{machine}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_actor_first() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(describe(env(&[("USER", "ana")]), "laptop"), "ana@laptop");
+        assert_eq!(
+            describe(env(&[("USER", "runner"), ("GITHUB_ACTOR", "ana")]), "ci-1"),
+            "ana via github"
+        );
+        assert_eq!(describe(env(&[]), "m"), "unknown@m");
+    }
+}
