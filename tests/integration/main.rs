@@ -1,0 +1,7 @@
+//! Integration tests: one test binary (`cargo test --test integration`), so the
+//! support code and the fleet tooling are compiled once for all of them.
+//! They need root (network and mount namespaces) and fail, never skip, without it.
+mod support;
+
+mod deploy;
+mod fleet_smoke;
