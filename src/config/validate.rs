@@ -892,3 +892,20 @@ rolling_batch_size = "50%"
         assert_eq!(parse_duration("soon"), None);
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// deploy.toml.example documents every key; it must stay valid.
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../deploy.toml.example");
+        let config = super::super::from_str(std::path::Path::new("deploy.toml.example"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.stages.len(), 2);
+        let staging = &config.stages["staging"];
+        assert_eq!(
+            staging.health.as_ref().unwrap().timeout,
+            std::time::Duration::from_secs(120)
+        );
+    }
+}

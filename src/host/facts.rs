@@ -59,7 +59,7 @@ impl HostFacts {
         for line in output.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
             match fields.as_slice() {
-                ["deploy_to missing"] => return Ok(facts),
+                ["deploy_to missing"] => {}
                 ["deploy_to writable"] => {
                     facts.deploy_to_exists = true;
                     facts.deploy_to_writable = true;
@@ -125,8 +125,10 @@ mod tests {
         let facts =
             HostFacts::parse("/srv/a", "deploy_to writable\ncurrent\t/opt/manual\n").unwrap();
         assert_eq!(facts.current, Current::Elsewhere("/opt/manual".into()));
-        let facts = HostFacts::parse("/srv/a", "deploy_to missing\n").unwrap();
+        let facts =
+            HostFacts::parse("/srv/a", "deploy_to missing\nmissing-shared\t.env\n").unwrap();
         assert!(!facts.deploy_to_exists);
+        assert_eq!(facts.missing_shared, [".env"]);
         assert!(HostFacts::parse("/srv/a", "garbage\n").is_err());
     }
 }

@@ -116,7 +116,11 @@ impl Layout {
 // never formatted. Exit status 3 means "refused, with a message on stderr".
 
 const PROBE: &str = r#"d=$1; shift
-if [ ! -d "$d" ]; then echo 'deploy_to missing'; exit 0; fi
+if [ ! -d "$d" ]; then
+  echo 'deploy_to missing'
+  for f in "$@"; do printf 'missing-shared\t%s\n' "$f"; done
+  exit 0
+fi
 if [ -w "$d" ]; then echo 'deploy_to writable'; else echo 'deploy_to read-only'; fi
 if [ -L "$d/current" ]; then printf 'current\t%s\n' "$(readlink "$d/current")"
 elif [ -e "$d/current" ]; then echo 'current not-a-link'; fi
@@ -237,8 +241,11 @@ mod tests {
         let layout = Layout::new(deploy_to);
         let r1 = id("20261122101500");
 
-        let (code, out, _) = run(&layout.probe(&[]), None);
-        assert_eq!((code, out.as_str()), (0, "deploy_to missing\n"));
+        let (code, out, _) = run(&layout.probe(&[".env".into()]), None);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "deploy_to missing\nmissing-shared\t.env\n")
+        );
 
         let tgz = archive(&[("app.py", "print(1)"), ("log/old.txt", "x")]);
         let (code, _, err) = run(&layout.unpack(&r1), Some(&tgz));
