@@ -68,8 +68,12 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 batches,
                 ..
             } if normal => self.line(&format!(
-                "{} {app} {release} to {stage}: {} host{}, {} batch{}",
-                operation.as_str(),
+                "{}: {} host{}, {} batch{}",
+                match operation {
+                    crate::plan::Operation::Deploy => format!("deploy {app} {release} to {stage}"),
+                    crate::plan::Operation::Rollback =>
+                        format!("roll {app} on {stage} back to {release}"),
+                },
                 hosts.len(),
                 if hosts.len() == 1 { "" } else { "s" },
                 batches.len(),
