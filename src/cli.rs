@@ -82,6 +82,26 @@ pub enum StageCommand {
     Rollback(RollbackArgs),
     /// Per host: the releases, which is current, which are bad or unfinished.
     Releases,
+    /// What is live on each host, the deploy lock, and the last run.
+    Status,
+    /// Take the deploy lock by hand, so no one deploys until `unlock`.
+    Lock(LockArgs),
+    /// Remove the deploy lock.
+    Unlock(UnlockArgs),
+}
+
+/// Options about the deploy lock, shared by deploy and rollback.
+#[derive(Debug, Clone, Args)]
+pub struct LockWaitArgs {
+    /// If another run holds the lock, wait up to this long for it (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub lock_wait: Option<std::time::Duration>,
+    /// Take over a lock whose run died (its heartbeat stopped).
+    #[arg(long)]
+    pub break_stale_lock: bool,
+    /// Shown to anyone who finds the lock taken.
+    #[arg(long, short = 'm', value_name = "TEXT")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +112,15 @@ pub struct DeployArgs {
     /// With --dry-run: show shipit's own scripts in full.
     #[arg(long, requires = "dry_run")]
     pub full: bool,
+    /// Continue a deploy whose run was killed (see `shipit STAGE status`).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub resume: bool,
+    /// On Ctrl-C or SIGTERM, also return hosts already switched to the
+    /// release they ran before.
+    #[arg(long)]
+    pub rollback_on_abort: bool,
+    #[command(flatten)]
+    pub lock: LockWaitArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -106,6 +135,28 @@ pub struct RollbackArgs {
     /// With --dry-run: show shipit's own scripts in full.
     #[arg(long, requires = "dry_run")]
     pub full: bool,
+    #[command(flatten)]
+    pub lock: LockWaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LockArgs {
+    /// Why deploys are held, shown to anyone who tries.
+    #[arg(long, short = 'm', value_name = "TEXT")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UnlockArgs {
+    /// Also remove a lock held by a run that is still alive.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(text).ok_or_else(|| {
+        format!("{text:?} is not a duration; write a number and a unit, such as 30s or 10m")
+    })
 }
 
 /// The parsed command line.

@@ -25,8 +25,6 @@ mod testing;
 
 use std::ffi::OsString;
 
-use tokio_util::sync::CancellationToken;
-
 use cli::{Invocation, StageCommand};
 use exit::Exit;
 
@@ -68,22 +66,29 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
             command,
         } => {
             let ctx = commands::Context::load(&stage, global)?;
-            let cancel = interrupt_token();
+            let signals = watch_signals();
             match command {
-                StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, cancel).await,
-                StageCommand::Rollback(args) => commands::rollback::run(&ctx, &args, cancel).await,
+                StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, &signals).await,
+                StageCommand::Rollback(args) => {
+                    commands::rollback::run(&ctx, &args, &signals).await
+                }
                 StageCommand::Releases => commands::releases::run(&ctx).await,
+                StageCommand::Status => commands::status::run(&ctx).await,
+                StageCommand::Lock(args) => commands::lock::lock_command(&ctx, args.message).await,
+                StageCommand::Unlock(args) => {
+                    commands::lock::unlock_command(&ctx, args.force).await
+                }
             }
         }
     }
 }
 
-/// Cancelled on the first Ctrl-C or SIGTERM: the run stops starting steps,
-/// lets running ones finish and puts drained hosts back. A second signal
-/// exits at once.
-fn interrupt_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
+/// Ctrl-C and SIGTERM: the first stops the run at the next step (running
+/// steps finish, drained hosts go back, the lock is released); the second
+/// cuts waits short and keeps only those essentials; the third quits.
+fn watch_signals() -> commands::Signals {
+    let signals = commands::Signals::default();
+    let (cancel, hurry) = (signals.cancel.clone(), signals.hurry.clone());
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut int), Ok(mut term)) = (
@@ -97,16 +102,29 @@ fn interrupt_token() -> CancellationToken {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            if count == 0 {
-                eprintln!(
-                    "\nshipit: stopping: no new steps start; running steps finish and drained hosts go back into the load balancer (signal again to quit at once)"
-                );
-                cancel.cancel();
-            } else {
-                eprintln!("shipit: quitting at once; hosts may be left drained");
-                std::process::exit(i32::from(Exit::Interrupted.code()));
+            match count {
+                0 => {
+                    eprintln!(
+                        "\nshipit: stopping: no new step starts; running steps finish, drained hosts go back \
+                         into the load balancer and the lock is released (again to hurry)"
+                    );
+                    cancel.cancel();
+                }
+                1 => {
+                    eprintln!(
+                        "\nshipit: hurrying: waits are cut short; only putting hosts back and releasing the lock \
+                         (again to quit at once)"
+                    );
+                    hurry.cancel();
+                }
+                _ => {
+                    eprintln!(
+                        "\nshipit: quitting at once; hosts may be left drained and the lock held until its lease runs out"
+                    );
+                    std::process::exit(i32::from(Exit::Interrupted.code()));
+                }
             }
         }
     });
-    token
+    signals
 }

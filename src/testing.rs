@@ -50,3 +50,11 @@ pub fn facts(stage: &Stage, current: Option<u32>, releases: &[u32]) -> BTreeMap<
         })
         .collect()
 }
+
+pub fn run() -> crate::plan::Run {
+    crate::plan::Run {
+        id: "run-1".into(),
+        by: "ana@laptop".into(),
+        rollback_on_abort: false,
+    }
+}

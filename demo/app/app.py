@@ -6,11 +6,12 @@ Standard library only. Expects the usual release layout on a host:
     <deploy_to>/releases/<release>/app.py   (this file, reached via <deploy_to>/current)
     <deploy_to>/shared/app.pid              written at start-up
     <deploy_to>/shared/log/app.log          log (shared_dirs = ["log"])
-    <deploy_to>/shared/health-fail          if present, /health answers 500
+    <deploy_to>/shared/health-fail          if present, /health answers 500 (if it
+                                            holds a version, only that version fails)
 
 Endpoints:
     GET /health  200 "ok release=<release> version=<version>"  (500 "failing" if
-                 shared/health-fail exists)
+                 shared/health-fail exists and is empty or names this version)
     GET /        200 "<version> <release> <hostname>"
     GET /slow?seconds=N  the same after sleeping N s (max 30): an in-flight request
                  that a graceful stop must let finish
@@ -50,6 +51,16 @@ def _shared_dir():
 
 
 SHARED = _shared_dir()
+
+
+def _failing():
+    """True if shared/health-fail says this version must fail its health check."""
+    try:
+        with open(os.path.join(SHARED, "health-fail")) as f:
+            wanted = f.read().strip()
+    except OSError:
+        return False
+    return wanted in ("", VERSION)
 
 
 def _read(path, default=""):
@@ -168,7 +179,7 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self):
         path = self.path.split("?", 1)[0]
         if path == "/health":
-            if SHARED and os.path.exists(os.path.join(SHARED, "health-fail")):
+            if SHARED and _failing():
                 return 500, "failing\n"
             return 200, f"ok release={RELEASE} version={VERSION}\n"
         if path == "/":

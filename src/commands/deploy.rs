@@ -1,85 +1,302 @@
-//! `shipit STAGE deploy`: build and pack once, connect to every host, read
-//! what they have, plan, then run the plan.
+//! `shipit STAGE deploy`: build and pack once, connect to every host, take
+//! the deploy lock, read what the hosts have, repair what an interrupted run
+//! left behind, plan, then run the plan.
 
-use tokio_util::sync::CancellationToken;
+use std::collections::BTreeMap;
 
-use super::{Context, fleet, run_result};
-use crate::artifact;
+use sha2::Digest as _;
+
+use super::lock::{self, LockOptions};
+use super::{Context, Signals, fleet, run_result};
+use crate::artifact::{self, Artifact};
 use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::execute::Executor;
 use crate::exit::Exit;
-use crate::host::ReleaseId;
-use crate::plan::{self, DeployInput};
+use crate::host::lock::LockKind;
+use crate::host::{HostFacts, ReleaseId};
+use crate::plan::{self, DeployInput, Run};
+use crate::report::Phase;
+use crate::transport::ssh::SshTransport;
 use crate::who::who;
 
-pub async fn run(
-    ctx: &Context,
-    args: &DeployArgs,
-    cancel: CancellationToken,
-) -> Result<Exit, Error> {
+pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let hosts = &stage.hosts;
     let now = jiff::Timestamp::now();
     let revision = artifact::revision(stage.app.revision.as_deref(), &ctx.base_dir()).await?;
+    let run = Run {
+        id: lock::run_id(),
+        by: who(),
+        rollback_on_abort: args.rollback_on_abort,
+    };
 
     if args.dry_run {
         let plan = plan::deploy(&DeployInput {
             stage,
-            hosts,
+            hosts: &stage.hosts,
             release: ReleaseId::at(now),
             revision,
             facts: None,
-            by: who(),
+            run,
+            resume: false,
+            digest: String::new(),
         })?;
         print!("{}", plan::render(&plan, args.full));
         return Ok(Exit::Success);
     }
 
     if let Some(build) = &stage.app.build {
-        eprintln!("building: {build}");
+        ctx.note(None, &format!("building: {build}"));
         artifact::build(build, &ctx.base_dir()).await?;
     }
     let artifact = artifact::prepare(&stage.app.source).await?;
+    let digest = digest(&artifact);
     if !ctx.global.quiet {
-        eprintln!(
-            "packed {}: {} ({} files) in {:.1}s",
-            stage.app.source.path().display(),
-            human_bytes(artifact.bytes.len() as u64),
-            artifact.files,
-            artifact.packing.as_secs_f64()
+        ctx.note(
+            None,
+            &format!(
+                "packed {}: {} ({} files, sha256 {}) in {:.1}s",
+                stage.app.source.path().display(),
+                human_bytes(artifact.bytes.len() as u64),
+                artifact.files,
+                &digest[..12],
+                artifact.packing.as_secs_f64()
+            ),
         );
     }
 
-    let transport = fleet::connect(stage, hosts).await?;
-    let result = async {
-        let facts = fleet::probe(&transport, stage, hosts).await?;
-        let existing = facts
-            .values()
-            .flat_map(|f| f.releases.iter().map(|r| r.id.clone()));
-        let plan = plan::deploy(&DeployInput {
-            stage,
-            hosts,
-            release: ReleaseId::next(now, existing),
+    let transport = fleet::connect(stage, &stage.hosts).await?;
+    let result = locked(
+        ctx,
+        args,
+        &transport,
+        Prepared {
+            artifact,
+            digest,
             revision,
-            facts: Some(&facts),
-            by: who(),
-        })?;
-        for warning in &plan.warnings {
-            eprintln!("warning: {warning}");
-        }
-        let reporter = ctx.reporter();
-        let report = Executor::new(&transport, reporter.as_ref())
-            .archive(artifact.bytes.clone())
-            .command_timeout(stage.ssh.command_timeout)
-            .cancel_on(cancel)
-            .run(&plan)
-            .await;
-        run_result(&plan, &report)
-    }
+            run,
+            now,
+        },
+        signals,
+    )
     .await;
     transport.close().await;
     result
+}
+
+struct Prepared {
+    artifact: Artifact,
+    digest: String,
+    revision: String,
+    run: Run,
+    now: jiff::Timestamp,
+}
+
+async fn locked(
+    ctx: &Context,
+    args: &DeployArgs,
+    transport: &SshTransport,
+    mut prepared: Prepared,
+    signals: &Signals,
+) -> Result<Exit, Error> {
+    let stage = &ctx.stage;
+    let hosts = &stage.hosts;
+    let mut resuming = None;
+    if args.resume {
+        // Which run to continue, read before taking the lock: resuming
+        // takes over that run's lock, but only once it is known dead.
+        let facts = fleet::probe(transport, stage, hosts).await?;
+        let interrupted = interrupted_deploy(&facts)?;
+        if let Some(held) = facts
+            .values()
+            .filter_map(|f| f.lock.as_ref())
+            .find(|l| l.run == interrupted.run)
+            && !lock::is_stale(held)
+        {
+            return Err(Error::Unchanged(format!(
+                "the run to resume ({}) still holds the lock and is alive: {}. Wait for it, or stop it first",
+                interrupted.run,
+                held.describe()
+            )));
+        }
+        prepared.run.id = interrupted.run.clone();
+        resuming = Some(interrupted);
+    }
+
+    let info = lock::lock_info(
+        stage,
+        &prepared.run.id,
+        LockKind::Deploy,
+        args.lock.message.clone(),
+        stage.rollout.lock_lease,
+    );
+    let options = LockOptions {
+        wait: args.lock.lock_wait,
+        break_stale: args.lock.break_stale_lock,
+    };
+    let held = lock::acquire(transport, stage, hosts, &info, &options, |m| {
+        ctx.note(None, m)
+    })
+    .await?;
+    let work = async {
+        let facts = fleet::probe(transport, stage, hosts).await?;
+        if resuming.is_none() {
+            repair(ctx, transport, &facts).await;
+        }
+        let release = match &resuming {
+            Some(interrupted) => {
+                let needs_upload = facts
+                    .values()
+                    .any(|f| !f.release(&interrupted.release).is_some_and(|r| r.finished));
+                if needs_upload && interrupted.digest.as_deref() != Some(prepared.digest.as_str()) {
+                    return Err(Error::Unchanged(format!(
+                        "cannot resume: some hosts still need release {} uploaded, and {} no longer packs to what \
+                         the interrupted run shipped; deploy afresh instead (without --resume)",
+                        interrupted.release,
+                        stage.app.source.path().display()
+                    )));
+                }
+                ctx.note(
+                    None,
+                    &format!(
+                        "resuming run {} of release {}",
+                        interrupted.run, interrupted.release
+                    ),
+                );
+                interrupted.release.clone()
+            }
+            None => {
+                let existing = facts
+                    .values()
+                    .flat_map(|f| f.releases.iter().map(|r| r.id.clone()));
+                ReleaseId::next(prepared.now, existing)
+            }
+        };
+        let plan = plan::deploy(&DeployInput {
+            stage,
+            hosts,
+            release,
+            revision: prepared.revision.clone(),
+            facts: Some(&facts),
+            run: prepared.run.clone(),
+            resume: resuming.is_some(),
+            digest: prepared.digest.clone(),
+        })?;
+        for warning in &plan.warnings {
+            ctx.note(None, &format!("warning: {warning}"));
+        }
+        let report = Executor::new(transport, ctx.reporter())
+            .archive(prepared.artifact.bytes.clone())
+            .command_timeout(stage.ssh.command_timeout)
+            .cancel_on(signals.cancel.clone(), signals.hurry.clone())
+            .run(&plan)
+            .await;
+        run_result(&plan, &report)
+    };
+    let result = held
+        .keep_while(&signals.cancel, work, |why| {
+            ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
+        })
+        .await;
+    release(ctx, held).await;
+    result
+}
+
+/// Gives the lock back, saying where that was not possible.
+pub async fn release<T: crate::transport::Transport>(ctx: &Context, held: lock::Held<'_, T>) {
+    let kept = held.release().await;
+    if !kept.is_empty() {
+        ctx.note(
+            None,
+            &format!(
+                "could not release the deploy lock on {}; it goes stale once its lease ({}) runs out",
+                kept.join(", "),
+                humantime::format_duration(ctx.stage.rollout.lock_lease)
+            ),
+        );
+    }
+}
+
+/// Puts back into the load balancer the hosts an interrupted run left
+/// drained, when their release answers its health check; reports the rest.
+pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
+    let stage = &ctx.stage;
+    let pipelines = plan::repair(stage, &stage.hosts, facts);
+    if pipelines.is_empty() {
+        return;
+    }
+    for p in &pipelines {
+        let trace = facts[&p.host]
+            .last_run
+            .as_ref()
+            .expect("repair plans only interrupted runs");
+        ctx.note(
+            Some(&p.host),
+            &format!(
+                "left drained by the interrupted {} of {} (run {}); checking it",
+                trace.op, trace.release, trace.run
+            ),
+        );
+    }
+    let fixed = Executor::new(transport, ctx.reporter())
+        .run_pipelines(Phase::Repair, &pipelines)
+        .await;
+    for p in &pipelines {
+        if fixed.contains(&p.host) {
+            ctx.note(Some(&p.host), "put back into the load balancer");
+        } else {
+            ctx.note(
+                Some(&p.host),
+                "stays out of the load balancer: its release does not answer its health check",
+            );
+        }
+    }
+}
+
+struct Interrupted {
+    run: String,
+    release: ReleaseId,
+    digest: Option<String>,
+}
+
+/// The deploy whose machine died, as the hosts' journals tell it.
+fn interrupted_deploy(facts: &BTreeMap<String, HostFacts>) -> Result<Interrupted, Error> {
+    let traces: Vec<_> = facts
+        .values()
+        .filter_map(|f| f.last_run.as_ref())
+        .filter(|t| t.interrupted() && t.op == "deploy")
+        .collect();
+    let Some(first) = traces.first() else {
+        return Err(Error::Unchanged(
+            "nothing to resume: no host has an interrupted deploy (`shipit STAGE status` shows the last run)".into(),
+        ));
+    };
+    if let Some(other) = traces.iter().find(|t| t.run != first.run) {
+        return Err(Error::Unchanged(format!(
+            "cannot resume: hosts were left by two different runs ({} and {}); deploy afresh",
+            first.run, other.run
+        )));
+    }
+    let release = first
+        .release
+        .parse()
+        .map_err(|e| Error::Unchanged(format!("cannot resume run {}: {e}", first.run)))?;
+    let digest = traces.iter().find_map(|t| {
+        let detail: serde_json::Value = serde_json::from_str(t.started_detail.as_deref()?).ok()?;
+        detail["digest"].as_str().map(str::to_string)
+    });
+    Ok(Interrupted {
+        run: first.run.clone(),
+        release,
+        digest,
+    })
+}
+
+fn digest(artifact: &Artifact) -> String {
+    sha2::Sha256::digest(&artifact.bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn human_bytes(n: u64) -> String {

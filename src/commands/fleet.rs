@@ -34,6 +34,7 @@ pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Erro
     };
     let options = ConnectOptions {
         connect_timeout: ssh.connect_timeout,
+        keepalive_interval: ssh.keepalive_interval,
         max_concurrent_connects: ssh.max_concurrent_connects,
         ..ConnectOptions::default()
     };

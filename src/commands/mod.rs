@@ -4,8 +4,10 @@
 
 pub mod deploy;
 pub mod fleet;
+pub mod lock;
 pub mod releases;
 pub mod rollback;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -20,6 +22,15 @@ pub struct Context {
     pub config: Config,
     pub stage: Stage,
     pub global: Global,
+    reporter: Box<dyn Reporter>,
+}
+
+/// Ctrl-C / SIGTERM, as seen by a run: the first signal cancels (no new
+/// steps), the second hurries (cut waits, essentials only).
+#[derive(Clone, Default)]
+pub struct Signals {
+    pub cancel: tokio_util::sync::CancellationToken,
+    pub hurry: tokio_util::sync::CancellationToken,
 }
 
 impl Context {
@@ -30,10 +41,12 @@ impl Context {
             .unwrap_or_else(|| PathBuf::from("deploy.toml"));
         let config = config::load(&path)?;
         let stage = config.stage(stage)?.clone();
+        let reporter = Box::new(Plain::new(std::io::stderr(), verbosity(&global)));
         Ok(Context {
             config,
             stage,
             global,
+            reporter,
         })
     }
 
@@ -46,19 +59,28 @@ impl Context {
         }
     }
 
-    pub fn verbosity(&self) -> Verbosity {
-        if self.global.quiet {
-            Verbosity::Quiet
-        } else if self.global.verbose {
-            Verbosity::Verbose
-        } else {
-            Verbosity::Normal
-        }
+    /// Where run events go.
+    pub fn reporter(&self) -> &dyn Reporter {
+        self.reporter.as_ref()
     }
 
-    /// Where run events go: plain lines on stderr.
-    pub fn reporter(&self) -> Box<dyn Reporter> {
-        Box::new(Plain::new(std::io::stderr(), self.verbosity()))
+    /// A message for the user, through the reporter so every output
+    /// format carries it.
+    pub fn note(&self, host: Option<&str>, message: &str) {
+        self.reporter.event(&crate::report::Event::Note {
+            host: host.map(ToString::to_string),
+            message: message.to_string(),
+        });
+    }
+}
+
+fn verbosity(global: &Global) -> Verbosity {
+    if global.quiet {
+        Verbosity::Quiet
+    } else if global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
     }
 }
 
@@ -96,9 +118,34 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
         plan.release
     );
     let (exit, message) = if report.interrupted {
+        let back = if report.undo_ran && report.undo_failed.is_empty() {
+            "; switched hosts were returned to their previous release"
+        } else {
+            ""
+        };
         (
             Exit::Interrupted,
-            format!("{operation} interrupted; {state}"),
+            format!("{operation} interrupted{back}; {state}"),
+        )
+    } else if report.undo_ran && report.undo_failed.is_empty() && !changed {
+        (
+            Exit::RolledBack,
+            format!(
+                "{operation} of {} failed on {} and was rolled back: every host runs the release it ran before, and {} is marked bad",
+                plan.release,
+                failed.join(", "),
+                plan.release
+            ),
+        )
+    } else if report.undo_ran {
+        (
+            Exit::Partial,
+            format!(
+                "{operation} failed on {} and the rollback failed on {}; {state}. Look at those hosts, then run `shipit {} rollback`",
+                failed.join(", "),
+                report.undo_failed.join(", "),
+                plan.stage
+            ),
         )
     } else if !changed {
         (
@@ -109,12 +156,20 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
             ),
         )
     } else {
+        let stage = &plan.stage;
+        let next = match plan.operation {
+            crate::plan::Operation::Rollback => {
+                format!("Run `shipit {stage} rollback` again once the failing hosts are fixed")
+            }
+            crate::plan::Operation::Deploy => format!(
+                "Continue with `shipit {stage} deploy --resume` once fixed, or roll back with `shipit {stage} rollback`"
+            ),
+        };
         (
             Exit::Partial,
             format!(
-                "{operation} failed on {}; {state}. Roll back with `shipit {} rollback`, or fix and deploy again",
-                failed.join(", "),
-                plan.stage
+                "{operation} failed on {}; {state}. {next}",
+                failed.join(", ")
             ),
         )
     };

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
+pub use validate::parse_duration;
 
 /// Every stage of one deploy.toml, all validated.
 #[derive(Debug, Clone)]
@@ -118,12 +119,32 @@ pub struct Ssh {
     pub proxy_jump: Option<Vec<String>>,
     pub connect_timeout: Duration,
     pub command_timeout: Option<Duration>,
+    pub keepalive_interval: Duration,
     pub max_concurrent_connects: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct Rollout {
     pub batch_size: BatchSize,
+    pub on_failure: OnFailure,
+    /// Share of a batch's hosts that may fail before `on_failure` applies
+    /// (only with `OnFailure::Continue`; must be exceeded).
+    pub max_fail_percentage: u8,
+    /// How long a deploy lock stays valid without a heartbeat from its run.
+    pub lock_lease: Duration,
+}
+
+/// `rollout.on_failure`: what happens when a host fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Return every host switched in this run to its previous release.
+    Rollback,
+    /// Stop; leave healthy hosts serving, switched hosts where they are.
+    Pause,
+    /// Skip failed hosts while each batch's failed share stays within
+    /// `max_fail_percentage`; stop (as with pause) once it does not.
+    Continue,
 }
 
 /// `rolling_batch_size`: how many hosts change at once.

@@ -98,6 +98,7 @@ pub struct RawSsh {
     pub host_key_checking: Option<String>,
     pub connect_timeout: Option<String>,
     pub command_timeout: Option<String>,
+    pub keepalive_interval: Option<String>,
     pub max_concurrent_connects: Option<i64>,
     /// A path, or `false` to ignore ~/.ssh/config.
     pub config: Option<toml::Value>,
@@ -110,6 +111,9 @@ pub struct RawSsh {
 pub struct RawRollout {
     /// A number or a percentage string such as `"25%"`.
     pub rolling_batch_size: Option<toml::Value>,
+    pub on_failure: Option<String>,
+    pub max_fail_percentage: Option<i64>,
+    pub lock_lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -164,11 +168,17 @@ overlay_fields!(RawSsh {
     host_key_checking,
     connect_timeout,
     command_timeout,
+    keepalive_interval,
     max_concurrent_connects,
     config,
     proxy_jump,
 });
-overlay_fields!(RawRollout { rolling_batch_size });
+overlay_fields!(RawRollout {
+    rolling_batch_size,
+    on_failure,
+    max_fail_percentage,
+    lock_lease,
+});
 overlay_fields!(RawHealth {
     url,
     expect_status,

@@ -10,12 +10,14 @@ use std::time::Duration;
 use super::raw::{Overlay as _, RawFile, RawHost, RawSettings};
 use super::template::Template;
 use super::{
-    App, BatchSize, Config, ConfigError, ConfigErrors, Health, Host, HostKeyChecking, Lb, Rollout,
-    Source, Ssh, SshConfigFile, Stage,
+    App, BatchSize, Config, ConfigError, ConfigErrors, Health, Host, HostKeyChecking, Lb,
+    OnFailure, Rollout, Source, Ssh, SshConfigFile, Stage,
 };
 
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONCURRENT_CONNECTS: usize = 32;
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -281,7 +283,10 @@ impl StageCheck<'_> {
         let connect_timeout = self
             .duration(pick!(self, ssh, connect_timeout))?
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let command_timeout = self.duration(pick!(self, ssh, command_timeout))?;
+        let command_timeout = self.positive_duration(pick!(self, ssh, command_timeout))?;
+        let keepalive_interval = self
+            .positive_duration(pick!(self, ssh, keepalive_interval))?
+            .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL);
         let max_concurrent_connects = match pick!(self, ssh, max_concurrent_connects) {
             None => Some(DEFAULT_MAX_CONCURRENT_CONNECTS),
             Some(At { value, key }) if value < 1 => {
@@ -299,6 +304,7 @@ impl StageCheck<'_> {
             proxy_jump: proxy_jump?,
             connect_timeout,
             command_timeout,
+            keepalive_interval,
             max_concurrent_connects: max_concurrent_connects?,
         })
     }
@@ -343,10 +349,47 @@ impl StageCheck<'_> {
 
     fn rollout(&mut self) -> Option<Rollout> {
         let batch_size = match pick!(self, rollout, rolling_batch_size) {
-            None => BatchSize::Count(1),
-            Some(at) => self.batch_size(at)?,
+            None => Some(BatchSize::Count(1)),
+            Some(at) => self.batch_size(at),
         };
-        Some(Rollout { batch_size })
+        let on_failure = match pick!(self, rollout, on_failure) {
+            None => Some(OnFailure::Rollback),
+            Some(at) => match at.value.as_str() {
+                "rollback" => Some(OnFailure::Rollback),
+                "pause" => Some(OnFailure::Pause),
+                "continue" => Some(OnFailure::Continue),
+                other => self.fail(
+                    &at.key,
+                    format!("{other:?} is not allowed; use \"rollback\" (default), \"pause\" or \"continue\""),
+                ),
+            },
+        };
+        let max_fail_percentage = match pick!(self, rollout, max_fail_percentage) {
+            None => Some(0),
+            Some(At { value, .. }) if (0..=100).contains(&value) => Some(value as u8),
+            Some(at) => self.fail(&at.key, format!("{} is not a percentage (0-100)", at.value)),
+        };
+        let lock_lease = self
+            .positive_duration(pick!(self, rollout, lock_lease))
+            .map(|d| d.unwrap_or(DEFAULT_LOCK_LEASE));
+        let lock_lease = match lock_lease? {
+            d if d < Duration::from_secs(2) => {
+                let key = pick!(self, rollout, lock_lease)
+                    .map(|a| a.key)
+                    .unwrap_or_default();
+                return self.fail(
+                    &key,
+                    "must be at least 2s: the lock is refreshed at a quarter of it",
+                );
+            }
+            d => d,
+        };
+        Some(Rollout {
+            batch_size: batch_size?,
+            on_failure: on_failure?,
+            max_fail_percentage: max_fail_percentage?,
+            lock_lease,
+        })
     }
 
     fn batch_size(&mut self, at: At<toml::Value>) -> Option<BatchSize> {
@@ -741,6 +784,8 @@ hosts = [ { name = "web1", address = "10.0.0.11" }, { name = "web2", address = "
         assert_eq!(stage.app.keep_releases, 5);
         assert_eq!(stage.app.source, Source::Directory("/p/dist/".into()));
         assert_eq!(stage.rollout.batch_size, BatchSize::Count(1));
+        assert_eq!(stage.rollout.on_failure, OnFailure::Rollback);
+        assert_eq!(stage.rollout.lock_lease, DEFAULT_LOCK_LEASE);
         assert!(stage.health.is_none());
         assert_eq!(stage.hosts[1].port, Some(2222));
         assert_eq!(stage.ssh.connect_timeout, Duration::from_secs(10));
@@ -803,6 +848,18 @@ rolling_batch_size = "50%"
             (
                 "[ssh]\nhost_key_checking = \"no\"",
                 "/p/deploy.toml: ssh.host_key_checking: \"no\" is not allowed; use \"strict\" (default) or \"accept-new\" (records unknown keys; a changed key is always refused)",
+            ),
+            (
+                "[rollout]\non_failure = \"retry\"",
+                "/p/deploy.toml: rollout.on_failure: \"retry\" is not allowed; use \"rollback\" (default), \"pause\" or \"continue\"",
+            ),
+            (
+                "[rollout]\nmax_fail_percentage = 101",
+                "/p/deploy.toml: rollout.max_fail_percentage: 101 is not a percentage (0-100)",
+            ),
+            (
+                "[rollout]\nlock_lease = \"1s\"",
+                "/p/deploy.toml: rollout.lock_lease: must be at least 2s: the lock is refreshed at a quarter of it",
             ),
             (
                 "[ssh]\nport = 70000",

@@ -116,13 +116,21 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// Polls until healthy or `check.timeout` passes. Ok(tries) or Err(why).
-pub async fn wait_healthy(client: &reqwest::Client, check: &HttpCheck) -> Result<usize, String> {
+/// `hurry` cuts the wait short.
+pub async fn wait_healthy(
+    client: &reqwest::Client,
+    check: &HttpCheck,
+    hurry: &tokio_util::sync::CancellationToken,
+) -> Result<usize, String> {
     let deadline = Instant::now() + check.timeout;
     let mut tries = 0;
     loop {
         tries += 1;
         let started = Instant::now();
-        let seen = probe(client, check).await;
+        let seen = tokio::select! {
+            seen = probe(client, check) => seen,
+            () = hurry.cancelled() => return Err("health check cut short by a second interrupt".into()),
+        };
         if seen == Probe::Healthy {
             return Ok(tries);
         }
@@ -136,7 +144,10 @@ pub async fn wait_healthy(client: &reqwest::Client, check: &HttpCheck) -> Result
                 seen.describe(check)
             ));
         }
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = hurry.cancelled() => return Err("health check cut short by a second interrupt".into()),
+        }
     }
 }
 
@@ -180,7 +191,9 @@ mod tests {
     async fn gives_up_with_the_last_answer() {
         // Port 1 on loopback: nothing listens, so every try is refused.
         let client = client();
-        let err = wait_healthy(&client, &check(None)).await.unwrap_err();
+        let err = wait_healthy(&client, &check(None), &Default::default())
+            .await
+            .unwrap_err();
         assert!(
             err.starts_with("not healthy after 300ms (3 tries)"),
             "{err}"

@@ -7,10 +7,17 @@
 //! - a failure in the prepare phase stops the run before any host switches;
 //! - a batch starts only when every host of the previous one is done;
 //! - when a host fails, its batch still finishes (no host is abandoned
-//!   mid-step), then no further batch starts;
-//! - a host that was drained is enabled again unless it was switched to a
-//!   release that did not become healthy: no healthy host stays out of the
-//!   load balancer because shipit stopped.
+//!   mid-step); then the plan's failure policy decides: roll every switched
+//!   host back (the plan's `undo` pipelines), stop, or go on within the
+//!   allowed share of failures;
+//! - a host that was drained is enabled again unless it runs a release that
+//!   did not prove healthy: no healthy host stays out of the load balancer
+//!   because shipit stopped;
+//! - on a cancel (Ctrl-C) no new step starts and running steps finish; on a
+//!   second one (hurry) waits are cut short and only the essentials run.
+//!
+//! Every host keeps a journal of its transitions (`host::journal`) so that a
+//! run whose machine died can be shown, repaired and resumed.
 
 pub mod health;
 
@@ -23,9 +30,11 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::OnFailure;
 use crate::host::ReleaseId;
+use crate::host::journal;
 use crate::host::revlog::Entry;
-use crate::plan::{Action, Pipeline, Plan, Step, StepKind};
+use crate::plan::{Action, Operation, Pipeline, Plan, Step, StepKind};
 use crate::report::{Event, HostResult, HostSummary, Phase, Reporter};
 use crate::transport::local::LocalTransport;
 use crate::transport::{
@@ -37,17 +46,12 @@ use crate::transport::{
 pub struct RunReport {
     pub ok: bool,
     pub interrupted: bool,
+    /// The failure policy (or `--rollback-on-abort`) returned hosts to
+    /// their previous release.
+    pub undo_ran: bool,
+    /// Hosts that could not be returned to their previous release.
+    pub undo_failed: Vec<String>,
     pub hosts: Vec<HostSummary>,
-}
-
-impl RunReport {
-    pub fn failed_hosts(&self) -> Vec<&str> {
-        self.hosts
-            .iter()
-            .filter(|h| matches!(h.result, HostResult::Failed { .. }))
-            .map(|h| h.host.as_str())
-            .collect()
-    }
 }
 
 pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
@@ -58,6 +62,7 @@ pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
     http: reqwest::Client,
     command_timeout: Option<Duration>,
     cancel: CancellationToken,
+    hurry: CancellationToken,
 }
 
 /// Why a step failed, for the event stream and the summary.
@@ -67,6 +72,17 @@ struct Failure {
     result: String,
     /// Everything the user needs: command, status, stderr tail.
     error: String,
+    interrupted: bool,
+}
+
+impl Failure {
+    fn interrupted(why: &str) -> Failure {
+        Failure {
+            result: "interrupted".into(),
+            error: why.into(),
+            interrupted: true,
+        }
+    }
 }
 
 /// One host's state while the run goes on.
@@ -76,9 +92,30 @@ struct HostRun {
     now: Option<ReleaseId>,
     drained: bool,
     result: Option<HostResult>,
-    /// The host took part (its pipeline started), so it logs the outcome.
+    /// The host took part (a pipeline started), so it logs the outcome.
     touched: bool,
+    /// Rolling batch it was in, for undo order.
+    batch: Option<usize>,
     elapsed: Duration,
+}
+
+type Book = Mutex<BTreeMap<String, HostRun>>;
+
+/// How far a stopped pipeline got, for deciding whether to put it back.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    switched: bool,
+    restarted: bool,
+    interrupted: bool,
+}
+
+/// Which way a pipeline moves a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Towards the plan's release.
+    Forward,
+    /// Back to the host's previous release.
+    Undo,
 }
 
 impl<'a, T: Transport> Executor<'a, T> {
@@ -98,6 +135,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             http: health::client(),
             command_timeout: None,
             cancel: CancellationToken::new(),
+            hurry: CancellationToken::new(),
         }
     }
 
@@ -112,15 +150,17 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         self
     }
 
-    /// Cancelling the token stops the run at the next step boundary; steps
-    /// already running finish, and drained hosts are put back.
-    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
-        self.cancel = token;
+    /// `cancel`: stop at the next step boundary, let running steps finish,
+    /// put drained hosts back. `hurry`: also cut waits short and skip the
+    /// undo of switched hosts.
+    pub fn cancel_on(mut self, cancel: CancellationToken, hurry: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self.hurry = hurry;
         self
     }
 
     pub async fn run(&self, plan: &Plan) -> RunReport {
-        let book: Mutex<BTreeMap<String, HostRun>> = Mutex::new(
+        let book: Book = Mutex::new(
             plan.hosts
                 .iter()
                 .map(|h| {
@@ -130,6 +170,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                         drained: false,
                         result: h.unchanged.then_some(HostResult::Unchanged),
                         touched: false,
+                        batch: None,
                         elapsed: Duration::ZERO,
                     };
                     (h.name.clone(), run)
@@ -149,11 +190,22 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 .map(|b| b.iter().map(|p| p.host.clone()).collect())
                 .collect(),
         });
+        self.journal_started(plan).await;
 
-        let mut ok = true;
+        let mut failed_batch = None;
+        let mut prepared = true;
         if !plan.prepare.is_empty() {
-            ok = self.phase(plan, Phase::Prepare, &plan.prepare, &book).await;
-            if !ok {
+            prepared = self
+                .phase(
+                    plan,
+                    Phase::Prepare,
+                    &plan.prepare,
+                    &book,
+                    Direction::Forward,
+                )
+                .await
+                .is_empty();
+            if !prepared && !self.cancel.is_cancelled() {
                 self.note(
                     None,
                     "prepare failed: no host was switched; the new release stays marked unfinished",
@@ -162,36 +214,100 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         }
         let total = plan.batches.len();
         for (i, batch) in plan.batches.iter().enumerate() {
-            if !ok || self.cancel.is_cancelled() {
+            if !prepared || failed_batch.is_some() || self.cancel.is_cancelled() {
                 break;
             }
-            ok = self
-                .phase(
-                    plan,
-                    Phase::Batch {
-                        number: i + 1,
-                        of: total,
-                    },
-                    batch,
-                    &book,
-                )
-                .await;
-            if !ok && i + 1 < total {
-                self.note(
-                    None,
-                    &format!("batch {} failed: not starting batch {}", i + 1, i + 2),
-                );
+            {
+                let mut book = book.lock().expect("host book");
+                for p in batch {
+                    if let Some(run) = book.get_mut(&p.host) {
+                        run.batch = Some(i);
+                    }
+                }
+            }
+            self.phase(
+                plan,
+                Phase::Batch {
+                    number: i + 1,
+                    of: total,
+                },
+                batch,
+                &book,
+                Direction::Forward,
+            )
+            .await;
+            let failed = {
+                let book = book.lock().expect("host book");
+                batch
+                    .iter()
+                    .filter(|p| {
+                        matches!(
+                            book[&p.host].result,
+                            Some(HostResult::Failed {
+                                interrupted: false,
+                                ..
+                            })
+                        )
+                    })
+                    .count()
+            };
+            if failed > 0 {
+                if plan.on_failure.stops(failed, batch.len()) {
+                    failed_batch = Some(i);
+                    let then = match plan.on_failure.action {
+                        OnFailure::Rollback if plan.operation == Operation::Deploy => {
+                            "rolling every switched host back to its previous release".to_string()
+                        }
+                        _ => "stopping here".to_string(),
+                    };
+                    self.note(
+                        None,
+                        &format!(
+                            "batch {} of {total}: {failed} of {} host(s) failed; {then}",
+                            i + 1,
+                            batch.len()
+                        ),
+                    );
+                } else {
+                    self.note(
+                        None,
+                        &format!(
+                            "batch {} of {total}: {failed} of {} host(s) failed, within max_fail_percentage = {}; going on",
+                            i + 1,
+                            batch.len(),
+                            plan.on_failure.max_fail_percentage
+                        ),
+                    );
+                }
             }
         }
         let interrupted = self.cancel.is_cancelled();
-        if interrupted {
-            ok = false;
+
+        let wants_undo = plan.operation == Operation::Deploy
+            && ((failed_batch.is_some() && plan.on_failure.action == OnFailure::Rollback)
+                || (interrupted && plan.on_failure.rollback_on_abort));
+        let mut undo_ran = false;
+        let mut undo_failed = Vec::new();
+        if wants_undo && !self.hurry.is_cancelled() {
+            (undo_ran, undo_failed) = self.undo(plan, &book).await;
         }
-        if ok && !plan.finish.is_empty() {
+
+        let rolled_out = prepared && failed_batch.is_none() && !interrupted && {
+            let book = book.lock().expect("host book");
+            book.values().all(|r| {
+                matches!(
+                    r.result,
+                    None | Some(HostResult::Done | HostResult::Unchanged)
+                )
+            })
+        };
+        if rolled_out && !plan.finish.is_empty() {
             // Cleanup trouble does not undo a good deploy; it is reported.
-            self.phase(plan, Phase::Finish, &plan.finish, &book).await;
+            self.phase(plan, Phase::Finish, &plan.finish, &book, Direction::Forward)
+                .await;
         }
-        self.bookkeeping(plan, &book, ok).await;
+        self.journal_finished(plan, &book, rolled_out).await;
+        self.revisions_log(plan, &book, rolled_out).await;
 
         let hosts: Vec<HostSummary> = {
             let book = book.lock().expect("host book");
@@ -210,7 +326,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 })
                 .collect()
         };
-        let ok = ok
+        let ok = rolled_out
             && hosts
                 .iter()
                 .all(|h| matches!(h.result, HostResult::Done | HostResult::Unchanged));
@@ -221,38 +337,130 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         RunReport {
             ok,
             interrupted,
+            undo_ran,
+            undo_failed,
             hosts,
         }
     }
 
-    /// Runs every pipeline of a phase at once; true if all succeeded.
+    /// Returns every host this run switched to its previous release, in
+    /// batches, the failed batch first; then marks the release bad.
+    async fn undo(&self, plan: &Plan, book: &Book) -> (bool, Vec<String>) {
+        let mut order: Vec<(usize, String)> = {
+            let book = book.lock().expect("host book");
+            book.iter()
+                .filter(|(_, r)| {
+                    r.now.as_ref() == Some(&plan.release)
+                        && r.before.as_ref() != Some(&plan.release)
+                })
+                .map(|(h, r)| (r.batch.unwrap_or(0), h.clone()))
+                .collect()
+        };
+        if order.is_empty() {
+            return (false, Vec::new());
+        }
+        order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut failed = Vec::new();
+        let mut pipelines = Vec::new();
+        for (_, host) in &order {
+            match plan.undo.iter().find(|p| &p.host == host) {
+                Some(p) => pipelines.push(p.clone()),
+                None => {
+                    self.note(
+                        Some(host),
+                        "cannot be rolled back: it had no previous release; left on the new one",
+                    );
+                    failed.push(host.clone());
+                }
+            }
+        }
+        let batches = crate::plan::batches(&pipelines, plan.on_failure.batch_size);
+        let total = batches.len();
+        for (i, batch) in batches.iter().enumerate() {
+            if self.hurry.is_cancelled() {
+                break;
+            }
+            let stuck = self
+                .phase(
+                    plan,
+                    Phase::Undo {
+                        number: i + 1,
+                        of: total,
+                    },
+                    batch,
+                    book,
+                    Direction::Undo,
+                )
+                .await;
+            failed.extend(stuck);
+        }
+        {
+            let book = book.lock().expect("host book");
+            for (_, host) in &order {
+                let run = &book[host];
+                if run.now.as_ref() == Some(&plan.release) && !failed.contains(host) {
+                    failed.push(host.clone());
+                }
+            }
+        }
+        let marks: Vec<Pipeline> = plan
+            .undo_finish
+            .iter()
+            .filter(|p| book.lock().expect("host book")[&p.host].touched)
+            .cloned()
+            .collect();
+        if !marks.is_empty() {
+            self.phase(plan, Phase::Finish, &marks, book, Direction::Undo)
+                .await;
+        }
+        if !failed.is_empty() {
+            self.note(
+                None,
+                &format!(
+                    "the rollback did not complete on {}; see their steps above",
+                    failed.join(", ")
+                ),
+            );
+        }
+        (true, failed)
+    }
+
+    /// Runs every pipeline of a phase at once; returns the hosts whose
+    /// pipeline failed.
     async fn phase(
         &self,
         plan: &Plan,
         phase: Phase,
         pipelines: &[Pipeline],
-        book: &Mutex<BTreeMap<String, HostRun>>,
-    ) -> bool {
+        book: &Book,
+        direction: Direction,
+    ) -> Vec<String> {
         self.reporter.event(&Event::PhaseStarted {
             phase,
             hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
         });
-        let rolling = matches!(phase, Phase::Batch { .. });
+        let rolling = matches!(phase, Phase::Batch { .. } | Phase::Undo { .. });
         let results = join_all(
             pipelines
                 .iter()
-                .map(|p| self.pipeline(plan, p, book, rolling)),
+                .map(|p| self.pipeline(plan, p, book, rolling, direction)),
         )
         .await;
-        results.into_iter().all(|ok| ok)
+        pipelines
+            .iter()
+            .zip(results)
+            .filter(|(_, ok)| !ok)
+            .map(|(p, _)| p.host.clone())
+            .collect()
     }
 
     async fn pipeline(
         &self,
         plan: &Plan,
         pipeline: &Pipeline,
-        book: &Mutex<BTreeMap<String, HostRun>>,
+        book: &Book,
         rolling: bool,
+        direction: Direction,
     ) -> bool {
         let host = pipeline.host.as_str();
         let started = Instant::now();
@@ -263,37 +471,46 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             }
         };
         update(&mut |run| run.touched = true);
+        let (stop, target) = match direction {
+            Direction::Forward => (&self.cancel, Some(plan.release.clone())),
+            Direction::Undo => (
+                &self.hurry,
+                book.lock().expect("host book")[host].before.clone(),
+            ),
+        };
 
         let mut failed: Option<(StepKind, Failure)> = None;
-        let mut switched = false;
-        let mut drained = false;
+        let (mut switched, mut drained, mut restarted) = (false, false, false);
         for step in &pipeline.steps {
-            if self.cancel.is_cancelled() {
+            if stop.is_cancelled() {
                 failed = Some((
                     step.kind,
-                    Failure {
-                        result: "interrupted".into(),
-                        error: "interrupted before this step started".into(),
-                    },
+                    Failure::interrupted("interrupted before this step started"),
                 ));
                 break;
             }
             match self.step(host, step).await {
-                Ok(()) => match step.kind {
-                    StepKind::Drain => {
-                        drained = true;
-                        update(&mut |run| run.drained = true);
+                Ok(()) => {
+                    match step.kind {
+                        StepKind::Drain => {
+                            drained = true;
+                            update(&mut |run| run.drained = true);
+                        }
+                        StepKind::Switch => {
+                            switched = true;
+                            update(&mut |run| run.now = target.clone());
+                        }
+                        StepKind::Restart => restarted = true,
+                        StepKind::Enable => {
+                            drained = false;
+                            update(&mut |run| run.drained = false);
+                        }
+                        _ => {}
                     }
-                    StepKind::Switch => {
-                        switched = true;
-                        update(&mut |run| run.now = Some(plan.release.clone()));
+                    if let Some(event) = journal_event(step.kind) {
+                        self.journal(plan, host, event, None).await;
                     }
-                    StepKind::Enable => {
-                        drained = false;
-                        update(&mut |run| run.drained = false);
-                    }
-                    _ => {}
-                },
+                }
                 Err(failure) => {
                     failed = Some((step.kind, failure));
                     break;
@@ -301,38 +518,112 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             }
         }
 
-        // A drained host that still serves the release it served before is
-        // healthy: put it back, whatever went wrong.
-        if drained && !switched {
-            if let Some(enable) = pipeline.steps.iter().find(|s| s.kind == StepKind::Enable) {
-                self.note(Some(host), "putting the host back into the load balancer: it still serves its previous release");
-                if self.step(host, enable).await.is_ok() {
-                    update(&mut |run| run.drained = false);
-                }
+        if drained {
+            let progress = Progress {
+                switched,
+                restarted,
+                interrupted: failed.as_ref().is_some_and(|(_, f)| f.interrupted),
+            };
+            if self.put_back(pipeline, progress, target.as_ref()).await {
+                update(&mut |run| run.drained = false);
             }
-        } else if drained && switched {
-            self.note(
-                Some(host),
-                &format!("left out of the load balancer: it was switched to {} which did not become healthy", plan.release),
-            );
+        }
+        if failed.is_none() && rolling {
+            let event = match direction {
+                Direction::Forward => "rolled-out",
+                Direction::Undo => "rolled-back",
+            };
+            self.journal(plan, host, event, None).await;
         }
 
         let elapsed = started.elapsed();
         let ok = failed.is_none();
         update(&mut |run| {
             run.elapsed += elapsed;
-            match &failed {
-                Some((step, failure)) => {
+            match (&failed, direction) {
+                (Some((step, failure)), Direction::Forward) => {
                     run.result = Some(HostResult::Failed {
                         step: *step,
                         error: failure.error.clone(),
+                        interrupted: failure.interrupted,
                     });
                 }
-                None if rolling => run.result = Some(HostResult::Done),
-                None => {}
+                (Some((step, failure)), Direction::Undo) => {
+                    run.result = Some(HostResult::Failed {
+                        step: *step,
+                        error: format!("rolling back: {}", failure.error),
+                        interrupted: failure.interrupted,
+                    });
+                }
+                (None, Direction::Forward) if rolling => run.result = Some(HostResult::Done),
+                (None, Direction::Undo) if rolling => {
+                    // A host that failed keeps its failure; one that had
+                    // succeeded was rolled back because of others.
+                    if !matches!(run.result, Some(HostResult::Failed { .. })) {
+                        run.result = Some(HostResult::RolledBack);
+                    }
+                }
+                (None, _) => {}
             }
         });
         ok
+    }
+
+    /// A pipeline stopped with its host drained: put it back if it serves a
+    /// release known to be healthy. True if it is back.
+    async fn put_back(
+        &self,
+        pipeline: &Pipeline,
+        progress: Progress,
+        target: Option<&ReleaseId>,
+    ) -> bool {
+        let host = pipeline.host.as_str();
+        let Some(enable) = pipeline.steps.iter().find(|s| s.kind == StepKind::Enable) else {
+            return false;
+        };
+        let healthy = if !progress.switched {
+            // Still the release it served before it was drained.
+            self.note(
+                Some(host),
+                "putting the host back: it still serves its previous release",
+            );
+            true
+        } else if progress.interrupted && progress.restarted {
+            // Stopped between restart and enable: one quick look decides.
+            match pipeline.steps.iter().find(|s| s.kind == StepKind::Health) {
+                Some(Step {
+                    action: Action::Http { check },
+                    ..
+                }) => {
+                    let mut quick = check.clone();
+                    quick.timeout = check.request_timeout.max(check.interval) + check.interval;
+                    let ok = health::wait_healthy(&self.http, &quick, &CancellationToken::new())
+                        .await
+                        .is_ok();
+                    if ok {
+                        self.note(
+                            Some(host),
+                            "putting the host back: its new release answers its health check",
+                        );
+                    }
+                    ok
+                }
+                _ => true,
+            }
+        } else {
+            false
+        };
+        if healthy {
+            return self.step(host, enable).await.is_ok();
+        }
+        let release = target.map_or("its release".to_string(), ToString::to_string);
+        self.note(
+            Some(host),
+            &format!(
+                "left out of the load balancer: it runs {release}, which did not prove healthy"
+            ),
+        );
+        false
     }
 
     async fn step(&self, host: &str, step: &Step) -> Result<(), Failure> {
@@ -372,69 +663,102 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             step: step.kind,
             total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
         };
+        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| ExecRequest {
+            command: cmd.render(),
+            stdin,
+            timeout: self.command_timeout,
+        };
         let output = match &step.action {
             Action::Nothing { .. } => return Ok("skipped".into()),
             Action::Http { check } => {
-                return match health::wait_healthy(&self.http, check).await {
+                return match health::wait_healthy(&self.http, check, &self.hurry).await {
                     Ok(tries) => Ok(format!(
                         "ok ({tries} tr{})",
                         if tries == 1 { "y" } else { "ies" }
                     )),
+                    Err(why) if self.hurry.is_cancelled() => Err(Failure::interrupted(&why)),
                     Err(why) => Err(Failure {
                         result: "unhealthy".into(),
                         error: why,
+                        interrupted: false,
                     }),
                 };
             }
             Action::Remote { cmd } => {
-                let request = ExecRequest {
-                    command: cmd.render(),
-                    stdin: None,
-                    timeout: self.command_timeout,
-                };
-                self.transport.exec(host, request, &observer).await
+                self.transport
+                    .exec(host, request(cmd, None), &observer)
+                    .await
             }
             Action::Upload { cmd } => {
-                let request = ExecRequest {
-                    command: cmd.render(),
-                    stdin: Some(self.archive.clone().unwrap_or_default()),
-                    timeout: self.command_timeout,
-                };
-                self.transport.exec(host, request, &observer).await
+                let archive = self.archive.clone().unwrap_or_default();
+                self.transport
+                    .exec(host, request(cmd, Some(archive)), &observer)
+                    .await
             }
             Action::Local { cmd } => {
-                let request = ExecRequest {
-                    command: cmd.render(),
-                    stdin: None,
-                    timeout: self.command_timeout,
-                };
-                self.local.exec("local", request, &observer).await
+                self.local
+                    .exec("local", request(cmd, None), &observer)
+                    .await
             }
         };
         judge(shown, output)
     }
 
+    async fn journal_started(&self, plan: &Plan) {
+        let detail =
+            serde_json::json!({ "by": plan.bookkeeping.by, "digest": plan.bookkeeping.digest })
+                .to_string();
+        let entry = self.journal_entry(plan, "started", Some(detail));
+        let layout = &plan.bookkeeping.layout;
+        let writes = plan.changing_hosts().map(|h| {
+            self.quiet_exec(
+                &h.name,
+                layout.journal_start(&entry, plan.resume),
+                "journal",
+            )
+        });
+        join_all(writes).await;
+    }
+
+    async fn journal(&self, plan: &Plan, host: &str, event: &str, detail: Option<String>) {
+        let entry = self.journal_entry(plan, event, detail);
+        self.quiet_exec(host, plan.bookkeeping.layout.journal(&entry), "journal")
+            .await;
+    }
+
+    fn journal_entry(&self, plan: &Plan, event: &str, detail: Option<String>) -> journal::Entry {
+        journal::Entry {
+            run: plan.run.clone(),
+            time: now_utc(),
+            op: plan.operation.as_str().to_string(),
+            release: plan.release.to_string(),
+            event: event.to_string(),
+            detail,
+        }
+    }
+
+    async fn journal_finished(&self, plan: &Plan, book: &Book, ok: bool) {
+        let results: Vec<(String, String)> = {
+            let book = book.lock().expect("host book");
+            book.iter()
+                .filter(|(_, r)| r.touched)
+                .map(|(h, r)| (h.clone(), outcome(r, ok)))
+                .collect()
+        };
+        join_all(results.into_iter().map(|(host, result)| async move {
+            self.journal(plan, &host, "finished", Some(result)).await
+        }))
+        .await;
+    }
+
     /// Appends the outcome to revisions.log on every host that took part.
-    async fn bookkeeping(&self, plan: &Plan, book: &Mutex<BTreeMap<String, HostRun>>, ok: bool) {
-        let time = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+    async fn revisions_log(&self, plan: &Plan, book: &Book, ok: bool) {
+        let time = now_utc();
         let entries: Vec<(String, Entry)> = {
             let book = book.lock().expect("host book");
             book.iter()
                 .filter(|(_, run)| run.touched)
                 .map(|(host, run)| {
-                    let result = match &run.result {
-                        Some(HostResult::Done) => "success".to_string(),
-                        Some(HostResult::Failed { step, .. }) => {
-                            format!("failed at {}", step.as_str())
-                        }
-                        Some(HostResult::Unchanged) => "unchanged".to_string(),
-                        None if ok => "success".to_string(),
-                        None | Some(HostResult::NotReached) => {
-                            "not switched: the run stopped before this host's turn".to_string()
-                        }
-                    };
                     let entry = Entry {
                         time: time.clone(),
                         action: plan.operation.as_str().to_string(),
@@ -442,28 +766,55 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                         previous: run.before.as_ref().map(ToString::to_string),
                         revision: plan.revision.clone(),
                         by: plan.bookkeeping.by.clone(),
-                        result,
+                        result: outcome(run, ok),
                     };
                     (host.clone(), entry)
                 })
                 .collect()
         };
-        let writes = entries.iter().map(|(host, entry)| async move {
-            let cmd = plan.bookkeeping.layout.record(&entry.to_line());
-            let request = ExecRequest {
-                command: cmd.render(),
-                stdin: None,
-                timeout: Some(Duration::from_secs(30)),
-            };
-            let result = self.transport.exec(host, request, &transport::Quiet).await;
-            if let Err(e) = judge("record", result) {
-                self.note(
-                    Some(host),
-                    &format!("could not append to revisions.log: {}", e.error),
-                );
-            }
+        let writes = entries.iter().map(|(host, entry)| {
+            self.quiet_exec(
+                host,
+                plan.bookkeeping.layout.record(&entry.to_line()),
+                "revisions.log",
+            )
         });
         join_all(writes).await;
+    }
+
+    /// A bookkeeping command: failures are reported, never fatal.
+    async fn quiet_exec(&self, host: &str, cmd: crate::shell::Cmd, what: &str) {
+        let request = ExecRequest {
+            command: cmd.render(),
+            stdin: None,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let result = self.transport.exec(host, request, &transport::Quiet).await;
+        if let Err(e) = judge(what, result) {
+            self.note(Some(host), &format!("could not write {what}: {}", e.error));
+        }
+    }
+
+    /// Runs stand-alone pipelines (repairs before a run) and returns the
+    /// hosts whose pipeline succeeded.
+    pub async fn run_pipelines(&self, phase: Phase, pipelines: &[Pipeline]) -> Vec<String> {
+        if pipelines.is_empty() {
+            return Vec::new();
+        }
+        self.reporter.event(&Event::PhaseStarted {
+            phase,
+            hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
+        });
+        let results = join_all(pipelines.iter().map(|p| async move {
+            for step in &p.steps {
+                if self.step(&p.host, step).await.is_err() {
+                    return None;
+                }
+            }
+            Some(p.host.clone())
+        }))
+        .await;
+        results.into_iter().flatten().collect()
     }
 
     fn note(&self, host: Option<&str>, message: &str) {
@@ -472,6 +823,47 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             message: message.to_string(),
         });
     }
+}
+
+/// The journal event recorded when a step of this kind succeeds.
+fn journal_event(kind: StepKind) -> Option<&'static str> {
+    Some(match kind {
+        StepKind::Finish => "uploaded",
+        StepKind::Drain => "drained",
+        StepKind::Switch => "switched",
+        StepKind::Restart => "restarted",
+        StepKind::Health => "healthy",
+        StepKind::Enable => "enabled",
+        _ => return None,
+    })
+}
+
+/// One host's outcome, for revisions.log and the journal.
+fn outcome(run: &HostRun, ok: bool) -> String {
+    match &run.result {
+        Some(HostResult::Done) => "success".to_string(),
+        Some(HostResult::RolledBack) => "rolled back".to_string(),
+        Some(HostResult::Failed {
+            step,
+            interrupted: true,
+            ..
+        }) => format!("interrupted at {}", step.as_str()),
+        Some(HostResult::Failed { step, .. }) if run.now == run.before => {
+            format!("failed at {}; back on the previous release", step.as_str())
+        }
+        Some(HostResult::Failed { step, .. }) => format!("failed at {}", step.as_str()),
+        Some(HostResult::Unchanged) => "unchanged".to_string(),
+        None if ok => "success".to_string(),
+        None | Some(HostResult::NotReached) => {
+            "not switched: the run stopped before this host's turn".to_string()
+        }
+    }
+}
+
+fn now_utc() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// A command's outcome as a step result.
@@ -495,6 +887,7 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
             Err(Failure {
                 result: out.exit.to_string(),
                 error,
+                interrupted: false,
             })
         }
         Err(e) => Err(Failure {
@@ -504,6 +897,7 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
                 _ => "error".into(),
             },
             error: e.to_string(),
+            interrupted: false,
         }),
     }
 }

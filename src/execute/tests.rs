@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::plan::{DeployInput, deploy};
 use crate::report::Recording;
-use crate::testing::{facts, id, stage};
+use crate::testing::{self, facts, id, stage};
 use crate::transport::fake::FakeTransport;
 
 const STAGE: &str = r#"
@@ -29,7 +29,12 @@ const STEPS: &[&str] = &[
 ];
 
 fn plan(hosts: usize) -> Plan {
-    let stage = stage(hosts, &format!("keep_releases = 1\n{STAGE}"));
+    plan_with(hosts, "")
+}
+
+/// `extra` goes into `[rollout]`.
+fn plan_with(hosts: usize, extra: &str) -> Plan {
+    let stage = stage(hosts, &format!("keep_releases = 1\n{STAGE}{extra}\n"));
     let f = facts(&stage, Some(2), &[1, 2]);
     deploy(&DeployInput {
         stage: &stage,
@@ -37,7 +42,9 @@ fn plan(hosts: usize) -> Plan {
         release: id(3),
         revision: "abc".into(),
         facts: Some(&f),
-        by: "test".into(),
+        run: testing::run(),
+        resume: false,
+        digest: String::new(),
     })
     .unwrap()
 }
@@ -106,7 +113,7 @@ async fn a_failed_host_finishes_its_batch_and_stops_the_next() {
     // web1 fails its restart; web2 (same batch) still completes.
     let remote = FakeTransport::default().fail("web1", "restart-app", 1);
     let local = FakeTransport::default();
-    let (report, events) = run(&plan(3), &remote, &local).await;
+    let (report, events) = run(&plan_with(3, "on_failure = \"pause\""), &remote, &local).await;
     assert!(!report.ok);
     let log = remote.steps(STEPS);
     assert!(log.contains(&"web2:restart-app".to_string()));
@@ -187,7 +194,7 @@ async fn cancelling_stops_at_the_next_step_and_puts_drained_hosts_back() {
     });
     let report = Executor::with_local(&remote, &local, &recording)
         .archive(Bytes::from_static(b"x"))
-        .cancel_on(token)
+        .cancel_on(token, CancellationToken::new())
         .run(&plan)
         .await;
     assert!(report.interrupted && !report.ok);
@@ -221,5 +228,133 @@ async fn failures_name_the_command_status_and_stderr() {
     assert!(
         error.contains("ended with exit status 7; stderr:\nscripted failure"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_policy_returns_every_switched_host_failed_batch_first() {
+    // Batch 1: web1, web2 succeed. Batch 2: web3 fails to restart the new
+    // release (its old one restarts fine), web4 succeeds.
+    let remote = FakeTransport::default().fail("web3", "SHIPIT_RELEASE=20261122100003", 1);
+    let local = FakeTransport::default();
+    let (report, events) = run(&plan(4), &remote, &local).await;
+    assert!(!report.ok && report.undo_ran && report.undo_failed.is_empty());
+    for h in &report.hosts {
+        assert_eq!(
+            h.now,
+            Some(id(2)),
+            "{} is back on its previous release",
+            h.host
+        );
+        assert!(!h.drained, "{} is in the load balancer", h.host);
+    }
+    let result = |h: &str| {
+        report
+            .hosts
+            .iter()
+            .find(|s| s.host == h)
+            .unwrap()
+            .result
+            .clone()
+    };
+    assert!(matches!(
+        result("web3"),
+        HostResult::Failed {
+            step: StepKind::Restart,
+            ..
+        }
+    ));
+    for h in ["web1", "web2", "web4"] {
+        assert_eq!(result(h), HostResult::RolledBack);
+    }
+    // Undo phases: the failed batch (web3, web4) first, then web1, web2.
+    let undo: Vec<Vec<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseStarted {
+                phase: Phase::Undo { .. },
+                hosts,
+            } => Some(hosts.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undo, [vec!["web3", "web4"], vec!["web1", "web2"]]);
+    // The release is marked bad everywhere; no cleanup ran.
+    let log = remote.steps(&["shipit:mark-bad", "shipit:remove-releases"]);
+    assert_eq!(
+        log.iter().filter(|e| e.ends_with("mark-bad")).count(),
+        4,
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|e| e.ends_with("remove-releases")));
+}
+
+#[tokio::test]
+async fn continue_policy_goes_on_within_the_allowed_share() {
+    let remote = FakeTransport::default()
+        .fail("web1", "restart-app", 1)
+        .fail("web3", "restart-app", 1);
+    let local = FakeTransport::default();
+    let plan = plan_with(4, "on_failure = \"continue\"\nmax_fail_percentage = 50");
+    let (report, _) = run(&plan, &remote, &local).await;
+    assert!(!report.ok && !report.undo_ran);
+    // 1 of 2 per batch is 50%: not exceeded, so batch 2 ran.
+    let result = |h: &str| {
+        report
+            .hosts
+            .iter()
+            .find(|s| s.host == h)
+            .unwrap()
+            .result
+            .clone()
+    };
+    assert_eq!(result("web4"), HostResult::Done);
+    assert!(matches!(result("web3"), HostResult::Failed { .. }));
+
+    // 25% allowed: the first failure stops the rollout.
+    let remote = FakeTransport::default().fail("web1", "restart-app", 1);
+    let plan = plan_with(4, "on_failure = \"continue\"\nmax_fail_percentage = 25");
+    let (report, _) = run(&plan, &remote, &FakeTransport::default()).await;
+    let result = |h: &str| {
+        report
+            .hosts
+            .iter()
+            .find(|s| s.host == h)
+            .unwrap()
+            .result
+            .clone()
+    };
+    assert_eq!(result("web3"), HostResult::NotReached);
+}
+
+#[tokio::test]
+async fn every_transition_goes_to_the_journal() {
+    let remote = FakeTransport::default();
+    let (report, _) = run(&plan(1), &remote, &FakeTransport::default()).await;
+    assert!(report.ok);
+    let events: Vec<String> = remote
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| c.contains("shipit:journal"))
+        .map(|(_, c)| {
+            let words = shlex::split(c).unwrap();
+            let entry: serde_json::Value = serde_json::from_str(words.last().unwrap()).unwrap();
+            entry["event"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "started",
+            "uploaded",
+            "drained",
+            "switched",
+            "restarted",
+            "enabled",
+            "rolled-out",
+            "finished"
+        ]
     );
 }

@@ -3,6 +3,8 @@
 //! connect) simply has none.
 
 use super::ReleaseId;
+use super::journal::{self, RunTrace};
+use super::lock::{self, HeldLock};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostFacts {
@@ -16,6 +18,10 @@ pub struct HostFacts {
     pub foreign: Vec<String>,
     /// `shared_files` that do not exist in `shared/`.
     pub missing_shared: Vec<String>,
+    /// The deploy lock, if someone holds it.
+    pub lock: Option<HeldLock>,
+    /// The last run recorded in the host's journal.
+    pub last_run: Option<RunTrace>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -56,6 +62,8 @@ impl HostFacts {
     pub fn parse(deploy_to: &str, output: &str) -> Result<HostFacts, String> {
         let mut facts = HostFacts::default();
         let releases_dir = format!("{deploy_to}/releases/");
+        let mut lock_lines = Vec::new();
+        let mut journal = Vec::new();
         for line in output.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
             match fields.as_slice() {
@@ -85,9 +93,20 @@ impl HostFacts {
                     Err(_) => facts.foreign.push(name.to_string()),
                 },
                 ["missing-shared", path] => facts.missing_shared.push(path.to_string()),
+                ["lock-run" | "lock-age" | "lock-info", ..] => lock_lines.push(line),
+                ["journal", rest @ ..] => {
+                    // A torn last line (host died mid-write) is skipped.
+                    if let Ok(entry) = serde_json::from_str::<journal::Entry>(&rest.join("\t")) {
+                        journal.push(entry);
+                    }
+                }
                 _ => return Err(format!("unexpected probe output line: {line:?}")),
             }
         }
+        if !lock_lines.is_empty() {
+            facts.lock = Some(lock::parse_held(lock_lines.into_iter())?);
+        }
+        facts.last_run = journal::last_run(&journal);
         facts.releases.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(facts)
     }
@@ -118,6 +137,22 @@ mod tests {
         assert_eq!(facts.releases[1].revision, "abc");
         assert_eq!(facts.foreign, ["old-stuff"]);
         assert_eq!(facts.missing_shared, [".env"]);
+        assert!(facts.lock.is_none() && facts.last_run.is_none());
+    }
+
+    #[test]
+    fn lock_and_journal() {
+        let out = "deploy_to writable\nlock-run\tr9\nlock-age\t12\nlock-info\t\n\
+                   journal\t{\"run\":\"r9\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101500\",\"event\":\"started\"}\n\
+                   journal\t{\"run\":\"r9\",\"ti\n";
+        let facts = HostFacts::parse("/srv/a", out).unwrap();
+        let lock = facts.lock.unwrap();
+        assert_eq!(
+            (lock.run.as_str(), lock.age_secs, lock.info),
+            ("r9", 12, None)
+        );
+        let run = facts.last_run.unwrap();
+        assert_eq!((run.run.as_str(), run.events.len()), ("r9", 1));
     }
 
     #[test]

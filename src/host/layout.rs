@@ -133,6 +133,14 @@ for r in "$d"/releases/*; do
   printf 'release\t%s\t%s\t%s\t%s\n' "$id" "$state" "$bad" "$rev"
 done
 for f in "$@"; do [ -e "$d/shared/$f" ] || printf 'missing-shared\t%s\n' "$f"; done
+l="$d/.shipit/lock"
+if [ -d "$l" ]; then
+  printf 'lock-run\t%s\n' "$(cat "$l/run" 2>/dev/null)"
+  hb=$(cat "$l/heartbeat" 2>/dev/null)
+  printf 'lock-age\t%s\n' "$(( $(date +%s) - ${hb:-0} ))"
+  printf 'lock-info\t%s\n' "$(head -n 1 "$l/info" 2>/dev/null)"
+fi
+[ -f "$d/.shipit/journal" ] && tail -n 500 "$d/.shipit/journal" | sed 's/^/journal\t/'
 exit 0"#;
 
 const UNPACK: &str = r#"d=$1 id=$2 r="$1/releases/$2"

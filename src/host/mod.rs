@@ -4,7 +4,9 @@
 //! and the revisions log format (`revlog`).
 
 pub mod facts;
+pub mod journal;
 pub mod layout;
+pub mod lock;
 pub mod releases;
 pub mod revlog;
 

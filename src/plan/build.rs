@@ -10,8 +10,10 @@ use crate::host::{Current, HostFacts, Layout, ReleaseId};
 use crate::shell::{Cmd, Word};
 
 use super::{
-    Action, Bookkeeping, HttpCheck, Operation, Pipeline, Plan, PlannedHost, Step, StepKind,
+    Action, Bookkeeping, FailurePolicy, HttpCheck, Operation, Pipeline, Plan, PlannedHost, Step,
+    StepKind,
 };
+use crate::config::OnFailure;
 
 pub struct DeployInput<'a> {
     pub stage: &'a Stage,
@@ -21,7 +23,12 @@ pub struct DeployInput<'a> {
     pub revision: String,
     /// What each host reported; `None` for a dry run.
     pub facts: Option<&'a BTreeMap<String, HostFacts>>,
-    pub by: String,
+    pub run: Run,
+    /// Continue the interrupted run that was deploying `release`: hosts it
+    /// finished are left alone, hosts that have the release skip the upload.
+    pub resume: bool,
+    /// Digest of the archive, for the journal.
+    pub digest: String,
 }
 
 pub struct RollbackInput<'a> {
@@ -30,7 +37,15 @@ pub struct RollbackInput<'a> {
     pub to: Option<ReleaseId>,
     /// Rollback needs to know what the hosts have: always real facts.
     pub facts: &'a BTreeMap<String, HostFacts>,
+    pub run: Run,
+}
+
+/// Who runs this and how, for every plan.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: String,
     pub by: String,
+    pub rollback_on_abort: bool,
 }
 
 /// Why a plan cannot be made. Found before anything changes on any host.
@@ -70,24 +85,73 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     if let Some(facts) = input.facts {
         preflight(stage, input.hosts, facts)?;
     }
-    let before = |host: &Host| -> Option<ReleaseId> {
-        input
-            .facts
-            .and_then(|f| f.get(&host.name))
-            .and_then(|f| f.current.release().cloned())
+    let facts_of = |host: &Host| input.facts.and_then(|f| f.get(&host.name));
+    let before = |host: &Host| facts_of(host).and_then(|f| f.current.release().cloned());
+    // Resuming: hosts the interrupted run finished stay as they are.
+    let done = |host: &Host| -> bool {
+        input.resume
+            && facts_of(host).is_some_and(|f| {
+                f.current.release() == Some(&input.release)
+                    && f.last_run
+                        .as_ref()
+                        .is_some_and(|r| r.release == input.release.as_str() && r.host_done())
+            })
+    };
+    let has_release = |host: &Host| {
+        facts_of(host)
+            .and_then(|f| f.release(&input.release))
+            .is_some_and(|r| r.finished)
     };
 
     let mut prepare = Vec::new();
     let mut rolling = Vec::new();
     let mut finish = Vec::new();
+    let mut undo = Vec::new();
+    let mut undo_finish = Vec::new();
     for host in input.hosts {
+        let previous = before(host);
+        if let Some(previous) = previous.as_ref().filter(|p| **p != input.release) {
+            let back = HostContext::new(
+                stage,
+                host,
+                previous,
+                Some(&input.release),
+                Operation::Rollback,
+            );
+            undo.push(Pipeline {
+                host: host.name.clone(),
+                steps: back.rollout_steps(&layout),
+            });
+        }
+        undo_finish.push(Pipeline {
+            host: host.name.clone(),
+            steps: vec![Step {
+                kind: StepKind::MarkBad,
+                action: Action::Remote {
+                    cmd: layout.mark_bad(
+                        &input.release,
+                        &format!("failed deploy rolled back by {}", input.run.by),
+                    ),
+                },
+            }],
+        });
+        if done(host) {
+            continue;
+        }
         let ctx = HostContext::new(
             stage,
             host,
             &input.release,
-            before(host).as_ref(),
+            previous.as_ref(),
             Operation::Deploy,
         );
+        rolling.push(Pipeline {
+            host: host.name.clone(),
+            steps: ctx.rollout_steps(&layout),
+        });
+        if input.resume && has_release(host) {
+            continue;
+        }
         let mut steps = vec![Step {
             kind: StepKind::Upload,
             action: Action::Upload {
@@ -112,22 +176,22 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             host: host.name.clone(),
             steps,
         });
-        rolling.push(Pipeline {
-            host: host.name.clone(),
-            steps: ctx.rollout_steps(&layout),
-        });
-        let cleanup = match input.facts.and_then(|f| f.get(&host.name)) {
+    }
+    for host in input.hosts {
+        let cleanup = match facts_of(host) {
             Some(facts) => {
                 let before = before(host);
                 let mut protect = vec![&input.release];
                 protect.extend(before.iter());
                 let mut after = facts.releases.clone();
-                after.push(crate::host::ReleaseInfo {
-                    id: input.release.clone(),
-                    finished: true,
-                    bad: false,
-                    revision: input.revision.clone(),
-                });
+                if facts.release(&input.release).is_none() {
+                    after.push(crate::host::ReleaseInfo {
+                        id: input.release.clone(),
+                        finished: true,
+                        bad: false,
+                        revision: input.revision.clone(),
+                    });
+                }
                 let remove =
                     releases::cleanup(&after, Some(&input.release), app.keep_releases, &protect);
                 if remove.is_empty() {
@@ -159,8 +223,9 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         });
     }
 
-    let per_batch = stage.rollout.batch_size.hosts_per_batch(input.hosts.len());
+    let per_batch = stage.rollout.batch_size.hosts_per_batch(rolling.len());
     Ok(Plan {
+        run: input.run.id.clone(),
         operation: Operation::Deploy,
         app: app.name.clone(),
         stage: stage.name.clone(),
@@ -173,18 +238,66 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 name: h.name.clone(),
                 address: h.address.clone(),
                 before: before(h),
-                unchanged: false,
+                unchanged: done(h),
             })
             .collect(),
         prepare,
         batches: batches(&rolling, per_batch),
         finish,
+        on_failure: policy(stage, &input.run, per_batch),
+        undo,
+        undo_finish,
+        resume: input.resume,
         bookkeeping: Bookkeeping {
             layout,
-            by: input.by.clone(),
+            by: input.run.by.clone(),
+            digest: input.digest.clone(),
         },
         warnings: warnings(stage),
     })
+}
+
+fn policy(stage: &Stage, run: &Run, per_batch: usize) -> FailurePolicy {
+    FailurePolicy {
+        action: stage.rollout.on_failure,
+        max_fail_percentage: stage.rollout.max_fail_percentage,
+        rollback_on_abort: run.rollback_on_abort,
+        batch_size: per_batch,
+    }
+}
+
+/// Puts back hosts that an interrupted run left drained, if the release
+/// they run answers its health check: one quick check, then enable.
+pub fn repair(stage: &Stage, hosts: &[Host], facts: &BTreeMap<String, HostFacts>) -> Vec<Pipeline> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    hosts
+        .iter()
+        .filter_map(|host| {
+            let f = facts.get(&host.name)?;
+            let trace = f.last_run.as_ref()?;
+            if !(trace.interrupted() && trace.left_drained()) {
+                return None;
+            }
+            let current = f.current.release()?;
+            let ctx = HostContext::new(stage, host, current, None, Operation::Deploy);
+            let steps: Vec<Step> = ctx
+                .rollout_steps(&layout)
+                .into_iter()
+                .filter(|s| matches!(s.kind, StepKind::Health | StepKind::Enable))
+                .map(|mut s| {
+                    if let Action::Http { check } = &mut s.action {
+                        // The host had its chance; one look is enough.
+                        check.timeout = check.request_timeout.max(check.interval) + check.interval;
+                    }
+                    s
+                })
+                .collect();
+            (!steps.is_empty()).then(|| Pipeline {
+                host: host.name.clone(),
+                steps,
+            })
+        })
+        .collect()
 }
 
 pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
@@ -220,7 +333,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
     let mut rolling = Vec::new();
     let mut finish = Vec::new();
     let mut planned = Vec::new();
-    let note = format!("rolled back from by {}", input.by);
+    let note = format!("rolled back from by {}", input.run.by);
     for host in input.hosts {
         let previous = before(host);
         let unchanged = previous.as_ref() == Some(&target);
@@ -263,6 +376,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         .find_map(|(_, f)| f.release(&target).map(|r| r.revision.clone()))
         .unwrap_or_default();
     Ok(Plan {
+        run: input.run.id.clone(),
         operation: Operation::Rollback,
         app: stage.app.name.clone(),
         stage: stage.name.clone(),
@@ -272,9 +386,19 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         prepare: Vec::new(),
         batches: batches(&rolling, per_batch),
         finish,
+        // A failing rollback stops where it is: undoing it would return
+        // hosts to the release being escaped.
+        on_failure: FailurePolicy {
+            action: OnFailure::Pause,
+            ..policy(stage, &input.run, per_batch)
+        },
+        undo: Vec::new(),
+        undo_finish: Vec::new(),
+        resume: false,
         bookkeeping: Bookkeeping {
             layout,
-            by: input.by.clone(),
+            by: input.run.by.clone(),
+            digest: String::new(),
         },
         warnings: warnings(stage),
     })

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::OnFailure;
 use crate::host::{Layout, ReleaseId};
 use crate::shell::Cmd;
 
-pub use build::{DeployInput, PlanError, RollbackInput, batches, deploy, rollback};
+pub use build::{DeployInput, PlanError, RollbackInput, Run, batches, deploy, repair, rollback};
 pub use render::render;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,6 +36,8 @@ impl Operation {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// Unique per run; names the run in the lock and the hosts' journals.
+    pub run: String,
     pub operation: Operation,
     pub app: String,
     pub stage: String,
@@ -49,10 +52,40 @@ pub struct Plan {
     pub batches: Vec<Vec<Pipeline>>,
     /// After every batch succeeded (cleanup, marking releases bad).
     pub finish: Vec<Pipeline>,
+    /// What happens when hosts fail.
+    pub on_failure: FailurePolicy,
+    /// Per host, the way back to the release it ran before (deploys only):
+    /// drain, switch back, restart, health, enable. Batched like `batches`.
+    pub undo: Vec<Pipeline>,
+    /// After an undo: mark the release bad on every host that has it.
+    pub undo_finish: Vec<Pipeline>,
+    /// Continues an interrupted run: the journal is appended to, not
+    /// started afresh.
+    pub resume: bool,
     /// How each host records the run; the executor appends the outcome.
     pub bookkeeping: Bookkeeping,
     /// Things the user should know before running this (no health check…).
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailurePolicy {
+    pub action: OnFailure,
+    pub max_fail_percentage: u8,
+    /// Ctrl-C / SIGTERM also returns switched hosts (`--rollback-on-abort`).
+    pub rollback_on_abort: bool,
+    /// Hosts per undo batch.
+    pub batch_size: usize,
+}
+
+impl FailurePolicy {
+    /// Whether a batch with `failed` of `hosts` failing stops the rollout.
+    pub fn stops(&self, failed: usize, hosts: usize) -> bool {
+        match self.action {
+            OnFailure::Continue => failed * 100 > usize::from(self.max_fail_percentage) * hosts,
+            OnFailure::Rollback | OnFailure::Pause => failed > 0,
+        }
+    }
 }
 
 /// A host taking part in the run, with what it ran before.
@@ -63,7 +96,8 @@ pub struct PlannedHost {
     /// What `current` pointed to when the plan was made. `None` on a dry
     /// run, which does not read the hosts, or on a host never deployed to.
     pub before: Option<ReleaseId>,
-    /// True if a rollback finds this host already on the target.
+    /// True if the host is already where the run would take it (a
+    /// rollback target it runs already, or a resumed run it finished).
     pub unchanged: bool,
 }
 
@@ -153,12 +187,16 @@ mod humantime_serde_ms {
     }
 }
 
-/// What each host writes about the run: a revisions.log line at the end.
+/// What each host writes about the run: journal entries as it goes and a
+/// revisions.log line at the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bookkeeping {
     #[serde(skip)]
     pub layout: Layout,
     pub by: String,
+    /// Digest of the release archive, recorded so a resumed run can tell
+    /// whether it ships the same thing.
+    pub digest: String,
 }
 
 impl Plan {

@@ -1,7 +1,7 @@
 //! Planner tests: configuration and facts in, plan out.
 
 use super::*;
-use crate::testing::{facts, id, stage};
+use crate::testing::{facts, id, run, stage};
 
 const LB_AND_HEALTH: &str = r#"
 restart = "bin/restart {name}"
@@ -26,7 +26,9 @@ fn deploy_plan(hosts: usize, extra: &str, with_facts: bool) -> Plan {
         release: id(3),
         revision: "abc".into(),
         facts: with_facts.then_some(&f),
-        by: "ana@laptop".into(),
+        run: run(),
+        resume: false,
+        digest: String::new(),
     })
     .unwrap()
 }
@@ -153,7 +155,9 @@ fn preflight_refuses_before_changing_anything() {
         release: id(3),
         revision: String::new(),
         facts: Some(&f),
-        by: String::new(),
+        run: run(),
+        resume: false,
+        digest: String::new(),
     })
     .unwrap_err()
     .to_string();
@@ -176,7 +180,7 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
         hosts: &stage.hosts,
         to: None,
         facts: &f,
-        by: "ana".into(),
+        run: run(),
     })
     .unwrap();
     assert_eq!(plan.release, id(2));
@@ -212,7 +216,7 @@ fn rollback_with_nothing_older_is_an_error() {
         hosts: &stage.hosts,
         to: None,
         facts: &f,
-        by: String::new(),
+        run: run(),
     })
     .unwrap_err();
     assert!(

@@ -73,8 +73,18 @@ pub enum Event {
 #[serde(tag = "name", rename_all = "kebab-case")]
 pub enum Phase {
     Connect,
+    /// Putting back hosts an interrupted run left drained.
+    Repair,
     Prepare,
-    Batch { number: usize, of: usize },
+    Batch {
+        number: usize,
+        of: usize,
+    },
+    /// Returning switched hosts to their previous release.
+    Undo {
+        number: usize,
+        of: usize,
+    },
     Finish,
 }
 
@@ -102,7 +112,12 @@ pub enum HostResult {
     Failed {
         step: StepKind,
         error: String,
+        /// Stopped by Ctrl-C / SIGTERM rather than by an error.
+        interrupted: bool,
     },
+    /// Switched, then returned to its previous release because other
+    /// hosts failed.
+    RolledBack,
     /// The run stopped before this host's turn; it still runs `before`.
     NotReached,
 }
@@ -112,7 +127,13 @@ impl HostResult {
         match self {
             HostResult::Done => "ok".into(),
             HostResult::Unchanged => "unchanged".into(),
+            HostResult::Failed {
+                step,
+                interrupted: true,
+                ..
+            } => format!("interrupted at {}", step.as_str()),
             HostResult::Failed { step, .. } => format!("FAILED at {}", step.as_str()),
+            HostResult::RolledBack => "rolled back".into(),
             HostResult::NotReached => "not reached".into(),
         }
     }

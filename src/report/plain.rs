@@ -82,8 +82,10 @@ impl<W: Write + Send> Reporter for Plain<W> {
             Event::PhaseStarted { phase, hosts } if normal => {
                 let what = match phase {
                     Phase::Connect => "connect".to_string(),
+                    Phase::Repair => "repair".to_string(),
                     Phase::Prepare => "prepare".to_string(),
                     Phase::Batch { number, of } => format!("batch {number}/{of}"),
+                    Phase::Undo { number, of } => format!("rollback {number}/{of}"),
                     Phase::Finish => "finish".to_string(),
                 };
                 self.line(&format!("== {what}: {}", hosts.join(", ")));
@@ -163,7 +165,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
                     self.raw(cells.join("  ").trim_end());
                 }
                 for h in hosts {
-                    if let HostResult::Failed { step, error } = &h.result {
+                    if let HostResult::Failed { step, error, .. } = &h.result {
                         self.raw(&format!(
                             "\n{}: {} failed:\n  {}",
                             h.host,

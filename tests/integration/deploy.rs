@@ -42,7 +42,7 @@ fn deploy_twice_roll_back_twice() {
     let r1 = fleet_release(&fleet);
     for host in names(&fleet) {
         let state = host_state(&fleet, &host, DEPLOY_TO);
-        assert_eq!(state.releases, [r1.clone()]);
+        assert_eq!(state.releases, std::slice::from_ref(&r1));
         assert!(state.unfinished.is_empty());
         let (status, body) = state.health.expect("health answers");
         assert_eq!(
@@ -98,7 +98,7 @@ fn deploy_twice_roll_back_twice() {
         );
         assert_eq!(
             state.bad,
-            [r2.clone()],
+            std::slice::from_ref(&r2),
             "the abandoned release is marked bad"
         );
         assert_eq!(
@@ -161,9 +161,10 @@ fn cleanup_keeps_releases_and_never_the_previous_one() {
 #[test]
 fn health_that_never_passes_stops_after_the_first_batch() {
     let fleet = fleet(3);
+    // With on_failure = "pause" the failed host stays where it is.
     let project = Project::new(&standard_config(
         &fleet,
-        "[stages.test.health]\ntimeout = \"2s\"\n",
+        "[stages.test.health]\ntimeout = \"2s\"\n[stages.test.rollout]\non_failure = \"pause\"\n",
     ));
     project.shipit(&["test", "deploy", "-q"]).success();
     let r1 = fleet_release(&fleet);
@@ -176,7 +177,8 @@ fn health_that_never_passes_stops_after_the_first_batch() {
         .stderr_has("web1     health       FAILED")
         .stderr_has("not healthy after 2s")
         .stderr_has("status 500 (want 200)")
-        .stderr_has("deploy failed on web1 (health)");
+        .stderr_has("deploy failed on web1 (health)")
+        .stderr_has("deploy --resume");
     let web1 = host_state(&fleet, "web1", DEPLOY_TO);
     assert_ne!(
         web1.current.as_deref(),
@@ -203,6 +205,55 @@ fn health_that_never_passes_stops_after_the_first_batch() {
             .unwrap()
             .starts_with("failed at health")
     );
+}
+
+#[test]
+fn health_that_never_passes_is_rolled_back_by_default() {
+    let fleet = fleet(3);
+    let project = Project::new(&standard_config(
+        &fleet,
+        "[stages.test.health]\ntimeout = \"2s\"\n",
+    ));
+    project.shipit(&["test", "deploy", "-q"]).success();
+    let r1 = fleet_release(&fleet);
+    // Only v2 fails its health check on web2; v1 stays healthy there.
+    fleet.exec_ok("web2", &format!("echo v2 > {DEPLOY_TO}/shared/health-fail"));
+    project.set_version("v2");
+    let run = project.shipit(&["test", "deploy"]);
+    run.code(4)
+        .stderr_has("failed on web2 (health) and was rolled back");
+    let r2 = host_state(&fleet, "web1", DEPLOY_TO)
+        .releases
+        .last()
+        .cloned()
+        .unwrap();
+    assert_ne!(r1, r2);
+    // web1 (batch 1) had switched and is back; web2 is back; web3 untouched.
+    for host in ["web1", "web3"] {
+        let state = host_state(&fleet, host, DEPLOY_TO);
+        assert_eq!(state.current.as_deref(), Some(r1.as_str()), "{host}");
+        assert!(state.health.unwrap().1.contains("version=v1"), "{host}");
+        assert_eq!(
+            state.bad,
+            std::slice::from_ref(&r2),
+            "{host}: the failed release is marked bad"
+        );
+    }
+    let web2 = host_state(&fleet, "web2", DEPLOY_TO);
+    assert_eq!(web2.current.as_deref(), Some(r1.as_str()));
+    assert!(
+        web2.log.last().unwrap()["result"]
+            .as_str()
+            .unwrap()
+            .contains("back on the previous release")
+    );
+    let web1 = host_state(&fleet, "web1", DEPLOY_TO);
+    assert_eq!(web1.log.last().unwrap()["result"], "rolled back");
+    // A later rollback skips the bad release: nothing older than r1 exists.
+    project
+        .shipit(&["test", "rollback"])
+        .code(1)
+        .stderr_has("nothing to roll back to");
 }
 
 #[test]

@@ -1,0 +1,359 @@
+//! Taking, keeping and giving back the deploy lock across a stage's hosts
+//! (the lock itself lives on the hosts: `host::lock`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use crate::config::{Host, Stage};
+use crate::error::Error;
+use crate::exit::Exit;
+use crate::host::Layout;
+use crate::host::lock::{Attempt, HeldLock, LockInfo, LockKind};
+use crate::transport::{ExecRequest, Quiet, Transport};
+use crate::who;
+
+/// How to behave when the lock is taken.
+#[derive(Debug, Clone, Default)]
+pub struct LockOptions {
+    /// Wait up to this long for a live lock to go.
+    pub wait: Option<Duration>,
+    /// Take over a lock whose run died.
+    pub break_stale: bool,
+}
+
+/// The lock, held on every host of a run.
+pub struct Held<'t, T: Transport> {
+    transport: &'t T,
+    layout: Layout,
+    pub run: String,
+    hosts: Vec<String>,
+    lease: Duration,
+}
+
+/// A unique id for this run: time, pid and a few bits of the clock.
+pub fn run_id() -> String {
+    let now = jiff::Timestamp::now();
+    format!(
+        "{}-{}-{:04x}",
+        now.strftime("%Y%m%dT%H%M%S"),
+        std::process::id(),
+        now.subsec_nanosecond() as u32 & 0xffff
+    )
+}
+
+pub fn lock_info(
+    stage: &Stage,
+    run: &str,
+    kind: LockKind,
+    message: Option<String>,
+    lease: Duration,
+) -> LockInfo {
+    LockInfo {
+        run: run.to_string(),
+        kind,
+        stage: stage.name.clone(),
+        by: who::who(),
+        machine: who::machine(),
+        pid: std::process::id(),
+        since: jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+        release: None,
+        message,
+        lease_secs: if kind == LockKind::Manual {
+            0
+        } else {
+            lease.as_secs().max(1)
+        },
+    }
+}
+
+/// True if process `pid` on this machine is alive (and not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+pub fn is_stale(lock: &HeldLock) -> bool {
+    lock.is_stale(&who::machine(), pid_alive)
+}
+
+/// Takes the lock on every host, one after another in name order, all or
+/// nothing. A run that finds the lock taken gives back what it took, so
+/// two runs can never each hold part of the fleet.
+pub async fn acquire<'t, T: Transport>(
+    transport: &'t T,
+    stage: &Stage,
+    hosts: &[Host],
+    info: &LockInfo,
+    options: &LockOptions,
+    mut waiting: impl FnMut(&str),
+) -> Result<Held<'t, T>, Error> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    let mut names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    names.sort();
+    let deadline = options.wait.map(|w| Instant::now() + w);
+    let mut said_waiting = false;
+    loop {
+        let (taken, refused) = try_all(transport, &layout, &names, info).await?;
+        let Some((host, held)) = refused else {
+            return Ok(Held {
+                transport,
+                layout,
+                run: info.run.clone(),
+                hosts: taken,
+                lease: Duration::from_secs(info.lease_secs.max(1)),
+            });
+        };
+        release_on(transport, &layout, &taken, &info.run).await;
+        let stale = is_stale(&held);
+        if stale && options.break_stale {
+            let cmd = layout.lock_break(&held.run, info);
+            let out = exec(transport, &host, cmd.render()).await?;
+            if !out.0 {
+                return Err(Error::Unchanged(format!(
+                    "{host}: cannot break the stale lock: {}",
+                    out.1
+                )));
+            }
+            waiting(&format!(
+                "{host}: took over the stale lock of {}",
+                held.describe()
+            ));
+            continue;
+        }
+        match deadline {
+            Some(deadline) if !stale && Instant::now() < deadline => {
+                if !said_waiting {
+                    waiting(&format!("waiting for the deploy lock: {}", held.describe()));
+                    said_waiting = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2).min(deadline - Instant::now())).await;
+            }
+            _ => {
+                return Err(Error::LockHeld {
+                    stage: stage.name.clone(),
+                    host,
+                    holder: held.describe(),
+                    kind: held.info.as_ref().map(|i| i.kind),
+                    age_secs: held.age_secs,
+                    stale,
+                });
+            }
+        }
+    }
+}
+
+/// Tries every host in order; stops at the first refusal.
+#[allow(clippy::type_complexity)]
+async fn try_all<T: Transport>(
+    transport: &T,
+    layout: &Layout,
+    names: &[String],
+    info: &LockInfo,
+) -> Result<(Vec<String>, Option<(String, HeldLock)>), Error> {
+    let mut taken = Vec::new();
+    for host in names {
+        let request = ExecRequest {
+            command: layout.lock_acquire(info).render(),
+            stdin: None,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let result = transport.exec(host, request, &Quiet).await;
+        let attempt = match result {
+            Ok(out) => Attempt::parse(&out.stdout_text()).map_err(|e| {
+                format!(
+                    "{host}: taking the deploy lock failed ({}): {e} {}",
+                    out.exit,
+                    out.stderr_tail(3)
+                )
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        match attempt {
+            Ok(Attempt::Acquired) => taken.push(host.clone()),
+            Ok(Attempt::Held(held)) => return Ok((taken, Some((host.clone(), *held)))),
+            Err(problem) => {
+                release_on(transport, layout, &taken, &info.run).await;
+                return Err(Error::Unchanged(format!("{problem}; nothing was changed")));
+            }
+        }
+    }
+    Ok((taken, None))
+}
+
+async fn exec<T: Transport>(
+    transport: &T,
+    host: &str,
+    command: String,
+) -> Result<(bool, String), Error> {
+    let request = ExecRequest {
+        command,
+        stdin: None,
+        timeout: Some(Duration::from_secs(30)),
+    };
+    match transport.exec(host, request, &Quiet).await {
+        Ok(out) => Ok((out.exit.success(), out.stderr_tail(3))),
+        Err(e) => Err(Error::Unchanged(e.to_string())),
+    }
+}
+
+async fn release_on<T: Transport>(transport: &T, layout: &Layout, hosts: &[String], run: &str) {
+    let cmd = layout.lock_release(run).render();
+    join_all(hosts.iter().map(|h| exec(transport, h, cmd.clone()))).await;
+}
+
+impl<T: Transport> Held<'_, T> {
+    /// Gives the lock back on every host; hosts that cannot be reached keep
+    /// it until its lease runs out. Returns those hosts.
+    pub async fn release(self) -> Vec<String> {
+        let cmd = self.layout.lock_release(&self.run).render();
+        let results = join_all(
+            self.hosts
+                .iter()
+                .map(|h| exec(self.transport, h, cmd.clone())),
+        )
+        .await;
+        self.hosts
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| !matches!(r, Ok((true, _))))
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// Refreshes the heartbeat on every host. Err if another run took the
+    /// lock over (then this run must stop).
+    async fn refresh(&self) -> Result<(), String> {
+        let cmd = self.layout.lock_refresh(&self.run).render();
+        let results = join_all(
+            self.hosts
+                .iter()
+                .map(|h| exec(self.transport, h, cmd.clone())),
+        )
+        .await;
+        for (host, result) in self.hosts.iter().zip(results) {
+            // An unreachable host is the run's problem, not the lock's.
+            if let Ok((false, why)) = result {
+                return Err(format!("{host}: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` while refreshing the lock at a quarter of its lease. If
+    /// the lock is lost, `cancel` stops the run at the next step.
+    pub async fn keep_while<F: Future>(
+        &self,
+        cancel: &CancellationToken,
+        work: F,
+        lost: impl Fn(&str),
+    ) -> F::Output {
+        let heartbeat = async {
+            let period = (self.lease / 4).max(Duration::from_millis(500));
+            loop {
+                tokio::time::sleep(period).await;
+                if let Err(why) = self.refresh().await {
+                    lost(&why);
+                    cancel.cancel();
+                    return;
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => return out,
+            () = heartbeat => {}
+        }
+        // The lock is lost; the run winds down on the cancel.
+        work.await
+    }
+}
+
+/// `shipit STAGE lock`: a manual lock, held until `unlock`.
+pub async fn lock_command(ctx: &Context, message: Option<String>) -> Result<Exit, Error> {
+    let stage = &ctx.stage;
+    let transport = super::fleet::connect(stage, &stage.hosts).await?;
+    let info = lock_info(stage, &run_id(), LockKind::Manual, message, Duration::ZERO);
+    let result = acquire(
+        &transport,
+        stage,
+        &stage.hosts,
+        &info,
+        &LockOptions::default(),
+        |m| ctx.note(None, m),
+    )
+    .await;
+    transport.close().await;
+    let held = result?;
+    ctx.note(
+        None,
+        &format!(
+            "locked stage {} on {} host(s): {}. `shipit {} unlock` removes it",
+            stage.name,
+            held.hosts.len(),
+            info.describe(),
+            stage.name
+        ),
+    );
+    Ok(Exit::Success)
+}
+
+/// `shipit STAGE unlock`: removes a manual or stale lock; a lock held by a
+/// run that is alive only with `--force`.
+pub async fn unlock_command(ctx: &Context, force: bool) -> Result<Exit, Error> {
+    let stage = &ctx.stage;
+    let transport = super::fleet::connect(stage, &stage.hosts).await?;
+    let result = async {
+        let facts = super::fleet::probe(&transport, stage, &stage.hosts).await?;
+        let layout = Layout::new(&stage.app.deploy_to);
+        let mut removed = Vec::new();
+        for (host, f) in &facts {
+            let Some(held) = &f.lock else { continue };
+            let live_run = held
+                .info
+                .as_ref()
+                .is_some_and(|i| i.kind != LockKind::Manual)
+                && !is_stale(held);
+            if live_run && !force {
+                return Err(Error::LockHeld {
+                    stage: stage.name.clone(),
+                    host: host.clone(),
+                    holder: held.describe(),
+                    kind: held.info.as_ref().map(|i| i.kind),
+                    age_secs: held.age_secs,
+                    stale: false,
+                });
+            }
+            let (ok, why) = exec(&transport, host, layout.lock_release(&held.run).render()).await?;
+            if !ok {
+                return Err(Error::Unchanged(format!(
+                    "{host}: could not remove the lock: {why}"
+                )));
+            }
+            removed.push(host.clone());
+        }
+        if removed.is_empty() {
+            ctx.note(None, &format!("stage {} was not locked", stage.name));
+        } else {
+            ctx.note(
+                None,
+                &format!("unlocked stage {} on {}", stage.name, removed.join(", ")),
+            );
+        }
+        Ok(Exit::Success)
+    }
+    .await;
+    transport.close().await;
+    result
+}

@@ -1,0 +1,216 @@
+//! Each host's journal of the current run: one JSON line per transition
+//! (started, uploaded, drained, switched, restarted, healthy, enabled,
+//! finished) in `deploy_to/.shipit/journal`. If the machine running shipit
+//! dies, the next run reads it to show what happened (`status`), put back
+//! hosts left drained (repair) and continue (`deploy --resume`).
+//!
+//! The journal holds one run: a new run starts it afresh, a resumed run
+//! appends to it, so it never grows without bound.
+
+use serde::{Deserialize, Serialize};
+
+use super::Layout;
+use crate::shell::Cmd;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub run: String,
+    /// UTC, RFC 3339, by the clock of the machine running shipit.
+    pub time: String,
+    /// `deploy` or `rollback`.
+    pub op: String,
+    pub release: String,
+    pub event: String,
+    /// For `started`: who and the archive digest; for `finished`: the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Entry {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("journal entries serialize")
+    }
+}
+
+/// What a host's journal says about the last run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunTrace {
+    pub run: String,
+    pub op: String,
+    pub release: String,
+    pub started: String,
+    /// `detail` of the `started` entry.
+    pub started_detail: Option<String>,
+    /// Events in order, `started` first.
+    pub events: Vec<String>,
+    /// The `finished` entry's detail, if the run got that far.
+    pub finished: Option<String>,
+}
+
+impl RunTrace {
+    /// The run stopped without finishing: its machine died or lost the host.
+    pub fn interrupted(&self) -> bool {
+        self.finished.is_none()
+    }
+
+    /// Drained and not enabled since: possibly out of the load balancer.
+    pub fn left_drained(&self) -> bool {
+        let drained = self.events.iter().rposition(|e| e == "drained");
+        let enabled = self.events.iter().rposition(|e| e == "enabled");
+        match (drained, enabled) {
+            (Some(d), Some(e)) => d > e,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// This host went all the way: switched, healthy and enabled (or no
+    /// load balancer step after healthy).
+    pub fn host_done(&self) -> bool {
+        let last_switch = self.events.iter().rposition(|e| e == "switched");
+        let done = self.events.iter().rposition(|e| e == "rolled-out");
+        matches!((last_switch, done), (Some(s), Some(d)) if d > s)
+    }
+
+    pub fn uploaded(&self) -> bool {
+        self.events.iter().any(|e| e == "uploaded")
+    }
+
+    /// The last thing that happened, for status lines.
+    pub fn last_event(&self) -> &str {
+        self.events.last().map_or("started", String::as_str)
+    }
+}
+
+/// The trace of the last run in `entries` (journal lines, oldest first).
+pub fn last_run(entries: &[Entry]) -> Option<RunTrace> {
+    let run = entries.last()?.run.clone();
+    let mut trace = RunTrace {
+        run: run.clone(),
+        ..RunTrace::default()
+    };
+    for entry in entries.iter().filter(|e| e.run == run) {
+        if trace.events.is_empty() {
+            trace.op = entry.op.clone();
+            trace.release = entry.release.clone();
+            trace.started = entry.time.clone();
+        }
+        if entry.event == "started" {
+            trace.started_detail = entry.detail.clone();
+        }
+        if entry.event == "finished" {
+            trace.finished = Some(entry.detail.clone().unwrap_or_default());
+        }
+        trace.events.push(entry.event.clone());
+    }
+    Some(trace)
+}
+
+impl Layout {
+    /// Starts the journal afresh with `entry` (or appends, when resuming).
+    pub fn journal_start(&self, entry: &Entry, append: bool) -> Cmd {
+        let mode = if append { "append" } else { "start" };
+        Cmd::script(
+            "journal",
+            JOURNAL,
+            [
+                self.deploy_to().to_string(),
+                mode.to_string(),
+                entry.to_line(),
+            ],
+        )
+    }
+
+    pub fn journal(&self, entry: &Entry) -> Cmd {
+        Cmd::script(
+            "journal",
+            JOURNAL,
+            [
+                self.deploy_to().to_string(),
+                "append".to_string(),
+                entry.to_line(),
+            ],
+        )
+    }
+}
+
+const JOURNAL: &str = r#"mkdir -p "$1/.shipit" || exit
+if [ "$2" = start ]; then printf '%s\n' "$3" > "$1/.shipit/journal"; else printf '%s\n' "$3" >> "$1/.shipit/journal"; fi"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(run: &str, event: &str) -> Entry {
+        Entry {
+            run: run.into(),
+            time: "t".into(),
+            op: "deploy".into(),
+            release: "20261122101500".into(),
+            event: event.into(),
+            detail: None,
+        }
+    }
+
+    fn trace(events: &[&str]) -> RunTrace {
+        let entries: Vec<Entry> = events.iter().map(|e| entry("r2", e)).collect();
+        last_run(&entries).unwrap()
+    }
+
+    #[test]
+    fn reads_the_last_run() {
+        let mut entries = vec![entry("r1", "started"), entry("r1", "finished")];
+        entries.extend(["started", "uploaded", "drained", "switched"].map(|e| entry("r2", e)));
+        let t = last_run(&entries).unwrap();
+        assert_eq!(t.run, "r2");
+        assert!(t.interrupted() && t.uploaded() && t.left_drained() && !t.host_done());
+        assert_eq!(t.last_event(), "switched");
+    }
+
+    #[test]
+    fn drained_and_done() {
+        assert!(
+            !trace(&["started", "drained", "switched", "enabled", "rolled-out"]).left_drained()
+        );
+        assert!(trace(&["started", "drained", "switched", "enabled", "rolled-out"]).host_done());
+        assert!(!trace(&["started", "uploaded"]).left_drained());
+        let t = trace(&[
+            "started",
+            "drained",
+            "switched",
+            "enabled",
+            "rolled-out",
+            "drained",
+        ]);
+        assert!(t.left_drained());
+        assert!(!trace(&["started", "finished"]).interrupted());
+    }
+
+    #[test]
+    fn the_script_starts_afresh_or_appends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().to_str().unwrap());
+        let sh = |cmd: Cmd| {
+            assert!(
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd.render())
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        };
+        sh(layout.journal_start(&entry("r1", "started"), false));
+        sh(layout.journal(&entry("r1", "uploaded")));
+        sh(layout.journal_start(&entry("r2", "started"), false));
+        let text = std::fs::read_to_string(tmp.path().join(".shipit/journal")).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "a new run starts the journal afresh"
+        );
+        sh(layout.journal_start(&entry("r2", "started"), true));
+        let text = std::fs::read_to_string(tmp.path().join(".shipit/journal")).unwrap();
+        assert_eq!(text.lines().count(), 2, "a resumed run appends");
+    }
+}

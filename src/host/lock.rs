@@ -1,0 +1,351 @@
+//! The deploy lock, kept on the hosts themselves so every laptop and CI
+//! runner sees it.
+//!
+//! ```text
+//! deploy_to/.shipit/lock/        created with mkdir: exactly one run wins
+//!   run                          the holder's run id
+//!   info                         one JSON line: who, where, pid, since, what
+//!   heartbeat                    the host's clock (epoch seconds) at the last refresh
+//! ```
+//!
+//! A run takes the lock on every host it touches, one host after another in
+//! name order, and gives back what it took if one host refuses: two runs can
+//! never each hold half a fleet. The holder refreshes the heartbeat while it
+//! runs; a lock whose heartbeat is older than its lease, by the *host's*
+//! clock, belongs to a run that died and may be broken with
+//! `--break-stale-lock`. Manual locks (`shipit STAGE lock`) have no lease.
+
+use serde::{Deserialize, Serialize};
+
+use super::Layout;
+use crate::shell::Cmd;
+
+/// Exit status of the lock scripts when another run holds the lock.
+pub const HELD: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Deploy,
+    Rollback,
+    Manual,
+}
+
+/// What a lock says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub run: String,
+    pub kind: LockKind,
+    pub stage: String,
+    /// `user@machine` or the CI actor.
+    pub by: String,
+    pub machine: String,
+    pub pid: u32,
+    /// UTC, RFC 3339, by the clock of the machine that took it.
+    pub since: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Seconds without a heartbeat after which the lock is stale; 0 for
+    /// manual locks, which never go stale.
+    pub lease_secs: u64,
+}
+
+impl LockInfo {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("LockInfo serializes")
+    }
+
+    /// One line for messages: "deploy of 2026… by ana@laptop (pid 4242 on laptop) since …: message".
+    pub fn describe(&self) -> String {
+        let what = match (self.kind, &self.release) {
+            (LockKind::Manual, _) => "manual lock".to_string(),
+            (kind, Some(release)) => format!("{} of {release}", kind_name(kind)),
+            (kind, None) => kind_name(kind).to_string(),
+        };
+        let mut text = format!(
+            "{what} by {} (pid {} on {}) since {}",
+            self.by, self.pid, self.machine, self.since
+        );
+        if let Some(message) = &self.message {
+            text.push_str(&format!(": {message:?}"));
+        }
+        text
+    }
+}
+
+fn kind_name(kind: LockKind) -> &'static str {
+    match kind {
+        LockKind::Deploy => "deploy",
+        LockKind::Rollback => "rollback",
+        LockKind::Manual => "manual lock",
+    }
+}
+
+/// A lock found on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLock {
+    pub run: String,
+    /// `None` if the info file is missing or unreadable (a holder killed
+    /// between mkdir and writing it).
+    pub info: Option<LockInfo>,
+    /// Seconds since the last heartbeat, by the host's clock.
+    pub age_secs: u64,
+}
+
+impl HeldLock {
+    /// Stale: its run stopped refreshing it. `local_machine` and
+    /// `pid_alive` let a run on the same machine recognise a dead holder
+    /// at once instead of waiting for the lease.
+    pub fn is_stale(&self, local_machine: &str, pid_alive: impl Fn(u32) -> bool) -> bool {
+        match &self.info {
+            None => self.age_secs > 60,
+            Some(info) if info.kind == LockKind::Manual => false,
+            Some(info) => {
+                self.age_secs > info.lease_secs
+                    || (info.machine == local_machine && !pid_alive(info.pid))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.info {
+            Some(info) => info.describe(),
+            None => format!("run {} (no details recorded)", self.run),
+        }
+    }
+}
+
+/// What the acquire script said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Acquired,
+    Held(Box<HeldLock>),
+}
+
+impl Attempt {
+    /// Parses the acquire or break script's stdout.
+    pub fn parse(stdout: &str) -> Result<Attempt, String> {
+        let mut lines = stdout.lines();
+        match lines.next() {
+            Some("acquired") => Ok(Attempt::Acquired),
+            Some("held") => parse_held(lines).map(|h| Attempt::Held(Box::new(h))),
+            other => Err(format!("unexpected lock script output: {other:?}")),
+        }
+    }
+}
+
+/// Parses `lock-run`, `lock-age` and `lock-info` lines (also found in the
+/// probe's output).
+pub fn parse_held<'a>(lines: impl Iterator<Item = &'a str>) -> Result<HeldLock, String> {
+    let mut held = HeldLock {
+        run: String::new(),
+        info: None,
+        age_secs: 0,
+    };
+    for line in lines {
+        match line.split_once('\t') {
+            Some(("lock-run", run)) => held.run = run.to_string(),
+            Some(("lock-age", age)) => held.age_secs = age.trim().parse().unwrap_or(u64::MAX),
+            Some(("lock-info", info)) => held.info = serde_json::from_str(info).ok(),
+            _ => return Err(format!("unexpected lock line: {line:?}")),
+        }
+    }
+    Ok(held)
+}
+
+impl Layout {
+    /// Takes the lock if free (or already ours). Prints `acquired`, or
+    /// `held` plus the holder's details and exits [`HELD`].
+    pub fn lock_acquire(&self, info: &LockInfo) -> Cmd {
+        Cmd::script(
+            "lock",
+            ACQUIRE,
+            [
+                self.deploy_to().to_string(),
+                info.run.clone(),
+                info.to_line(),
+            ],
+        )
+    }
+
+    /// Replaces the lock of run `stale_run` (which the caller found stale)
+    /// by ours; refuses if the lock changed hands meanwhile.
+    pub fn lock_break(&self, stale_run: &str, info: &LockInfo) -> Cmd {
+        Cmd::script(
+            "lock-break",
+            BREAK,
+            [
+                self.deploy_to().to_string(),
+                stale_run.to_string(),
+                info.run.clone(),
+                info.to_line(),
+            ],
+        )
+    }
+
+    /// Refreshes the heartbeat of our lock; exits [`HELD`] if it is no
+    /// longer ours.
+    pub fn lock_refresh(&self, run: &str) -> Cmd {
+        Cmd::script(
+            "lock-refresh",
+            REFRESH,
+            [self.deploy_to().to_string(), run.to_string()],
+        )
+    }
+
+    /// Removes the lock if `run` holds it (`run` = `*` removes any lock).
+    pub fn lock_release(&self, run: &str) -> Cmd {
+        Cmd::script(
+            "unlock",
+            RELEASE,
+            [self.deploy_to().to_string(), run.to_string()],
+        )
+    }
+}
+
+const ACQUIRE: &str = r#"d=$1 run=$2 info=$3 l="$1/.shipit/lock"
+mkdir -p "$d/.shipit" || exit
+if mkdir "$l" 2>/dev/null; then
+  if printf '%s\n' "$run" > "$l/run" && printf '%s\n' "$info" > "$l/info" && date +%s > "$l/heartbeat"; then
+    echo acquired; exit 0
+  fi
+  rm -rf "$l"; exit 1
+fi
+if [ "$(cat "$l/run" 2>/dev/null)" = "$run" ]; then date +%s > "$l/heartbeat"; echo acquired; exit 0; fi
+echo held
+printf 'lock-run\t%s\n' "$(cat "$l/run" 2>/dev/null)"
+hb=$(cat "$l/heartbeat" 2>/dev/null)
+printf 'lock-age\t%s\n' "$(( $(date +%s) - ${hb:-0} ))"
+printf 'lock-info\t%s\n' "$(head -n 1 "$l/info" 2>/dev/null)"
+exit 4"#;
+
+const BREAK: &str = r#"d=$1 stale=$2 run=$3 info=$4 l="$1/.shipit/lock" b="$1/.shipit/lock.break"
+# A breaker killed midway leaves lock.break behind; after a minute it is void.
+find "$d/.shipit" -maxdepth 1 -name lock.break -mmin +1 -exec rm -rf {} + 2>/dev/null
+mkdir "$b" 2>/dev/null || { echo "another run is breaking this lock right now" >&2; exit 4; }
+trap 'rmdir "$b"' EXIT
+if [ -d "$l" ] && [ "$(cat "$l/run" 2>/dev/null)" != "$stale" ]; then
+  echo "the lock changed hands while it was being broken" >&2; exit 4
+fi
+rm -rf "$l" && mkdir "$l" || exit
+printf '%s\n' "$run" > "$l/run" && printf '%s\n' "$info" > "$l/info" && date +%s > "$l/heartbeat" && echo acquired"#;
+
+const REFRESH: &str = r#"l="$1/.shipit/lock"
+[ "$(cat "$l/run" 2>/dev/null)" = "$2" ] || { echo "the deploy lock is no longer held by this run" >&2; exit 4; }
+date +%s > "$l/heartbeat.tmp" && mv -f "$l/heartbeat.tmp" "$l/heartbeat""#;
+
+const RELEASE: &str = r#"l="$1/.shipit/lock"
+[ -d "$l" ] || exit 0
+if [ "$2" != '*' ] && [ "$(cat "$l/run" 2>/dev/null)" != "$2" ]; then
+  echo "the lock belongs to another run; left alone" >&2; exit 4
+fi
+rm -rf "$l""#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn info(run: &str, kind: LockKind) -> LockInfo {
+        LockInfo {
+            run: run.into(),
+            kind,
+            stage: "production".into(),
+            by: "ana@laptop".into(),
+            machine: "laptop".into(),
+            pid: 4242,
+            since: "2026-11-22T10:15:00Z".into(),
+            release: Some("20261122101500".into()),
+            message: None,
+            lease_secs: 60,
+        }
+    }
+
+    fn run(cmd: &Cmd) -> (i32, String, String) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    #[test]
+    fn one_run_wins_and_the_other_learns_who_holds_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().join("app dir").to_str().unwrap());
+        let a = info("run-a", LockKind::Deploy);
+        let b = info("run-b", LockKind::Deploy);
+        let (code, out, _) = run(&layout.lock_acquire(&a));
+        assert_eq!(
+            (code, Attempt::parse(&out).unwrap()),
+            (0, Attempt::Acquired)
+        );
+        // Taking it again is fine for the same run.
+        assert_eq!(run(&layout.lock_acquire(&a)).0, 0);
+
+        let (code, out, _) = run(&layout.lock_acquire(&b));
+        assert_eq!(code, HELD as i32);
+        let Attempt::Held(held) = Attempt::parse(&out).unwrap() else {
+            panic!("{out}")
+        };
+        assert_eq!(held.run, "run-a");
+        assert_eq!(held.info.as_ref(), Some(&a));
+        assert!(held.age_secs <= 1);
+        assert!(!held.is_stale("other", |_| true));
+
+        // b may not release or refresh a's lock.
+        assert_eq!(run(&layout.lock_release("run-b")).0, HELD as i32);
+        assert_eq!(run(&layout.lock_refresh("run-b")).0, HELD as i32);
+        assert_eq!(run(&layout.lock_refresh("run-a")).0, 0);
+
+        // Breaking requires naming the run found stale.
+        assert_eq!(run(&layout.lock_break("run-x", &b)).0, HELD as i32);
+        let (code, out, err) = run(&layout.lock_break("run-a", &b));
+        assert_eq!((code, out.trim()), (0, "acquired"), "{err}");
+        assert_eq!(
+            run(&layout.lock_refresh("run-a")).0,
+            HELD as i32,
+            "a lost it"
+        );
+        assert_eq!(run(&layout.lock_release("run-b")).0, 0);
+        assert_eq!(run(&layout.lock_acquire(&a)).0, 0, "free again");
+        assert_eq!(run(&layout.lock_release("*")).0, 0);
+    }
+
+    #[test]
+    fn staleness() {
+        let held = |age, kind, machine: &str, pid| HeldLock {
+            run: "r".into(),
+            info: Some(LockInfo {
+                machine: machine.into(),
+                pid,
+                ..info("r", kind)
+            }),
+            age_secs: age,
+        };
+        assert!(!held(30, LockKind::Deploy, "m", 1).is_stale("other", |_| true));
+        assert!(held(61, LockKind::Deploy, "m", 1).is_stale("other", |_| true));
+        // Same machine, holder process gone: stale at once.
+        assert!(held(1, LockKind::Deploy, "here", 99).is_stale("here", |_| false));
+        assert!(!held(1, LockKind::Deploy, "here", 99).is_stale("here", |_| true));
+        // Manual locks never go stale.
+        assert!(!held(999_999, LockKind::Manual, "here", 99).is_stale("here", |_| false));
+    }
+
+    #[test]
+    fn describes_the_holder() {
+        let mut i = info("r", LockKind::Deploy);
+        i.message = Some("hotfix".into());
+        assert_eq!(
+            i.describe(),
+            "deploy of 20261122101500 by ana@laptop (pid 4242 on laptop) since 2026-11-22T10:15:00Z: \"hotfix\""
+        );
+    }
+}
