@@ -1,0 +1,1045 @@
+#!/usr/bin/env bash
+# fleet.sh - a fleet of throwaway Linux "hosts" on this one machine, for shipit's tests.
+#
+# Every host is:
+#   * its own network namespace (own eth0 and IP address, lo up, default route),
+#   * its own private mount + UTS namespace (its own /srv and `hostname` = its name;
+#     root's ~/.bashrc is hidden behind an empty file because the real one runs pyenv,
+#     which costs ~90 ms on every SSH exec),
+#   * a real OpenSSH sshd on port 22 (root login with one client key),
+#   * later, whatever shipit deploys there (the demo app listens on :8080).
+#
+# A tiny "keeper" process (`sleep infinity`) owns each host's namespaces. sshd, `exec`
+# and `fill` all enter the keeper's namespaces, so a host keeps its /srv and mounts
+# while its sshd is stopped and restarted.
+#
+# Topology for fleet <id> (1..200, allocated atomically so fleets can run in parallel):
+#
+#   root netns (shipit and the tests) --- bridge sfb<id> 10.201.<id>.1/24
+#       |-- sf<id>v<i>  <veth>  eth0 of web<i>   10.201.<id>.(10+i)   (not with --bastion)
+#       |-- sf<id>vlb   <veth>  eth0 of lb       10.201.<id>.5        (--haproxy host)
+#       `-- sf<id>vb    <veth>  eth0 of bastion  10.201.<id>.250      (--bastion)
+#
+#   With --bastion the web hosts instead live on a private network 10.202.<id>.0/24:
+#   a bridge sfp<id> inside the bastion's netns (bastion = 10.202.<id>.1, web<i> =
+#   10.202.<id>.(10+i)). The bastion does not forward packets, so only SSH forwarding
+#   (ssh -J) reaches them. The root netns gets an `unreachable` route for that subnet,
+#   so a direct connect fails at once with "No route to host" instead of leaking out of
+#   the machine's real uplink. A `--haproxy host` lb gets a second leg (eth1,
+#   10.202.<id>.5) on the private bridge, like a load balancer in a DMZ.
+#
+# Commands (see usage() below): up, down, gc, exec, sshd, link, fill, unfill, info.
+#
+# Files in DIR (the caller owns DIR; `down` leaves the files there for post-mortems):
+#   fleet.id, fleet.env, hosts.toml, id_ed25519{,.pub}, authorized_keys,
+#   known_hosts, known_hosts.hashed, ssh_config, empty_bashrc,
+#   haproxy.cfg, haproxy.pid, haproxy.sock                 (--haproxy local)
+#   hosts/<name>/{srv/, sshd_config, ssh_host_*_key*, sshd.pid, sshd.log,
+#                 ns.pid, keeper.log, host.env}
+#   hosts/lb/srv/haproxy/{haproxy.cfg,haproxy.pid,admin.sock} (--haproxy host; the lb
+#                 itself sees them as /srv/haproxy/...)
+#
+# Global state: /run/shipit-fleet/<id>/{owner,dir} is the allocation lock; `owner`
+# holds "PID STARTTIME" so `gc` can tell a dead owner from a recycled pid.
+
+set -euo pipefail
+
+# A predictable PATH: the caller's PATH may put pyenv shims first, and the hosts
+# must see the system python3 like a real Debian box would.
+readonly CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH="$CLEAN_PATH"
+
+readonly STATE_ROOT=/run/shipit-fleet
+readonly KEY_CACHE=$STATE_ROOT/keycache
+readonly MAX_ID=200
+readonly SSHD_BIN=/usr/sbin/sshd
+readonly HAPROXY_BIN=/usr/sbin/haproxy
+readonly SFTP_SERVER=/usr/lib/openssh/sftp-server
+readonly READY_TIMEOUT=10 # seconds every sshd gets to accept a real login
+readonly APP_PORT=8080     # where the demo app listens; HAProxy checks this port
+
+# Where the --haproxy host admin socket lives inside the lb host. It sits under the lb's
+# /srv, which is DIR/hosts/lb/srv on the real filesystem, so tests reach the very same
+# socket from the root namespace without entering the lb.
+readonly LB_HAPROXY_DIR=/srv/haproxy
+
+prog=${0##*/}
+
+usage() {
+	cat <<EOF
+usage:
+  $prog up DIR --hosts N [--haproxy none|local|host] [--bastion] [--owner PID]
+  $prog down DIR
+  $prog gc
+  $prog exec DIR HOST -- CMD [ARGS...]
+  $prog sshd DIR HOST stop [--keep-sessions] | start
+  $prog link DIR HOST down|up
+  $prog fill DIR HOST PATH SIZE
+  $prog unfill DIR HOST PATH
+  $prog info DIR
+
+Set FLEET_VERBOSE=1 to log each step of 'up' with timestamps.
+EOF
+}
+
+die() {
+	printf '%s: error: %s\n' "$prog" "$*" >&2
+	exit 1
+}
+
+warn() {
+	printf '%s: warning: %s\n' "$prog" "$*" >&2
+}
+
+T0=${EPOCHREALTIME/./}
+vlog() {
+	if [[ ${FLEET_VERBOSE:-0} == 1 ]]; then
+		local now=${EPOCHREALTIME/./}
+		printf '%s: [%5d ms] %s\n' "$prog" $(((now - T0) / 1000)) "$*" >&2
+	fi
+}
+
+# `ip` in the root netns when $1 is empty, else `ip -n $1`.
+ipn() {
+	local ns=$1
+	shift
+	if [[ -z $ns ]]; then
+		ip "$@"
+	else
+		ip -n "$ns" "$@"
+	fi
+}
+
+# Seconds as a float, for bounded polling loops.
+now_ms() {
+	local t=${EPOCHREALTIME/./}
+	echo $((t / 1000))
+}
+
+# "STARTTIME" of a pid (field 22 of /proc/PID/stat), empty if the pid is gone.
+# The comm field may contain spaces and parentheses, so cut after the last ')'.
+proc_starttime() {
+	local stat rest
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	rest=${stat##*) }
+	local -a f
+	read -r -a f <<<"$rest"
+	echo "${f[19]:-}"
+}
+
+owner_alive() { # "PID STARTTIME"
+	local pid start
+	read -r pid start <<<"$1"
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	[[ -n $start && "$(proc_starttime "$pid")" == "$start" ]]
+}
+
+# ---------------------------------------------------------------------------------
+# Teardown. Everything is found by name (sf<id>-*, sf<id>v*, sfb<id>), so it works
+# after a crash, a half-finished `up`, or with DIR already deleted.
+# ---------------------------------------------------------------------------------
+
+fleet_netns() { # id -> names of this fleet's namespaces
+	ip netns list 2>/dev/null | awk -v p="sf$1-" 'index($1, p) == 1 { print $1 }'
+}
+
+kill_netns_pids() { # netns
+	local ns=$1 i pids
+	# SIGKILL in a loop: a listener may fork a child between listing and killing.
+	for ((i = 0; i < 100; i++)); do
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		[[ -z $pids ]] && return 0
+		# shellcheck disable=SC2086 # word splitting of the pid list is intended
+		kill -KILL $pids 2>/dev/null || true
+		sleep 0.02
+	done
+	warn "processes in netns $ns survive SIGKILL: $(ip netns pids "$ns" | tr '\n' ' ')"
+	return 1
+}
+
+# Pids of the local-mode HAProxy of fleet DIR: from the pidfile, plus a scan of the
+# command lines in case the pidfile is gone. Both match the exact config path, so an
+# unrelated haproxy (or a recycled pid) is never touched.
+local_haproxy_pids() { # dir
+	local dir=$1 cfg pid re
+	cfg="$dir/haproxy.cfg"
+	{
+		if [[ -r $dir/haproxy.pid ]]; then
+			while read -r pid; do
+				[[ $pid =~ ^[0-9]+$ ]] || continue
+				if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-f $cfg "; then
+					echo "$pid"
+				fi
+			done <"$dir/haproxy.pid"
+		fi
+		re=$(printf '%s' "$cfg" | sed 's/[].[\\*^$+?(){}|]/\\&/g')
+		pgrep -f -- "^$HAPROXY_BIN .*-f $re( |\$)" || true
+	} | sort -u
+}
+
+# Remove every resource of fleet <id>. Does not release the id (the caller does that
+# last, so nobody can reuse the id while its resources still exist).
+teardown_resources() { # id [dir]
+	local id=$1 dir=${2:-} ns link ok=0 pids i
+	for ns in $(fleet_netns "$id"); do
+		kill_netns_pids "$ns" || ok=1
+		ip netns del "$ns" 2>/dev/null || { warn "cannot delete netns $ns"; ok=1; }
+	done
+	if [[ -n $dir ]]; then
+		for ((i = 0; i < 50; i++)); do
+			pids=$(local_haproxy_pids "$dir")
+			[[ -z $pids ]] && break
+			# shellcheck disable=SC2086
+			kill -KILL $pids 2>/dev/null || true
+			sleep 0.02
+		done
+		[[ -z $(local_haproxy_pids "$dir") ]] || { warn "haproxy of $dir survives"; ok=1; }
+	fi
+	# veth peers vanish with their namespace; this catches a half-created pair and the bridge.
+	for link in $(ip -o link show 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
+		if [[ $link == "sfb$id" || $link == "sf${id}v"* ]]; then
+			# A veth may vanish on its own meanwhile (netns cleanup is asynchronous).
+			if ! ip link del "$link" 2>/dev/null && ip link show "$link" >/dev/null 2>&1; then
+				warn "cannot delete link $link"
+				ok=1
+			fi
+		fi
+	done
+	ip route del unreachable "10.202.$id.0/24" 2>/dev/null || true
+	return "$ok"
+}
+
+# Tear down fleet <id> and release the id. Idempotent.
+teardown_id() { # id [dir]
+	local id=$1 dir=${2:-}
+	if teardown_resources "$id" "$dir"; then
+		rm -rf "${STATE_ROOT:?}/$id"
+	else
+		warn "fleet $id not fully torn down; keeping $STATE_ROOT/$id so the id is not reused"
+		return 1
+	fi
+}
+
+# ---------------------------------------------------------------------------------
+# up
+# ---------------------------------------------------------------------------------
+
+UP_ID=""
+UP_DONE=0
+UP_DIR=""
+
+on_up_exit() {
+	local rc=$?
+	if ((rc != 0)) && [[ -n $UP_ID ]] && ((UP_DONE == 0)); then
+		# Background jobs (key generation, login probes) must not outlive us.
+		local j
+		for j in $(jobs -p); do kill "$j" 2>/dev/null || true; done
+		printf '%s: up failed (exit %d); tearing down fleet %s\n' "$prog" "$rc" "$UP_ID" >&2
+		teardown_id "$UP_ID" "$UP_DIR" || true
+		rm -f "$UP_DIR/fleet.id"
+	fi
+	return "$rc"
+}
+
+allocate_id() { # dir owner -> sets UP_ID
+	local dir=$1 owner=$2 id
+	mkdir -p "$STATE_ROOT"
+	for ((id = 1; id <= MAX_ID; id++)); do
+		mkdir "$STATE_ROOT/$id" 2>/dev/null || continue
+		# The id is ours. Leftovers of an earlier crashed `down` may still carry its
+		# names; they are orphans now (no lock dir), so clear them first.
+		if ! teardown_resources "$id" 2>/dev/null; then
+			rmdir "$STATE_ROOT/$id"
+			continue
+		fi
+		# Someone else (not shipit) may use this subnet; skip it rather than fight.
+		if [[ -n $(ip -4 -o addr show to "10.201.$id.0/24") || -n $(ip -4 -o addr show to "10.202.$id.0/24") ]]; then
+			rmdir "$STATE_ROOT/$id"
+			continue
+		fi
+		echo "$owner $(proc_starttime "$owner")" >"$STATE_ROOT/$id/owner"
+		echo "$dir" >"$STATE_ROOT/$id/dir"
+		UP_ID=$id
+		return 0
+	done
+	return 1
+}
+
+write_sshd_config() { # hostdir
+	local d=$1
+	cat >"$d/sshd_config" <<EOF
+# sshd for fleet host $(basename "$d"); generated by fleet.sh.
+ListenAddress 0.0.0.0
+Port 22
+HostKey $d/ssh_host_ed25519_key
+HostKey $d/ssh_host_rsa_key
+PidFile $d/sshd.pid
+# No PAM: no systemd/logind here, and PAM would only slow sessions down.
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile $UP_DIR/authorized_keys
+# DIR usually lives under /tmp (world-writable), which StrictModes would reject.
+StrictModes no
+UseDNS no
+PrintMotd no
+LogLevel VERBOSE
+# Needed on the bastion for ssh -J; harmless elsewhere.
+AllowTcpForwarding yes
+Subsystem sftp $SFTP_SERVER
+EOF
+}
+
+# The keeper: enters the host's netns, makes private mount + UTS namespaces, mounts
+# the host's /srv, the empty .bashrc, its own /etc/hosts (every fleet host by name)
+# and a resolv.conf without nameservers (the machine's DNS server is unreachable from
+# the fleet network; without this every lookup would hang for seconds instead of
+# failing at once), records its pid, then sleeps forever.
+# shellcheck disable=SC2016 # expanded by the inner sh, not here
+readonly KEEPER_SCRIPT='set -e
+hostname "$1"
+mount --bind "$2" /srv
+mount --bind "$3" /root/.bashrc
+mount --bind "$5" /etc/hosts
+mount --bind "$6" /etc/resolv.conf
+cd /root
+echo $$ >"$4.tmp"
+mv "$4.tmp" "$4"
+exec sleep infinity'
+
+start_keeper() { # name
+	local name=$1 d="$UP_DIR/hosts/$1"
+	rm -f "$d/ns.pid"
+	# setsid: a Ctrl-C aimed at the caller must not take the fleet down with it.
+	setsid env -i PATH="$CLEAN_PATH" ip netns exec "$(host_ns "$name")" \
+		unshare --mount --uts --propagation private -- \
+		sh -c "$KEEPER_SCRIPT" keeper "$name" "$d/srv" "$UP_DIR/empty_bashrc" "$d/ns.pid" \
+		"$d/etc_hosts" "$UP_DIR/resolv.conf" \
+		</dev/null >/dev/null 2>>"$d/keeper.log" &
+}
+
+host_ns() { echo "sf$UP_ID-$1"; }
+
+# Create netns + veths for one host. Each link is "linkns:ifname:bridge:addr/len:peer-if"
+# (linkns empty = root netns); the first link carries the default route via gw and
+# its address is the host's SSH address.
+create_host_net() { # name gw link...
+	local name=$1 gw=$2 ns spec lns lif br addr pif links="" host_addr=""
+	shift 2
+	ns=$(host_ns "$name")
+	ip netns add "$ns" || die "host $name: cannot create netns $ns"
+	ip -n "$ns" link set lo up
+	for spec in "$@"; do
+		IFS=: read -r lns lif br addr pif <<<"$spec"
+		ipn "$lns" link add "$lif" type veth peer name "$pif" netns "$ns" ||
+			die "host $name: cannot create veth $lif"
+		ipn "$lns" link set "$lif" master "$br" up
+		ip -n "$ns" addr add "$addr" dev "$pif"
+		ip -n "$ns" link set "$pif" up
+		if [[ -z $host_addr ]]; then
+			ip -n "$ns" route add default via "$gw"
+			host_addr=${addr%/*}
+		fi
+		links+="${lns:--}:$lif "
+	done
+	cat >"$UP_DIR/hosts/$name/host.env" <<EOF
+HOST_NAME='$name'
+HOST_NS='$ns'
+HOST_ADDR='$host_addr'
+HOST_LINKS='${links% }'
+EOF
+}
+
+# Host keys. RSA-3072 generation costs ~0.4 s of CPU per host, which dominated `up`
+# on 2 cores, so generated keys are cached per host name in $KEY_CACHE and copied.
+# Hosts within one fleet still all have different keys; the same name in two fleets
+# shares keys, which is harmless because their addresses differ. FLEET_FRESH_KEYS=1
+# bypasses the cache.
+gen_host_keys() { # name
+	local name=$1 d="$UP_DIR/hosts/$1" c="$KEY_CACHE/$1" tmp
+	if [[ ${FLEET_FRESH_KEYS:-0} != 1 && -s $c/ssh_host_rsa_key.pub ]]; then
+		cp -p "$c"/ssh_host_* "$d/"
+		return 0
+	fi
+	ssh-keygen -q -t ed25519 -N '' -C "root@$name" -f "$d/ssh_host_ed25519_key" &&
+		ssh-keygen -q -t rsa -b 3072 -N '' -C "root@$name" -f "$d/ssh_host_rsa_key" || return 1
+	[[ ${FLEET_FRESH_KEYS:-0} == 1 ]] && return 0
+	# Publish atomically: a concurrent `up` either sees a complete set or none.
+	mkdir -p "$KEY_CACHE"
+	tmp=$(mktemp -d "$KEY_CACHE/.new.XXXXXX")
+	cp -p "$d"/ssh_host_* "$tmp/"
+	mv -T "$tmp" "$c" 2>/dev/null || rm -rf "$tmp"
+}
+
+start_sshd() { # dir name  (works for up and for `sshd start`)
+	local dir=$1 name=$2 d kpid
+	d="$dir/hosts/$name"
+	kpid=$(keeper_pid "$dir" "$name")
+	rm -f "$d/sshd.pid"
+	# sshd re-execs itself per connection, hence the absolute -f. It daemonizes, so
+	# nsenter returns as soon as the config and host keys have been checked.
+	if ! env -i PATH="$CLEAN_PATH" nsenter -t "$kpid" -m -n -u -- \
+		"$SSHD_BIN" -f "$d/sshd_config" -E "$d/sshd.log" </dev/null >/dev/null 2>>"$d/sshd.stderr"; then
+		echo "--- $d/sshd.log and sshd.stderr" >&2
+		tail -n 20 "$d/sshd.log" "$d/sshd.stderr" >&2 || true
+		die "host $name: sshd failed to start"
+	fi
+}
+
+ssh_probe() { # dir addr [jump-addr]
+	local dir=$1 addr=$2 jump=${3:-}
+	local -a o=(-F "$dir/ssh_config" -o ConnectTimeout=2)
+	[[ -n $jump ]] && o+=(-J "root@$jump")
+	ssh "${o[@]}" "root@$addr" true </dev/null
+}
+
+# Poll until a real key login works (bounded). On failure, show why.
+wait_ssh() { # dir name addr [jump-addr]
+	local dir=$1 name=$2 addr=$3 jump=${4:-} deadline err
+	deadline=$(($(now_ms) + READY_TIMEOUT * 1000))
+	while true; do
+		if err=$(ssh_probe "$dir" "$addr" "$jump" 2>&1); then
+			return 0
+		fi
+		# $$ is the main script even in this background subshell: if it was killed,
+		# stop polling instead of lingering for the full timeout.
+		kill -0 "$$" 2>/dev/null || return 1
+		if (($(now_ms) > deadline)); then
+			{
+				echo "--- host $name ($addr${jump:+ via bastion $jump}): last ssh error:"
+				echo "$err"
+				echo "--- $dir/hosts/$name/sshd.log (tail):"
+				tail -n 30 "$dir/hosts/$name/sshd.log" 2>/dev/null || echo "(no log)"
+			} >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# Run wait_ssh for several hosts in parallel; fail naming every host that failed.
+wait_ssh_all() { # dir jump name=addr...
+	local dir=$1 jump=$2 spec failed=""
+	shift 2
+	local -A pids=()
+	for spec in "$@"; do
+		wait_ssh "$dir" "${spec%%=*}" "${spec#*=}" "$jump" &
+		pids[${spec%%=*}]=$!
+	done
+	for spec in "${!pids[@]}"; do
+		wait "${pids[$spec]}" || failed+=" $spec"
+	done
+	[[ -z $failed ]] || die "sshd not accepting logins within ${READY_TIMEOUT}s on:$failed"
+}
+
+write_haproxy_config() { # file bind-addr sock-path pid-note web-prefix
+	local file=$1 bind=$2 sock=$3 prefix=$4 i
+	{
+		cat <<EOF
+# HAProxy for shipit fleet $UP_ID; generated by fleet.sh.
+#
+# Health checks: GET /health every 500 ms; 2 failures mark a server DOWN, 2 successes
+# mark it UP. A dead app leaves rotation within ~1 s and a fresh one joins within ~1 s:
+# fast enough for tests, slow enough not to flap on one slow answer.
+# retries 0 and no "option redispatch": a request sent to a dying server fails
+# visibly instead of being quietly retried elsewhere, so tests see real drops.
+
+global
+    stats socket $sock mode 600 level admin
+    stats socket ipv4@$bind:9999 level admin
+    stats timeout 30s
+    # No syslog here: logs and check state changes go to a ring buffer; read it with
+    # "show events fleet" on the admin socket.
+    log ring@fleet local0 info
+
+ring fleet
+    format iso
+    maxlen 1024
+    size 65536
+
+defaults
+    mode http
+    log global
+    option httplog
+    option log-health-checks
+    retries 0
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout check 1s
+
+frontend app
+    bind $bind:8000
+    default_backend app
+
+backend app
+    balance roundrobin
+    option httpchk GET /health
+    http-check expect status 200
+    default-server inter 500ms fall 2 rise 2
+EOF
+		for ((i = 1; i <= HOSTS; i++)); do
+			printf '    server web%d %s.%d:%d check\n' "$i" "$prefix" $((10 + i)) "$APP_PORT"
+		done
+		cat <<EOF
+
+listen stats
+    bind $bind:8404
+    stats enable
+    stats uri /
+    stats refresh 2s
+EOF
+	} >"$file"
+}
+
+# Wait until HAProxy answers on its admin socket and has run its first checks (servers
+# start UP in HAProxy 2.6 and drop to DOWN at the first failed check; waiting makes
+# the state a test sees right after `up` deterministic: DOWN until the app runs).
+wait_haproxy() { # sock
+	local sock=$1 deadline out
+	deadline=$(($(now_ms) + 5000))
+	while true; do
+		out=$(echo "show servers state app" | socat -t 2 stdio "UNIX-CONNECT:$sock" 2>/dev/null || true)
+		# Data lines: be_id be_name srv_id srv_name srv_addr srv_op_state ...; 0 = DOWN.
+		if [[ -n $out ]] && ! awk '$2 == "app" && $6 != 0 { bad = 1 } END { exit !bad }' <<<"$out" &&
+			grep -q '^[0-9]* app ' <<<"$out"; then
+			return 0
+		fi
+		if (($(now_ms) > deadline)); then
+			[[ -n $out ]] || die "haproxy: admin socket $sock does not answer"
+			warn "haproxy: servers not all DOWN after 5 s (something already listens on :$APP_PORT?)"
+			return 0
+		fi
+		sleep 0.05
+	done
+}
+
+cmd_up() {
+	local dir="" owner=$PPID haproxy=none bastion=0
+	HOSTS=0
+	[[ $# -ge 1 ]] || {
+		usage >&2
+		exit 2
+	}
+	dir=$1
+	shift
+	while [[ $# -gt 0 ]]; do
+		case $1 in
+		--hosts) HOSTS=${2:?--hosts needs a number}; shift 2 ;;
+		--haproxy) haproxy=${2:?--haproxy needs none|local|host}; shift 2 ;;
+		--bastion) bastion=1; shift ;;
+		--owner) owner=${2:?--owner needs a pid}; shift 2 ;;
+		*) die "up: unknown option $1" ;;
+		esac
+	done
+	if ! [[ $HOSTS =~ ^[0-9]+$ ]] || ((HOSTS < 1 || HOSTS > 100)); then
+		die "--hosts must be 1..100"
+	fi
+	[[ $haproxy =~ ^(none|local|host)$ ]] || die "--haproxy must be none, local or host"
+	[[ $owner =~ ^[0-9]+$ && -d /proc/$owner ]] || die "--owner $owner is not a running pid"
+	if ((bastion)) && [[ $haproxy == local ]]; then
+		die "--haproxy local cannot reach web hosts hidden behind --bastion; use --haproxy host"
+	fi
+	((EUID == 0)) || die "must run as root (network and mount namespaces)"
+	local t
+	for t in ip nsenter unshare setsid ssh ssh-keygen socat "$SSHD_BIN" "$SFTP_SERVER"; do
+		command -v "$t" >/dev/null || die "missing $t (apt-get install -y openssh-server openssh-client iproute2 util-linux socat)"
+	done
+	[[ $haproxy == none ]] || command -v "$HAPROXY_BIN" >/dev/null || die "missing $HAPROXY_BIN (apt-get install -y haproxy)"
+
+	mkdir -p "$dir"
+	dir=$(realpath "$dir")
+	# Paths end up unquoted in sshd/haproxy configs and in fleet.env.
+	[[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] || die "DIR must match [A-Za-z0-9._/+-]+: $dir"
+	((${#dir} + 32 < 108)) || die "DIR too long for unix socket paths: $dir"
+	if [[ -e $dir/fleet.id ]]; then
+		die "$dir already holds fleet $(cat "$dir/fleet.id"); run '$prog down $dir' first"
+	fi
+	UP_DIR=$dir
+
+	trap on_up_exit EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	trap 'exit 129' HUP
+
+	allocate_id "$dir" "$owner" || die "no free fleet id in 1..$MAX_ID (try '$prog gc')"
+	local id=$UP_ID
+	echo "$id" >"$dir/fleet.id"
+	vlog "allocated fleet $id"
+
+	local net="10.201.$id" priv="10.202.$id"
+	local web_net=$net web_gw="$net.1"
+	((bastion)) && web_net=$priv web_gw="$priv.1"
+
+	# --- names of every host with an sshd, and its (SSH) address
+	local -a names=() addrs=()
+	local i
+	for ((i = 1; i <= HOSTS; i++)); do
+		names+=("web$i")
+		addrs+=("$web_net.$((10 + i))")
+	done
+	[[ $haproxy == host ]] && names+=(lb) addrs+=("$net.5")
+	((bastion)) && names+=(bastion) addrs+=("$net.250")
+
+	# --- files: keys first (in the background: RSA keygen is the slowest step)
+	mkdir -p /run/sshd /srv
+	: >"$dir/empty_bashrc"
+	local -a keyjobs=()
+	local n
+	for n in "${names[@]}"; do
+		mkdir -p "$dir/hosts/$n/srv"
+		rm -f "$dir/hosts/$n"/ssh_host_*
+		gen_host_keys "$n" &
+		keyjobs+=($!)
+	done
+	rm -f "$dir/id_ed25519" "$dir/id_ed25519.pub"
+	ssh-keygen -q -t ed25519 -N '' -C "shipit-fleet-$id" -f "$dir/id_ed25519"
+	cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+
+	# --- network
+	ip link add "sfb$id" type bridge || die "cannot create bridge sfb$id"
+	ip addr add "$net.1/24" dev "sfb$id"
+	ip link set "sfb$id" up
+	if ((bastion)); then
+		# No route to the private subnet from here, immediately and by design.
+		ip route add unreachable "$priv.0/24"
+		create_host_net bastion "$net.1" ":sf${id}vb:sfb$id:$net.250/24:eth0"
+		ip -n "sf$id-bastion" link add "sfp$id" type bridge
+		ip -n "sf$id-bastion" addr add "$priv.1/24" dev "sfp$id"
+		ip -n "sf$id-bastion" link set "sfp$id" up
+	fi
+	local linkns="" bridge="sfb$id"
+	((bastion)) && linkns="sf$id-bastion" bridge="sfp$id"
+	for ((i = 1; i <= HOSTS; i++)); do
+		create_host_net "web$i" "$web_gw" "$linkns:sf${id}v$i:$bridge:$web_net.$((10 + i))/24:eth0"
+	done
+	if [[ $haproxy == host ]]; then
+		if ((bastion)); then
+			create_host_net lb "$net.1" ":sf${id}vlb:sfb$id:$net.5/24:eth0" \
+				"sf$id-bastion:sf${id}vlp:sfp$id:$priv.5/24:eth1"
+		else
+			create_host_net lb "$net.1" ":sf${id}vlb:sfb$id:$net.5/24:eth0"
+		fi
+	fi
+	vlog "network created"
+
+	echo "# fleet host: no DNS server reachable; names are in /etc/hosts" >"$dir/resolv.conf"
+	for i in "${!names[@]}"; do
+		n=${names[$i]}
+		{
+			printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$n"
+			for t in "${!names[@]}"; do
+				printf '%s\t%s\n' "${addrs[$t]}" "${names[$t]}"
+			done
+		} >"$dir/hosts/$n/etc_hosts"
+		start_keeper "$n"
+	done
+
+	# --- known_hosts, ssh_config (needs the host keys)
+	for i in "${keyjobs[@]}"; do
+		wait "$i" || die "ssh-keygen failed for a host key (see above)"
+	done
+	vlog "host keys generated"
+	: >"$dir/known_hosts"
+	for i in "${!names[@]}"; do
+		n=${names[$i]}
+		awk -v a="${addrs[$i]}" '{ print a, $1, $2 }' \
+			"$dir/hosts/$n/ssh_host_ed25519_key.pub" "$dir/hosts/$n/ssh_host_rsa_key.pub" >>"$dir/known_hosts"
+		write_sshd_config "$dir/hosts/$n"
+	done
+	cp "$dir/known_hosts" "$dir/known_hosts.hashed"
+	ssh-keygen -q -H -f "$dir/known_hosts.hashed" >/dev/null 2>&1 || die "ssh-keygen -H failed"
+	rm -f "$dir/known_hosts.hashed.old"
+	{
+		echo "# ssh -F $dir/ssh_config web1   (generated by fleet.sh for fleet $id)"
+		for i in "${!names[@]}"; do
+			printf 'Host %s\n    HostName %s\n' "${names[$i]}" "${addrs[$i]}"
+			if ((bastion)) && [[ ${names[$i]} == web* ]]; then
+				printf '    ProxyJump root@%s\n' "$net.250"
+			fi
+		done
+		cat <<EOF
+Host *
+    User root
+    IdentityFile $dir/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $dir/known_hosts
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    BatchMode yes
+    ConnectTimeout 3
+    LogLevel ERROR
+EOF
+	} >"$dir/ssh_config"
+
+	# --- keepers up? then sshd
+	local deadline
+	deadline=$(($(now_ms) + 5000))
+	for n in "${names[@]}"; do
+		while [[ ! -s $dir/hosts/$n/ns.pid ]]; do
+			if (($(now_ms) > deadline)); then
+				cat "$dir/hosts/$n/keeper.log" >&2 2>/dev/null || true
+				die "host $n: namespace keeper did not start (mount --bind of /srv failed?)"
+			fi
+			sleep 0.005
+		done
+	done
+	vlog "keepers running"
+	for n in "${names[@]}"; do
+		start_sshd "$dir" "$n"
+	done
+	vlog "sshd started"
+
+	# --- haproxy
+	local lb_url="" hap_sock="" hap_admin="" lb_addr=""
+	case $haproxy in
+	local)
+		write_haproxy_config "$dir/haproxy.cfg" "$net.1" "$dir/haproxy.sock" "$web_net"
+		env -i PATH="$CLEAN_PATH" "$HAPROXY_BIN" -D -f "$dir/haproxy.cfg" -p "$dir/haproxy.pid" \
+			</dev/null >"$dir/haproxy.log" 2>&1 || {
+			cat "$dir/haproxy.log" >&2
+			die "haproxy failed to start (config $dir/haproxy.cfg)"
+		}
+		lb_url="http://$net.1:8000" hap_sock="$dir/haproxy.sock" hap_admin="$net.1:9999"
+		;;
+	host)
+		local lbsrv="$dir/hosts/lb/srv/haproxy"
+		mkdir -p "$lbsrv"
+		write_haproxy_config "$lbsrv/haproxy.cfg" "$net.5" "$LB_HAPROXY_DIR/admin.sock" "$web_net"
+		local lbpid
+		lbpid=$(keeper_pid "$dir" lb)
+		env -i PATH="$CLEAN_PATH" nsenter -t "$lbpid" -m -n -u -- \
+			"$HAPROXY_BIN" -D -f "$LB_HAPROXY_DIR/haproxy.cfg" -p "$LB_HAPROXY_DIR/haproxy.pid" \
+			</dev/null >"$lbsrv/haproxy.log" 2>&1 || {
+			cat "$lbsrv/haproxy.log" >&2
+			die "host lb: haproxy failed to start (config $lbsrv/haproxy.cfg)"
+		}
+		lb_url="http://$net.5:8000" hap_sock="$lbsrv/admin.sock" hap_admin="$net.5:9999" lb_addr="$net.5"
+		;;
+	esac
+
+	# --- readiness: real logins (the bastion first when web hosts hide behind it)
+	local -a direct=() hidden=()
+	for i in "${!names[@]}"; do
+		if ((bastion)) && [[ ${names[$i]} == web* ]]; then
+			hidden+=("${names[$i]}=${addrs[$i]}")
+		else
+			direct+=("${names[$i]}=${addrs[$i]}")
+		fi
+	done
+	wait_ssh_all "$dir" "" "${direct[@]}"
+	vlog "direct logins ok"
+	if ((bastion)); then
+		wait_ssh_all "$dir" "$net.250" "${hidden[@]}"
+		vlog "logins via bastion (ssh -J) ok"
+		# The point of a bastion: no direct path. Fail loudly if there is one.
+		if timeout 2 bash -c "exec 3<>/dev/tcp/$priv.11/22" 2>/dev/null; then
+			die "web1 ($priv.11) is reachable directly from the root netns; bastion isolation broken"
+		fi
+	fi
+
+	# Hosts must reach each other through the bridge (br_netfilter + a DROP policy in
+	# FORWARD, as Docker installs, would silently break this).
+	if ((HOSTS >= 2)); then
+		if ! ip netns exec "sf$id-web$HOSTS" timeout 2 bash -c "exec 3<>/dev/tcp/$web_net.11/22" 2>/dev/null; then
+			die "web$HOSTS cannot reach web1:22 through the bridge (iptables FORWARD drop with bridge-nf-call-iptables=1?)"
+		fi
+	fi
+
+	[[ -z $hap_sock ]] || wait_haproxy "$hap_sock"
+	vlog "haproxy ready"
+
+	# --- fleet.env and hosts.toml
+	local web_list="" ssh_list="${names[*]}" priv_subnet="" bastion_addr="" hap_backend="" hap_sock_on_lb=""
+	if ((bastion)); then
+		priv_subnet="$priv.0/24" bastion_addr="$net.250"
+	fi
+	[[ $haproxy == none ]] || hap_backend=app
+	[[ $haproxy != host ]] || hap_sock_on_lb="$LB_HAPROXY_DIR/admin.sock"
+	for ((i = 1; i <= HOSTS; i++)); do web_list+="web$i "; done
+	{
+		echo "# fleet $id; generated by fleet.sh. Shell-sourceable."
+		echo "FLEET_ID='$id'"
+		echo "FLEET_DIR='$dir'"
+		echo "FLEET_SUBNET='$net.0/24'"
+		echo "FLEET_GATEWAY='$net.1'"
+		echo "FLEET_PRIVATE_SUBNET='$priv_subnet'"
+		echo "FLEET_HOSTS='${web_list% }'"
+		echo "FLEET_SSH_HOSTS='$ssh_list'"
+		for i in "${!names[@]}"; do
+			echo "FLEET_ADDR_${names[$i]}='${addrs[$i]}'"
+		done
+		echo "FLEET_IDENTITY='$dir/id_ed25519'"
+		echo "FLEET_KNOWN_HOSTS='$dir/known_hosts'"
+		echo "FLEET_KNOWN_HOSTS_HASHED='$dir/known_hosts.hashed'"
+		echo "FLEET_SSH_CONFIG='$dir/ssh_config'"
+		echo "FLEET_APP_PORT='$APP_PORT'"
+		echo "FLEET_HAPROXY='$haproxy'"
+		echo "FLEET_LB_URL='$lb_url'"
+		echo "FLEET_LB_ADDR='$lb_addr'"
+		echo "FLEET_HAPROXY_SOCKET='$hap_sock'"
+		echo "FLEET_HAPROXY_SOCKET_ON_LB='$hap_sock_on_lb'"
+		echo "FLEET_HAPROXY_ADMIN_TCP='$hap_admin'"
+		echo "FLEET_HAPROXY_BACKEND='$hap_backend'"
+		echo "FLEET_BASTION_ADDR='$bastion_addr'"
+	} >"$dir/fleet.env"
+	{
+		echo "# fleet $id; generated by fleet.sh"
+		echo "hosts = ["
+		for ((i = 1; i <= HOSTS; i++)); do
+			printf '  { name = "web%d", address = "%s.%d" },\n' "$i" "$web_net" $((10 + i))
+		done
+		echo "]"
+	} >"$dir/hosts.toml"
+
+	UP_DONE=1
+	local took=$((($(now_ms) * 1000 - T0) / 1000))
+	printf '%s: fleet %s up in %d ms: %s\n' "$prog" "$id" "$took" "$ssh_list" >&2
+}
+
+# ---------------------------------------------------------------------------------
+# helpers for commands on a running fleet
+# ---------------------------------------------------------------------------------
+
+fleet_id_of() { # dir -> id, only if the lock dir still names this DIR
+	local dir=$1 id
+	[[ -r $dir/fleet.id ]] || return 1
+	id=$(cat "$dir/fleet.id")
+	[[ $id =~ ^[0-9]+$ && "$(cat "$STATE_ROOT/$id/dir" 2>/dev/null)" == "$dir" ]] || return 1
+	echo "$id"
+}
+
+load_host() { # dir name -> HOST_* vars
+	local dir=$1 name=$2
+	[[ -r $dir/hosts/$name/host.env ]] || die "no host '$name' in fleet $dir"
+	# shellcheck source=/dev/null
+	. "$dir/hosts/$name/host.env"
+}
+
+# Set by load_host from hosts/<name>/host.env.
+HOST_NS="" HOST_ADDR="" HOST_LINKS=""
+
+# Pid of the process owning the host's namespaces, checked against the host's netns
+# so a recycled pid is never entered.
+keeper_pid() { # dir name
+	local dir=$1 name=$2 pid ns
+	pid=$(cat "$dir/hosts/$name/ns.pid" 2>/dev/null) || die "host $name: no keeper pid (fleet not up?)"
+	ns=$(awk -F"'" '/^HOST_NS=/ { print $2 }' "$dir/hosts/$name/host.env" 2>/dev/null || true)
+	if [[ -z $ns ]] || [[ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" != "net:[$(stat -L -c %i "/run/netns/$ns" 2>/dev/null)]" ]]; then
+		die "host $name: keeper process $pid is gone (fleet torn down?)"
+	fi
+	echo "$pid"
+}
+
+resolve_dir() { # dir -> absolute dir (must exist)
+	[[ -d $1 ]] || die "no such fleet dir: $1"
+	realpath "$1"
+}
+
+cmd_down() {
+	[[ $# -eq 1 ]] || die "usage: $prog down DIR"
+	local dir id rc=0
+	dir=$(realpath -m "$1")
+	if id=$(fleet_id_of "$dir"); then
+		teardown_id "$id" "$dir" || rc=1
+	else
+		# fleet.id missing (up died before writing it?): look for a lock naming DIR.
+		local f
+		for f in "$STATE_ROOT"/*/dir; do
+			[[ -r $f && "$(cat "$f")" == "$dir" ]] || continue
+			id=$(basename "$(dirname "$f")")
+			teardown_id "$id" "$dir" || rc=1
+		done
+	fi
+	((rc == 0)) && rm -f "$dir/fleet.id"
+	return "$rc"
+}
+
+cmd_gc() {
+	local d id owner dir rc=0 age
+	for d in "$STATE_ROOT"/*/; do
+		[[ -d $d ]] || continue
+		id=$(basename "$d")
+		[[ $id =~ ^[0-9]+$ ]] || continue
+		owner=$(cat "$d/owner" 2>/dev/null || true)
+		dir=$(cat "$d/dir" 2>/dev/null || true)
+		if [[ -z $owner ]]; then
+			# Being created right now, or up died in the instant before writing it.
+			age=$(($(date +%s) - $(stat -c %Y "$d")))
+			((age > 60)) || continue
+		elif owner_alive "$owner"; then
+			continue
+		fi
+		echo "$prog: gc: fleet $id (dir ${dir:-?}, owner ${owner%% *} gone)" >&2
+		teardown_id "$id" "$dir" || rc=1
+		[[ -n $dir ]] && rm -f "$dir/fleet.id" 2>/dev/null
+	done
+	# Orphans: resources whose lock dir is gone (a `down` killed midway). Take the lock
+	# ourselves first, so we never race a concurrent `up` that just got that id.
+	local ids
+	ids=$({
+		ip netns list 2>/dev/null | sed -n 's/^sf\([0-9]\+\)-.*/\1/p'
+		ip -o link show 2>/dev/null | sed -n 's/^[0-9]*: sfb\([0-9]\+\)[:@].*/\1/p'
+	} | sort -un)
+	for id in $ids; do
+		mkdir "$STATE_ROOT/$id" 2>/dev/null || continue
+		echo "$prog: gc: orphaned resources of fleet $id" >&2
+		teardown_id "$id" || rc=1
+	done
+	return "$rc"
+}
+
+cmd_exec() {
+	[[ $# -ge 4 && $3 == -- ]] || die "usage: $prog exec DIR HOST -- CMD [ARGS...]"
+	local dir name kpid
+	dir=$(resolve_dir "$1")
+	name=$2
+	shift 3
+	load_host "$dir" "$name"
+	kpid=$(keeper_pid "$dir" "$name")
+	# A login-like environment, as if run by root over SSH on that host.
+	exec env -i PATH="$CLEAN_PATH" HOME=/root USER=root LOGNAME=root SHELL=/bin/bash LANG=C.UTF-8 \
+		nsenter -t "$kpid" -m -n -u -w -- "$@"
+}
+
+# sshd processes (listener and per-connection children) in a host's netns.
+host_sshd_pids() { # ns
+	local p
+	for p in $(ip netns pids "$1" 2>/dev/null); do
+		[[ "$(readlink "/proc/$p/exe" 2>/dev/null)" == "$SSHD_BIN" ]] && echo "$p"
+	done
+	return 0
+}
+
+cmd_sshd() {
+	[[ $# -ge 3 ]] || die "usage: $prog sshd DIR HOST stop [--keep-sessions]|start"
+	local dir name action pid pids i
+	dir=$(resolve_dir "$1")
+	name=$2
+	action=$3
+	load_host "$dir" "$name"
+	case $action in
+	stop)
+		# Default: kill the listener AND every session, like a crashed sshd or a host
+		# losing SSH; processes started from sessions (the app) keep running.
+		# --keep-sessions kills only the listener, like `systemctl stop ssh` on Debian.
+		pid=$(cat "$dir/hosts/$name/sshd.pid" 2>/dev/null || true)
+		if [[ ${4:-} == --keep-sessions ]]; then
+			[[ -n $pid ]] && grep -qx "$pid" <<<"$(host_sshd_pids "$HOST_NS")" && kill -TERM "$pid"
+			for ((i = 0; i < 100; i++)); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.02
+			done
+		else
+			for ((i = 0; i < 100; i++)); do
+				pids=$(host_sshd_pids "$HOST_NS")
+				[[ -z $pids ]] && break
+				# shellcheck disable=SC2086
+				kill -KILL $pids 2>/dev/null || true
+				sleep 0.02
+			done
+			[[ -z $(host_sshd_pids "$HOST_NS") ]] || die "host $name: sshd processes survive SIGKILL"
+		fi
+		rm -f "$dir/hosts/$name/sshd.pid"
+		;;
+	start)
+		pid=$(cat "$dir/hosts/$name/sshd.pid" 2>/dev/null || true)
+		if [[ -n $pid ]] && grep -qx "$pid" <<<"$(host_sshd_pids "$HOST_NS")"; then
+			return 0 # already running
+		fi
+		start_sshd "$dir" "$name"
+		local jump=""
+		if [[ $name == web* ]]; then
+			jump=$(sed -n "s/^FLEET_BASTION_ADDR='\(.*\)'$/\1/p" "$dir/fleet.env" 2>/dev/null || true)
+		fi
+		wait_ssh "$dir" "$name" "$HOST_ADDR" "$jump" || die "host $name: sshd restarted but logins fail"
+		;;
+	*) die "sshd: action must be stop or start" ;;
+	esac
+}
+
+cmd_link() {
+	[[ $# -eq 3 && $3 =~ ^(up|down)$ ]] || die "usage: $prog link DIR HOST down|up"
+	local dir name state l lns lif
+	dir=$(resolve_dir "$1")
+	name=$2
+	state=$3
+	load_host "$dir" "$name"
+	# Down the bridge-side end: the host sees NO-CARRIER and packets to it go nowhere.
+	for l in $HOST_LINKS; do
+		lns=${l%%:*} lif=${l#*:}
+		[[ $lns == - ]] && lns=""
+		ipn "$lns" link set "$lif" "$state" || die "host $name: cannot set $lif $state"
+	done
+}
+
+cmd_fill() {
+	[[ $# -eq 4 ]] || die "usage: $prog fill DIR HOST PATH SIZE"
+	local dir name path size
+	dir=$(resolve_dir "$1")
+	name=$2 path=$3 size=$4
+	[[ $path == /* ]] || die "fill: PATH must be absolute"
+	[[ $size =~ ^[0-9]+[kKmMgG]?$ ]] || die "fill: SIZE like 2m or 512k"
+	load_host "$dir" "$name"
+	local kpid
+	kpid=$(keeper_pid "$dir" "$name")
+	# A tiny tmpfs replaces PATH, pre-loaded with what PATH held, so the host's files
+	# stay visible but the "disk" under PATH is SIZE big. Only this host sees it.
+	# shellcheck disable=SC2016
+	env -i PATH="$CLEAN_PATH" nsenter -t "$kpid" -m -- sh -c '
+		set -e
+		mkdir -p "$1"
+		tmp=$(mktemp -d /tmp/fleet-fill.XXXXXX)
+		mount -t tmpfs -o "size=$2,mode=755" fleet-fill "$tmp"
+		if ! cp -a "$1/." "$tmp/"; then
+			umount "$tmp"; rmdir "$tmp"
+			echo "contents of $1 do not fit in $2" >&2; exit 1
+		fi
+		mount --move "$tmp" "$1"
+		rmdir "$tmp"' fill "$path" "$size" || die "host $name: fill $path $size failed"
+}
+
+cmd_unfill() {
+	[[ $# -eq 3 ]] || die "usage: $prog unfill DIR HOST PATH"
+	local dir kpid
+	dir=$(resolve_dir "$1")
+	load_host "$dir" "$2"
+	kpid=$(keeper_pid "$dir" "$2")
+	# Contents written while filled are lost; the original directory reappears.
+	env -i PATH="$CLEAN_PATH" nsenter -t "$kpid" -m -- umount -l "$3" ||
+		die "host $2: unfill $3 failed"
+}
+
+cmd_info() {
+	[[ $# -eq 1 ]] || die "usage: $prog info DIR"
+	cat "$1/fleet.env"
+}
+
+main() {
+	[[ $# -ge 1 ]] || {
+		usage >&2
+		exit 2
+	}
+	local cmd=$1
+	shift
+	case $cmd in
+	up) cmd_up "$@" ;;
+	down) cmd_down "$@" ;;
+	gc) cmd_gc "$@" ;;
+	exec) cmd_exec "$@" ;;
+	sshd) cmd_sshd "$@" ;;
+	link) cmd_link "$@" ;;
+	fill) cmd_fill "$@" ;;
+	unfill) cmd_unfill "$@" ;;
+	info) cmd_info "$@" ;;
+	-h | --help | help) usage ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"

@@ -1,0 +1,3 @@
+//! Integration tests against real processes (a fleet of OpenSSH hosts).
+mod ssh;
+mod support;
