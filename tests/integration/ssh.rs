@@ -811,3 +811,152 @@ async fn bastion_jump_shared_by_targets_and_chains() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_connections_to_one_sshd_stay_under_max_startups() {
+    let fleet = fleet(1);
+    let home = tempfile::tempdir().unwrap();
+    // 60 connections to one sshd (MaxStartups 10:30:100): handshakes are
+    // limited per sshd and resets during key exchange are retried.
+    let address = fleet.address("web1");
+    let many: Vec<SshTarget> = (0..60)
+        .map(|i| target(&format!("conn{i}"), &address))
+        .collect();
+    let options = ConnectOptions {
+        max_concurrent_connects: 64,
+        ..ConnectOptions::default()
+    };
+    let (ssh, errors) =
+        SshTransport::connect_with_env(&many, &overrides(&fleet), &options, env(home.path())).await;
+    no_errors(&errors);
+    assert_eq!(ssh.connected().len(), 60);
+    let runs = many
+        .iter()
+        .map(|t| ssh.exec(&t.name, req("echo ok"), &Quiet));
+    for out in futures::future::join_all(runs).await {
+        assert_eq!(out.unwrap().stdout_text(), "ok\n");
+    }
+    ssh.close().await;
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Not a test: figures for the report, against OpenSSH on the same fleet.
+/// `cargo test --test integration measure -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, prints figures"]
+async fn measure_against_openssh() {
+    use std::time::Instant;
+    let fleet = fleet(10);
+    let home = tempfile::tempdir().unwrap();
+    let all = targets(&fleet);
+    let config = fleet.ssh_config();
+    let rounds = 7;
+
+    let mut ours_connect = Vec::new();
+    let mut ssh_connect = Vec::new();
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let (ssh, errors) = connect(&all, &overrides(&fleet), home.path()).await;
+        no_errors(&errors);
+        let runs = all.iter().map(|t| ssh.exec(&t.name, req("true"), &Quiet));
+        futures::future::join_all(runs).await;
+        ours_connect.push(start.elapsed());
+        ssh.close().await;
+
+        let start = Instant::now();
+        let children: Vec<Child> = all
+            .iter()
+            .map(|t| {
+                Command::new("ssh")
+                    .arg("-F")
+                    .arg(&config)
+                    .arg(&t.name)
+                    .arg("true")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        ssh_connect.push(start.elapsed());
+    }
+
+    let (ssh, errors) = connect(&all[..1], &overrides(&fleet), home.path()).await;
+    no_errors(&errors);
+    let mut ours_exec = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        ssh.exec("web1", req("true"), &Quiet).await.unwrap();
+        ours_exec.push(start.elapsed());
+    }
+    let sock = home.path().join("cm.sock");
+    sh(&format!(
+        "ssh -F {} -M -S {} -o ControlPersist=60 -fN web1",
+        config.display(),
+        sock.display()
+    ));
+    let mut cm_exec = Vec::new();
+    for _ in 0..50 {
+        let start = Instant::now();
+        sh(&format!(
+            "ssh -F {} -S {} web1 true",
+            config.display(),
+            sock.display()
+        ));
+        cm_exec.push(start.elapsed());
+    }
+    let _ = Command::new("ssh")
+        .args([
+            "-F",
+            &config.to_string_lossy(),
+            "-S",
+            &sock.to_string_lossy(),
+            "-O",
+            "exit",
+            "web1",
+        ])
+        .output();
+
+    let data = Bytes::from(vec![7u8; 64 << 20]);
+    let mut ours_bulk = Vec::new();
+    for _ in 0..5 {
+        let mut request = req("cat >/dev/null");
+        request.stdin = Some(data.clone());
+        let start = Instant::now();
+        ssh.exec("web1", request, &Quiet).await.unwrap();
+        ours_bulk.push(start.elapsed());
+    }
+    let file = home.path().join("bulk");
+    std::fs::write(&file, &data).unwrap();
+    let mut ssh_bulk = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        sh(&format!(
+            "ssh -F {} web1 'cat >/dev/null' < {}",
+            config.display(),
+            file.display()
+        ));
+        ssh_bulk.push(start.elapsed());
+    }
+
+    let (a, b) = (median(ours_connect), median(ssh_connect));
+    eprintln!(
+        "connect+auth+exec `true` on 10 hosts: shipit {a:?}, 10 parallel `ssh host true` {b:?} (ratio {:.2})",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+    let (a, b) = (median(ours_exec), median(cm_exec));
+    eprintln!(
+        "exec `true` on an open connection: shipit {a:?}, OpenSSH ControlMaster {b:?} (ratio {:.2})",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+    let (a, b) = (median(ours_bulk), median(ssh_bulk));
+    eprintln!(
+        "64 MiB into `cat >/dev/null`: shipit {a:?} (open connection), fresh `ssh` {b:?} (ratio {:.2})",
+        a.as_secs_f64() / b.as_secs_f64()
+    );
+}
