@@ -3,15 +3,17 @@
 #
 # Every host is:
 #   * its own network namespace (own eth0 and IP address, lo up, default route),
-#   * its own private mount + UTS namespace (its own /srv and `hostname` = its name;
-#     root's ~/.bashrc is hidden behind an empty file because the real one runs pyenv,
-#     which costs ~90 ms on every SSH exec),
-#   * a real OpenSSH sshd on port 22 (root login with one client key),
+#   * its own private mount + UTS namespace: its own /srv, `hostname` = its name, an
+#     /etc/hosts naming every fleet host, and a resolv.conf without nameservers (the
+#     machine's DNS server is unreachable from the fleet network, so lookups fail at
+#     once instead of hanging). Root's ~/.bashrc is hidden behind an empty file: the
+#     real one runs pyenv, which costs ~90 ms on every SSH exec,
+#   * a real OpenSSH sshd on port 22 (root, key only, LogLevel VERBOSE),
 #   * later, whatever shipit deploys there (the demo app listens on :8080).
 #
-# A tiny "keeper" process (`sleep infinity`) owns each host's namespaces. sshd, `exec`
-# and `fill` all enter the keeper's namespaces, so a host keeps its /srv and mounts
-# while its sshd is stopped and restarted.
+# A tiny "keeper" process (`sleep infinity`) owns each host's namespaces. sshd, `exec`,
+# `fill` and the lb's HAProxy all enter the keeper's namespaces (rather than sshd's),
+# so a host keeps its /srv, its mounts and its running app while sshd is stopped.
 #
 # Topology for fleet <id> (1..200, allocated atomically so fleets can run in parallel):
 #
@@ -27,20 +29,34 @@
 #   so a direct connect fails at once with "No route to host" instead of leaking out of
 #   the machine's real uplink. A `--haproxy host` lb gets a second leg (eth1,
 #   10.202.<id>.5) on the private bridge, like a load balancer in a DMZ.
+#   (--haproxy local is refused with --bastion: it could not reach the web hosts.)
+#
+# HAProxy (--haproxy local|host): frontend `app` on :8000, backend `app` with servers
+# web1..webN on :8080, checks GET /health every 500 ms (fall 2, rise 2), retries 0, no
+# redispatch, admin socket (unix, and TCP on :9999, both level admin), stats page on
+# :8404. Logs and check transitions go to a ring: "show events fleet" on the socket.
+# `up` waits for the first checks, so every server is DOWN until an app runs.
+# With --haproxy host it runs on the host `lb`; its admin socket is /srv/haproxy/
+# admin.sock there, which is DIR/hosts/lb/srv/haproxy/admin.sock from outside.
 #
 # Commands (see usage() below): up, down, gc, exec, sshd, link, fill, unfill, info.
 #
 # Files in DIR (the caller owns DIR; `down` leaves the files there for post-mortems):
-#   fleet.id, fleet.env, hosts.toml, id_ed25519{,.pub}, authorized_keys,
-#   known_hosts, known_hosts.hashed, ssh_config, empty_bashrc,
+#   fleet.id, fleet.env (shell-sourceable summary), hosts.toml, id_ed25519{,.pub},
+#   authorized_keys, known_hosts, known_hosts.hashed, ssh_config (`ssh -F DIR/ssh_config
+#   web1` works, bastion included), empty_bashrc, resolv.conf,
 #   haproxy.cfg, haproxy.pid, haproxy.sock                 (--haproxy local)
-#   hosts/<name>/{srv/, sshd_config, ssh_host_*_key*, sshd.pid, sshd.log,
-#                 ns.pid, keeper.log, host.env}
+#   hosts/<name>/{srv/, sshd_config, ssh_host_*_key*, sshd.pid, sshd.log, etc_hosts,
+#                 ns.pid (keeper), keeper.log, host.env}
 #   hosts/lb/srv/haproxy/{haproxy.cfg,haproxy.pid,admin.sock} (--haproxy host; the lb
 #                 itself sees them as /srv/haproxy/...)
 #
-# Global state: /run/shipit-fleet/<id>/{owner,dir} is the allocation lock; `owner`
-# holds "PID STARTTIME" so `gc` can tell a dead owner from a recycled pid.
+# Global state in /run/shipit-fleet: <id>/{owner,dir} is the allocation lock; `owner`
+# holds "PID STARTTIME" so `gc` can tell a dead owner from a recycled pid. keycache/
+# holds generated host keys (see gen_host_keys).
+#
+# Needs root, iproute2, util-linux (nsenter, unshare, setsid), openssh-server and
+# -client, socat; haproxy for --haproxy.
 
 set -euo pipefail
 
@@ -68,7 +84,8 @@ prog=${0##*/}
 usage() {
 	cat <<EOF
 usage:
-  $prog up DIR --hosts N [--haproxy none|local|host] [--bastion] [--owner PID]
+  $prog up DIR --hosts N [--haproxy none|local|host] [--bastion]
+          [--owner PID] [--gc-removes-dir]
   $prog down DIR
   $prog gc
   $prog exec DIR HOST -- CMD [ARGS...]
@@ -110,7 +127,7 @@ ipn() {
 	fi
 }
 
-# Seconds as a float, for bounded polling loops.
+# Milliseconds since the epoch, for bounded polling loops.
 now_ms() {
 	local t=${EPOCHREALTIME/./}
 	echo $((t / 1000))
@@ -167,7 +184,7 @@ local_haproxy_pids() { # dir
 		if [[ -r $dir/haproxy.pid ]]; then
 			while read -r pid; do
 				[[ $pid =~ ^[0-9]+$ ]] || continue
-				if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-f $cfg "; then
+				if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-f $cfg "; then
 					echo "$pid"
 				fi
 			done <"$dir/haproxy.pid"
@@ -434,7 +451,7 @@ wait_ssh_all() { # dir jump name=addr...
 	[[ -z $failed ]] || die "sshd not accepting logins within ${READY_TIMEOUT}s on:$failed"
 }
 
-write_haproxy_config() { # file bind-addr sock-path pid-note web-prefix
+write_haproxy_config() { # file bind-addr sock-path web-prefix
 	local file=$1 bind=$2 sock=$3 prefix=$4 i
 	{
 		cat <<EOF
@@ -447,6 +464,9 @@ write_haproxy_config() { # file bind-addr sock-path pid-note web-prefix
 # visibly instead of being quietly retried elsewhere, so tests see real drops.
 
 global
+    # A stale HAProxy of a crashed fleet must make this one fail to bind, loudly,
+    # not silently share the listening port with it through SO_REUSEPORT.
+    noreuseport
     stats socket $sock mode 600 level admin
     stats socket ipv4@$bind:9999 level admin
     stats timeout 30s
@@ -517,7 +537,7 @@ wait_haproxy() { # sock
 }
 
 cmd_up() {
-	local dir="" owner=$PPID haproxy=none bastion=0
+	local dir="" owner=$PPID haproxy=none bastion=0 gc_rm=0
 	HOSTS=0
 	[[ $# -ge 1 ]] || {
 		usage >&2
@@ -531,6 +551,7 @@ cmd_up() {
 		--haproxy) haproxy=${2:?--haproxy needs none|local|host}; shift 2 ;;
 		--bastion) bastion=1; shift ;;
 		--owner) owner=${2:?--owner needs a pid}; shift 2 ;;
+		--gc-removes-dir) gc_rm=1; shift ;;
 		*) die "up: unknown option $1" ;;
 		esac
 	done
@@ -554,9 +575,11 @@ cmd_up() {
 	# Paths end up unquoted in sshd/haproxy configs and in fleet.env.
 	[[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] || die "DIR must match [A-Za-z0-9._/+-]+: $dir"
 	((${#dir} + 32 < 108)) || die "DIR too long for unix socket paths: $dir"
-	if [[ -e $dir/fleet.id ]]; then
-		die "$dir already holds fleet $(cat "$dir/fleet.id"); run '$prog down $dir' first"
+	local old
+	if old=$(fleet_id_of "$dir"); then
+		die "$dir already holds running fleet $old; run '$prog down $dir' first"
 	fi
+	rm -f "$dir/fleet.id" # stale: that fleet is gone
 	UP_DIR=$dir
 
 	trap on_up_exit EXIT
@@ -565,6 +588,9 @@ cmd_up() {
 	trap 'exit 129' HUP
 
 	allocate_id "$dir" "$owner" || die "no free fleet id in 1..$MAX_ID (try '$prog gc')"
+	# DIR is a throwaway temp dir of the owner (the Rust tests): once the owner is
+	# dead, `gc` may delete it too, so crashed runs do not pile up uploads in /tmp.
+	((gc_rm == 0)) || : >"$STATE_ROOT/$UP_ID/gc-removes-dir"
 	local id=$UP_ID
 	echo "$id" >"$dir/fleet.id"
 	vlog "allocated fleet $id"
@@ -660,6 +686,10 @@ cmd_up() {
 				printf '    ProxyJump root@%s\n' "$net.250"
 			fi
 		done
+		if ((bastion)); then
+			# By address, too, as shipit's hosts.toml names them.
+			printf 'Host %s.*\n    ProxyJump root@%s\n' "$priv" "$net.250"
+		fi
 		cat <<EOF
 Host *
     User root
@@ -782,6 +812,7 @@ EOF
 		echo "FLEET_HAPROXY_SOCKET='$hap_sock'"
 		echo "FLEET_HAPROXY_SOCKET_ON_LB='$hap_sock_on_lb'"
 		echo "FLEET_HAPROXY_ADMIN_TCP='$hap_admin'"
+		echo "FLEET_HAPROXY_STATS_URL='${hap_admin:+http://${hap_admin%:*}:8404/}'"
 		echo "FLEET_HAPROXY_BACKEND='$hap_backend'"
 		echo "FLEET_BASTION_ADDR='$bastion_addr'"
 	} >"$dir/fleet.env"
@@ -873,8 +904,19 @@ cmd_gc() {
 			continue
 		fi
 		echo "$prog: gc: fleet $id (dir ${dir:-?}, owner ${owner%% *} gone)" >&2
-		teardown_id "$id" "$dir" || rc=1
-		[[ -n $dir ]] && rm -f "$dir/fleet.id" 2>/dev/null
+		local rm_dir=0
+		[[ -e $d/gc-removes-dir ]] && rm_dir=1
+		if ! teardown_id "$id" "$dir"; then
+			rc=1
+			continue
+		fi
+		if [[ -n $dir && -d $dir && "$(cat "$dir/fleet.id" 2>/dev/null)" == "$id" ]]; then
+			if ((rm_dir)); then
+				rm -rf -- "$dir"
+			else
+				rm -f "$dir/fleet.id"
+			fi
+		fi
 	done
 	# Orphans: resources whose lock dir is gone (a `down` killed midway). Take the lock
 	# ourselves first, so we never race a concurrent `up` that just got that id.
@@ -928,8 +970,10 @@ cmd_sshd() {
 		pid=$(cat "$dir/hosts/$name/sshd.pid" 2>/dev/null || true)
 		if [[ ${4:-} == --keep-sessions ]]; then
 			[[ -n $pid ]] && grep -qx "$pid" <<<"$(host_sshd_pids "$HOST_NS")" && kill -TERM "$pid"
+			# Not `kill -0`: the daemonized listener stays a zombie until init reaps it,
+			# and init here reaps lazily. host_sshd_pids skips zombies.
 			for ((i = 0; i < 100; i++)); do
-				kill -0 "$pid" 2>/dev/null || break
+				grep -qx "$pid" <<<"$(host_sshd_pids "$HOST_NS")" || break
 				sleep 0.02
 			done
 		else

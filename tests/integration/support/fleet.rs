@@ -1,146 +1,557 @@
-//! STAND-IN until the real `tests/integration/support/fleet.rs` lands on
-#![allow(dead_code)]
-//! main: the same API, driving `tests/fleet/fleet.sh`.
+//! A fleet of throwaway Linux hosts for integration tests, driven through
+//! `tests/fleet/fleet.sh` (see the comment at its top for the topology).
+//!
+//! Each host has its own network namespace and address, its own `/srv`, its own
+//! hostname and a real OpenSSH sshd on port 22 that accepts `root` with
+//! [`Fleet::identity`]. The machine running the tests sits on the fleet's bridge and
+//! reaches every host directly (except web hosts hidden behind a bastion).
+//!
+//! Needs root. A fleet that cannot start makes the test panic (fail), never skip.
+//! Dropping the [`Fleet`] tears it down, also while unwinding from a failed
+//! assertion; set `SHIPIT_FLEET_KEEP=1` to keep a fleet and its directory for
+//! debugging (`fleet.sh gc` removes it once the test process is gone).
+#![allow(dead_code)] // each test uses a different part of this toolbox
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+use tempfile::TempDir;
+
+/// Where HAProxy runs, if anywhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Haproxy {
+    /// No load balancer.
     #[default]
     None,
+    /// HAProxy in the test machine's own network namespace, frontend on the fleet
+    /// gateway address port 8000, admin socket in the fleet directory.
     Local,
+    /// HAProxy on an extra SSH-reachable host `lb` (`.5`), admin socket at
+    /// `/srv/haproxy/admin.sock` on that host.
     Host,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Debug)]
 pub struct FleetOptions {
+    /// Number of web hosts, named `web1..webN`.
     pub hosts: usize,
     pub haproxy: Haproxy,
+    /// Add a host `bastion` and hide the web hosts behind it: only `ssh -J` (or any
+    /// other SSH forwarding through the bastion) reaches them.
     pub bastion: bool,
 }
 
-pub struct Fleet {
-    dir: tempfile::TempDir,
-    env: HashMap<String, String>,
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            hosts: 1,
+            haproxy: Haproxy::None,
+            bastion: false,
+        }
+    }
 }
 
-fn script() -> PathBuf {
+/// A web host: its name and the address shipit should connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetHost {
+    pub name: String,
+    pub address: String,
+}
+
+pub struct Fleet {
+    /// `None` only after `SHIPIT_FLEET_KEEP` handed the directory over.
+    tmp: Option<TempDir>,
+    dir: PathBuf,
+    env: BTreeMap<String, String>,
+}
+
+/// Path of `fleet.sh` in this checkout.
+pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fleet/fleet.sh")
 }
 
-impl Fleet {
-    pub fn start(options: FleetOptions) -> Fleet {
-        let dir = tempfile::Builder::new()
-            .prefix("shipit-fleet-")
-            .tempdir()
-            .expect("tempdir");
-        let mut cmd = Command::new("bash");
-        cmd.arg(script())
-            .arg("up")
-            .arg(dir.path())
-            .arg("--hosts")
-            .arg(options.hosts.to_string())
-            .arg("--haproxy")
-            .arg(match options.haproxy {
-                Haproxy::None => "none",
-                Haproxy::Local => "local",
-                Haproxy::Host => "host",
-            });
-        if options.bastion {
-            cmd.arg("--bastion");
+/// Path of the demo app in this checkout.
+pub fn demo_app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/app")
+}
+
+fn fleet_sh() -> Command {
+    // Through bash, so a checkout that lost the executable bit still works.
+    let mut cmd = Command::new("bash");
+    cmd.arg(script());
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Output {
+    cmd.stdin(Stdio::null());
+    cmd.output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"))
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls `check` every 50 ms until it returns true; panics naming `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return;
         }
-        let out = cmd.output().expect("run fleet.sh");
-        assert!(
-            out.status.success(),
-            "fleet.sh up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.path().join("fleet.env")).expect("fleet.env");
-        let env = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect();
-        Fleet { dir, env }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET url` over HTTP/1.0 with short timeouts. `None` if the server cannot be reached
+/// or answers garbage; otherwise the status code and the body.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = if authority.contains(':') {
+        authority.to_socket_addrs().ok()?.next()?
+    } else {
+        (authority, 80).to_socket_addrs().ok()?.next()?
+    };
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shipit-tests\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((status, body.to_string()))
+}
+
+static GC: Once = Once::new();
+
+impl Fleet {
+    /// Starts a fleet. Panics with fleet.sh's full output if it cannot.
+    pub fn start(opts: FleetOptions) -> Fleet {
+        // Once per test process: remove fleets left behind by killed test runs.
+        GC.call_once(|| {
+            let mut gc = fleet_sh();
+            gc.arg("gc");
+            let out = run(gc, "fleet.sh gc");
+            if !out.status.success() {
+                eprintln!("warning: fleet.sh gc failed: {}", describe(&out));
+            }
+        });
+
+        let tmp = tempfile::Builder::new()
+            .prefix("shipit-fleet.")
+            .tempdir()
+            .expect("cannot create a temporary directory for the fleet");
+        let dir = tmp.path().to_path_buf();
+        let mut up = fleet_sh();
+        up.arg("up")
+            .arg(&dir)
+            .arg("--hosts")
+            .arg(opts.hosts.to_string());
+        match opts.haproxy {
+            Haproxy::None => {}
+            Haproxy::Local => {
+                up.args(["--haproxy", "local"]);
+            }
+            Haproxy::Host => {
+                up.args(["--haproxy", "host"]);
+            }
+        }
+        if opts.bastion {
+            up.arg("--bastion");
+        }
+        // The test process owns the fleet: `gc` reclaims it (and deletes the temp
+        // directory) if we die without running Drop.
+        up.arg("--owner")
+            .arg(std::process::id().to_string())
+            .arg("--gc-removes-dir");
+        let out = run(up, "fleet.sh up");
+        if !out.status.success() {
+            // up cleans up after itself; this is for the case where it was killed.
+            let mut down = fleet_sh();
+            down.arg("down").arg(&dir);
+            let _ = run(down, "fleet.sh down");
+            panic!(
+                "cannot start test fleet {opts:?}: fleet.sh up {}",
+                describe(&out)
+            );
+        }
+        let env_path = dir.join("fleet.env");
+        let text = std::fs::read_to_string(&env_path).unwrap_or_else(|e| {
+            panic!(
+                "fleet.sh up succeeded but {} is unreadable: {e}",
+                env_path.display()
+            )
+        });
+        Fleet {
+            tmp: Some(tmp),
+            dir,
+            env: parse_env(&text),
+        }
     }
 
-    fn var(&self, name: &str) -> String {
-        self.env.get(name).cloned().unwrap_or_default()
-    }
-
+    /// The fleet directory (keys, known_hosts, logs, per-host files under `hosts/`).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
+
+    /// A value from `fleet.env` (e.g. `FLEET_ID`), empty values as `None`.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.env
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn env_required(&self, key: &str, what: &str) -> &str {
+        self.env(key)
+            .unwrap_or_else(|| panic!("fleet {} has no {what} ({key} unset)", self.dir.display()))
+    }
+
+    /// Private key authorized for root on every host.
     pub fn identity(&self) -> PathBuf {
-        PathBuf::from(self.var("FLEET_IDENTITY"))
+        self.dir.join("id_ed25519")
     }
+
+    /// known_hosts with each host's ed25519 and RSA keys under its address.
     pub fn known_hosts(&self) -> PathBuf {
-        PathBuf::from(self.var("FLEET_KNOWN_HOSTS"))
+        self.dir.join("known_hosts")
     }
+
+    /// The same entries, hashed (`ssh-keygen -H`).
     pub fn known_hosts_hashed(&self) -> PathBuf {
-        PathBuf::from(self.var("FLEET_KNOWN_HOSTS_HASHED"))
+        self.dir.join("known_hosts.hashed")
     }
+
+    /// An OpenSSH client config with every host by name (`ssh -F <this> web1`),
+    /// including the ProxyJump for web hosts behind a bastion.
     pub fn ssh_config(&self) -> PathBuf {
-        PathBuf::from(self.var("FLEET_SSH_CONFIG"))
+        self.dir.join("ssh_config")
     }
-    pub fn hosts(&self) -> Vec<String> {
-        self.var("FLEET_HOSTS")
+
+    /// The web hosts, in order.
+    pub fn hosts(&self) -> Vec<FleetHost> {
+        self.env_required("FLEET_HOSTS", "hosts")
             .split_whitespace()
-            .map(String::from)
+            .map(|name| FleetHost {
+                name: name.to_string(),
+                address: self.address(name),
+            })
             .collect()
     }
+
+    /// Address of any host of the fleet (`web1`, `lb`, `bastion`).
     pub fn address(&self, name: &str) -> String {
-        self.var(&format!("FLEET_ADDR_{name}"))
-    }
-    pub fn bastion_address(&self) -> Option<String> {
-        Some(self.var("FLEET_BASTION_ADDR")).filter(|s| !s.is_empty())
+        self.env_required(&format!("FLEET_ADDR_{name}"), &format!("host {name}"))
+            .to_string()
     }
 
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new("bash")
-            .arg(script())
-            .args(args)
-            .output()
-            .expect("run fleet.sh");
-        assert!(
-            out.status.success(),
-            "fleet.sh {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// `hosts = [ { name = "web1", address = "..." }, ... ]`, ready for a deploy.toml.
+    pub fn hosts_toml(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hosts.toml")).expect("hosts.toml of a running fleet")
+    }
+
+    /// Base URL of the HAProxy frontend, e.g. `http://10.201.3.1:8000`.
+    pub fn lb_url(&self) -> String {
+        self.env_required("FLEET_LB_URL", "load balancer")
+            .to_string()
+    }
+
+    /// HAProxy's admin socket, as a path usable from the test process (for
+    /// `Haproxy::Host` it lies under the lb's /srv, which is a directory here).
+    pub fn haproxy_socket(&self) -> PathBuf {
+        PathBuf::from(self.env_required("FLEET_HAPROXY_SOCKET", "load balancer"))
+    }
+
+    /// Address of the bastion (on the fleet bridge, reachable directly).
+    pub fn bastion_address(&self) -> String {
+        self.env_required("FLEET_BASTION_ADDR", "bastion")
+            .to_string()
+    }
+
+    /// The host's `/srv` as seen from the test process. Absolute symlinks inside
+    /// (e.g. `current -> /srv/app/releases/r1`) only resolve on the host: use
+    /// [`Fleet::read_link`] and friends for those.
+    pub fn srv_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host).join("srv")
+    }
+
+    /// Runs `args` as root inside the host (its network and mount namespaces, so it
+    /// sees the host's /srv), with a login-like environment and cwd /root.
+    pub fn exec_args(&self, host: &str, args: &[&str]) -> Output {
+        self.exec_with_stdin_args(host, args, None)
+    }
+
+    /// Runs `sh -c shell_cmd` inside the host.
+    pub fn exec(&self, host: &str, shell_cmd: &str) -> Output {
+        self.exec_args(host, &["sh", "-c", shell_cmd])
+    }
+
+    /// Runs `sh -c shell_cmd` inside the host with `stdin` as its standard input.
+    pub fn exec_with_stdin(&self, host: &str, shell_cmd: &str, stdin: &[u8]) -> Output {
+        self.exec_with_stdin_args(host, &["sh", "-c", shell_cmd], Some(stdin))
+    }
+
+    fn exec_with_stdin_args(&self, host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = fleet_sh();
+        cmd.arg("exec")
+            .arg(&self.dir)
+            .arg(host)
+            .arg("--")
+            .args(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        // Feed stdin from another thread: a command that writes a lot before reading
+        // all of its input would otherwise deadlock against us.
+        let feeder = stdin.map(|data| {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data); // EPIPE: the command chose not to read
+            })
+        });
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+        if let Some(feeder) = feeder {
+            let _ = feeder.join();
+        }
         out
     }
 
-    pub fn exec(&self, host: &str, cmd: &str) -> String {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let out = self.run(&["exec", &dir, host, "--", "sh", "-c", cmd]);
+    /// Like [`Fleet::exec`], but panics (with stderr) unless the command succeeds;
+    /// returns its stdout.
+    pub fn exec_ok(&self, host: &str, shell_cmd: &str) -> String {
+        let out = self.exec(host, shell_cmd);
+        if !out.status.success() {
+            panic!("on {host}: `{shell_cmd}` failed: {}", describe(&out));
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Target of the symlink `path` on the host, `None` if it is not a symlink.
+    pub fn read_link(&self, host: &str, path: &str) -> Option<String> {
+        let out = self.exec_args(host, &["readlink", "--", path]);
+        out.status.success().then(|| {
+            let s = String::from_utf8_lossy(&out.stdout);
+            s.strip_suffix('\n').unwrap_or(&s).to_string()
+        })
+    }
+
+    /// Whether `path` exists on the host (a dangling symlink counts).
+    pub fn exists(&self, host: &str, path: &str) -> bool {
+        self.exec_args(
+            host,
+            &["sh", "-c", r#"test -e "$1" || test -L "$1""#, "sh", path],
+        )
+        .status
+        .success()
+    }
+
+    /// Contents of `path` on the host, `None` if it cannot be read.
+    pub fn read_file(&self, host: &str, path: &str) -> Option<String> {
+        let out = self.exec_args(host, &["cat", "--", path]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Writes `contents` to `path` on the host, creating parent directories.
+    pub fn write_file(&self, host: &str, path: &str, contents: impl AsRef<[u8]>) {
+        let out = self.exec_with_stdin_args(
+            host,
+            &[
+                "sh",
+                "-c",
+                r#"mkdir -p "$(dirname "$1")" && cat >"$1""#,
+                "sh",
+                path,
+            ],
+            Some(contents.as_ref()),
+        );
+        if !out.status.success() {
+            panic!("on {host}: cannot write {path}: {}", describe(&out));
+        }
+    }
+
+    fn fleet_cmd(&self, args: &[&str], what: &str) {
+        let mut cmd = fleet_sh();
+        cmd.arg(args[0]).arg(&self.dir).args(&args[1..]);
+        let out = run(cmd, what);
+        if !out.status.success() {
+            panic!("{what} failed: {}", describe(&out));
+        }
+    }
+
+    /// Kills the host's sshd listener and every SSH session on it (as if sshd
+    /// crashed); processes started from sessions, like the app, keep running.
     pub fn stop_sshd(&self, host: &str) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        self.run(&["sshd", &dir, host, "stop"]);
+        self.fleet_cmd(&["sshd", host, "stop"], &format!("stopping sshd on {host}"));
     }
+
+    /// Kills only the listener, like `systemctl stop ssh`: open sessions survive.
+    pub fn stop_sshd_listener(&self, host: &str) {
+        self.fleet_cmd(
+            &["sshd", host, "stop", "--keep-sessions"],
+            &format!("stopping sshd on {host}"),
+        );
+    }
+
+    /// Starts the host's sshd again and waits until it accepts logins.
     pub fn start_sshd(&self, host: &str) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        self.run(&["sshd", &dir, host, "start"]);
+        self.fleet_cmd(
+            &["sshd", host, "start"],
+            &format!("starting sshd on {host}"),
+        );
     }
+
+    /// Cuts the host off the network (its bridge port goes down): connections to it
+    /// time out or fail with "no route to host"; established ones stall.
     pub fn link_down(&self, host: &str) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        self.run(&["link", &dir, host, "down"]);
+        self.fleet_cmd(&["link", host, "down"], &format!("link down on {host}"));
     }
+
     pub fn link_up(&self, host: &str) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        self.run(&["link", &dir, host, "up"]);
+        self.fleet_cmd(&["link", host, "up"], &format!("link up on {host}"));
+    }
+
+    /// Puts `path` on the host on a tmpfs of `size` (e.g. "2m"), pre-loaded with
+    /// what was there, so writes beyond `size` fail with ENOSPC.
+    pub fn fill(&self, host: &str, path: &str, size: &str) {
+        self.fleet_cmd(
+            &["fill", host, path, size],
+            &format!("fill {path} on {host}"),
+        );
+    }
+
+    /// Undoes [`Fleet::fill`]; what was written meanwhile is lost.
+    pub fn unfill(&self, host: &str, path: &str) {
+        self.fleet_cmd(&["unfill", host, path], &format!("unfill {path} on {host}"));
+    }
+
+    /// An `ssh` command for `host` (any fleet host, by name) through the fleet's
+    /// ssh_config: strict host key checking, the fleet key, ProxyJump when needed.
+    /// Append the remote command with `.arg(...)`.
+    pub fn ssh(&self, host: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(self.ssh_config()).arg(host);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Sends one runtime API command (e.g. "show servers state app") to HAProxy's
+    /// admin socket and returns the answer.
+    pub fn haproxy_cmd(&self, command: &str) -> String {
+        let path = self.haproxy_socket();
+        let mut sock = UnixStream::connect(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to HAProxy admin socket {}: {e}",
+                path.display()
+            )
+        });
+        let timeout = Some(Duration::from_secs(5));
+        sock.set_read_timeout(timeout).expect("socket timeout");
+        sock.set_write_timeout(timeout).expect("socket timeout");
+        sock.write_all(format!("{command}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("HAProxy admin socket: sending {command:?}: {e}"));
+        // Without "prompt", HAProxy answers one command and closes the connection.
+        let mut answer = String::new();
+        sock.read_to_string(&mut answer).unwrap_or_else(|e| {
+            panic!("HAProxy admin socket: reading the answer to {command:?}: {e}")
+        });
+        answer
+    }
+
+    /// The status column of `show stat` for a server of backend `app`: "UP", "DOWN",
+    /// "MAINT", "DRAIN", or a transitional "UP 1/2" / "DOWN 1/2". `None` if unknown.
+    pub fn haproxy_server_status(&self, server: &str) -> Option<String> {
+        let stat = self.haproxy_cmd("show stat");
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name);
+        let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.get(px) == Some(&"app") && f.get(sv) == Some(&server))
+            .and_then(|f| f.get(status).map(|s| s.to_string()))
     }
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["down", &dir])
-            .output();
+        if std::env::var_os("SHIPIT_FLEET_KEEP").is_some_and(|v| v == "1") {
+            if let Some(tmp) = self.tmp.take() {
+                eprintln!(
+                    "SHIPIT_FLEET_KEEP=1: keeping fleet in {}",
+                    tmp.keep().display()
+                );
+            }
+            return;
+        }
+        let mut down = fleet_sh();
+        down.arg("down").arg(&self.dir);
+        // Never panic here: this may run while unwinding from a failed assertion.
+        match down.stdin(Stdio::null()).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: fleet.sh down {} failed: {}",
+                self.dir.display(),
+                describe(&out)
+            ),
+            Err(e) => eprintln!(
+                "warning: cannot run fleet.sh down {}: {e}",
+                self.dir.display()
+            ),
+        }
+        // The TempDir field is dropped (and the directory removed) after this.
     }
+}
+
+/// Parses fleet.env: `KEY='value'` lines (fleet.sh never puts quotes in values).
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.trim().trim_matches('\'').to_string(),
+            )
+        })
+        .collect()
 }
