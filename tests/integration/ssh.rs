@@ -532,9 +532,12 @@ async fn accept_new_records_keys_then_strict_passes() {
     let mut o = overrides(&fleet);
     o.known_hosts = Some(known_hosts.clone());
     o.host_key_checking = Some(HostKeyChecking::AcceptNew);
-    let (ssh, errors) = connect(&targets(&fleet), &o, home.path()).await;
+    // A third name for web1: two connections record the same key at once.
+    let mut all = targets(&fleet);
+    all.push(target("web1-again", &fleet.address("web1")));
+    let (ssh, errors) = connect(&all, &o, home.path()).await;
     no_errors(&errors);
-    assert_eq!(ssh.connected(), ["web1", "web2"]);
+    assert_eq!(ssh.connected(), ["web1", "web1-again", "web2"]);
     ssh.close().await;
 
     let text = std::fs::read_to_string(&known_hosts).unwrap();
@@ -691,6 +694,9 @@ async fn link_down_mid_command_fails_that_host_not_the_process() {
         "{err}"
     );
     assert!(err.to_string().starts_with("web1: "), "{err}");
+    if let TransportError::Disconnected { detail, .. } = &err {
+        assert!(detail.contains("stopped answering"), "{err}");
+    }
     assert!(!ssh.is_connected("web1"));
     // The other host is unaffected.
     let out = ssh.exec("web2", req("echo ok"), &Quiet).await.unwrap();
@@ -1003,4 +1009,54 @@ async fn cancelled_commands_give_their_sessions_back() {
     for out in futures::future::join_all(runs).await {
         assert_eq!(out.unwrap().stdout_text(), "ok\n");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sshd_killed_mid_command_is_a_disconnect() {
+    let fleet = fleet(1);
+    let home = tempfile::tempdir().unwrap();
+    let (ssh, errors) = connect(&targets(&fleet), &overrides(&fleet), home.path()).await;
+    no_errors(&errors);
+    let running = ssh.exec("web1", req("echo started; sleep 120"), &Quiet);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::block_in_place(|| fleet.stop_sshd("web1"));
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(running, kill)
+    })
+    .await
+    .expect("the command hung after sshd was killed");
+    let err = result.unwrap_err();
+    assert!(matches!(err, TransportError::Disconnected { .. }), "{err}");
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
+    assert!(!err.before_any_command());
+    let err = ssh.exec("web1", req("true"), &Quiet).await.unwrap_err();
+    assert!(matches!(err, TransportError::Disconnected { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_host_times_out_with_a_clear_error() {
+    let fleet = fleet(2);
+    fleet.link_down("web2");
+    let home = tempfile::tempdir().unwrap();
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..ConnectOptions::default()
+    };
+    let (ssh, errors) = SshTransport::connect_with_env(
+        &targets(&fleet),
+        &overrides(&fleet),
+        &options,
+        env(home.path()),
+    )
+    .await;
+    assert_eq!(ssh.connected(), ["web1"]);
+    let text = errors[0].to_string();
+    assert!(
+        matches!(errors[0], TransportError::Connect { .. }),
+        "{text}"
+    );
+    assert!(text.starts_with("web2: "), "{text}");
+    assert!(text.contains("no answer within 1s"), "{text}");
 }

@@ -439,13 +439,15 @@ async fn open_session(
 ) -> Result<russh::Channel<russh::client::Msg>, TransportError> {
     const ATTEMPTS: u32 = 40;
     let mut pause = Duration::from_millis(50);
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match connection.handle.channel_open_session().await {
             Ok(channel) => return Ok(channel),
             Err(russh::Error::ChannelOpenFailure(why)) if attempt < ATTEMPTS => {
                 tracing::debug!("{host}: session channel refused ({why:?}), retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
+                attempt += 1;
             }
             Err(russh::Error::ChannelOpenFailure(why)) => {
                 return Err(TransportError::Ssh {
@@ -459,7 +461,6 @@ async fn open_session(
             Err(e) => return Err(lost_or(host, connection, e)),
         }
     }
-    unreachable!("the loop returns")
 }
 
 async fn feed_stdin(
