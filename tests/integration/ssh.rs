@@ -199,6 +199,16 @@ async fn ed25519_exec_exit_codes_signals_stderr_and_stdin() {
     assert_eq!(*recorder.stdout.lock().unwrap(), out.stdout);
     assert_eq!(*recorder.stderr.lock().unwrap(), b"done\n");
 
+    // A command that stops reading early: its exit status tells, no hang.
+    let mut request = req("head -c 5; exit 4");
+    request.stdin = Some(Bytes::from(vec![b'x'; 16 << 20]));
+    let out = tokio::time::timeout(Duration::from_secs(60), ssh.exec("web1", request, &Quiet))
+        .await
+        .expect("exec hung on unread stdin")
+        .unwrap();
+    assert_eq!(out.exit, Exit::Code(4));
+    assert_eq!(out.stdout, b"xxxxx");
+
     // Stdin is closed (EOF) even when empty.
     let mut request = req("wc -c");
     request.stdin = Some(Bytes::new());

@@ -254,7 +254,20 @@ async fn exec_on_channel(
         let _ = writer.eof().await;
     };
     let collect = collect_output(reader, observer);
-    let ((), (stdout, stderr, exit, refused)) = tokio::join!(feed, collect);
+    // Feed and read at once. Once the channel is gone, stop feeding: a
+    // command that exits without reading all its input leaves the feeder
+    // waiting for window space that will never come.
+    let (stdout, stderr, exit, refused) = {
+        let mut feed = std::pin::pin!(feed);
+        let mut collect = std::pin::pin!(collect);
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                () = &mut feed, if !fed => fed = true,
+                collected = &mut collect => break collected,
+            }
+        }
+    };
     if refused {
         let error = TransportError::Ssh {
             host: host.to_string(),
