@@ -419,3 +419,54 @@ async fn hash_for<H: Handler>(
     *cached = Some(hash);
     hash
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(passphrase: Option<&str>) -> SshEnv {
+        SshEnv {
+            home: "/nonexistent".into(),
+            local_user: "u".into(),
+            auth_sock: None,
+            passphrase: passphrase.map(String::from),
+            allow_prompt: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn encrypted_keys_are_decrypted_once_and_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "pass phrase", "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The public half is known without the passphrase.
+        std::fs::remove_file(dir.path().join("k.pub")).unwrap();
+        assert!(public_key_of(&path).is_some());
+
+        let keys = KeyStore::new(&env(Some("pass phrase")));
+        let (a, b) = tokio::join!(keys.private_key(&path), keys.private_key(&path));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a, &keys.private_key(&path).await.unwrap()));
+
+        let err = KeyStore::new(&env(None))
+            .private_key(&path)
+            .await
+            .unwrap_err();
+        assert!(err.contains("passphrase-protected"), "{err}");
+        assert!(
+            err.contains(PASSPHRASE_VAR) && err.contains("ssh-add"),
+            "{err}"
+        );
+        let err = KeyStore::new(&env(Some("wrong")))
+            .private_key(&path)
+            .await
+            .unwrap_err();
+        assert!(err.contains("does not decrypt"), "{err}");
+    }
+}

@@ -453,7 +453,7 @@ impl Shared {
                         .await;
                     return Err(TransportError::Auth {
                         host: label.to_string(),
-                        user: format!("{} on {}", hop.user, hop.endpoint()),
+                        user: hop.user.clone(),
                         detail,
                     });
                 }
@@ -463,7 +463,7 @@ impl Shared {
                         .unwrap_or_else(|| "the server closed the connection".into());
                     return Err(TransportError::Auth {
                         host: label.to_string(),
-                        user: format!("{} on {}", hop.user, hop.endpoint()),
+                        user: hop.user.clone(),
                         detail: format!(
                             "{why} while logging in ({detail}); if many keys were offered, sshd's MaxAuthTries may have been reached: set ssh.identity_file or IdentitiesOnly"
                         ),

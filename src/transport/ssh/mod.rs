@@ -15,11 +15,12 @@ mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use russh::ChannelMsg;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use auth::{MAX_ATTEMPTS, PASSPHRASE_VAR};
 pub use connect::HANDSHAKES_PER_SSHD;
@@ -62,7 +63,7 @@ impl Default for ConnectOptions {
 
 struct HostEntry {
     connection: Arc<Connection>,
-    channels: Semaphore,
+    channels: Arc<Semaphore>,
 }
 
 /// Connections to a set of hosts, opened by [`SshTransport::connect`].
@@ -130,7 +131,7 @@ impl SshTransport {
                         name,
                         HostEntry {
                             connection: Arc::new(connection),
-                            channels: Semaphore::new(options.channels_per_host.max(1)),
+                            channels: Arc::new(Semaphore::new(options.channels_per_host.max(1))),
                         },
                     );
                 }
@@ -185,74 +186,235 @@ impl SshTransport {
                 host: host.to_string(),
             })?;
         let connection = &entry.connection;
-        let _slot = entry
-            .channels
-            .acquire()
-            .await
-            .map_err(|_| TransportError::NotConnected {
+        let permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
+            TransportError::NotConnected {
                 host: host.to_string(),
-            })?;
-        let channel = open_session(host, connection).await?;
-        let (mut reader, writer) = channel.split();
-
-        let work = async {
-            writer
-                .exec(true, request.command.as_bytes())
-                .await
-                .map_err(|e| lost_or(host, connection, e))?;
-            let feed = async {
-                if let Some(data) = &request.stdin {
-                    feed_stdin(&writer, data, observer).await;
-                }
-                let _ = writer.eof().await;
-            };
-            let collect = collect_output(&mut reader, observer);
-            let ((), collected) = tokio::join!(feed, collect);
-            let (stdout, stderr, exit, refused) = collected;
-            if refused {
-                return Err(TransportError::Ssh {
-                    host: host.to_string(),
-                    detail: format!("sshd refused to run `{}`", request.command),
-                });
             }
-            let exit = match exit {
-                Some(exit) => exit,
-                None if connection.handle.is_closed() => {
-                    return Err(TransportError::Disconnected {
-                        host: host.to_string(),
-                        detail: format!(
-                            "{} while `{}` was running; its outcome is unknown",
-                            connection.lost_reason(),
-                            request.command
-                        ),
-                    });
-                }
-                None => Exit::Unknown,
-            };
-            Ok(Output {
-                exit,
-                stdout,
-                stderr,
-            })
+        })?;
+        let channel = open_session(host, connection).await?;
+        let (reader, writer) = channel.split();
+        let token = exec_token();
+        // Until the channel is known to be closed, dropping this stops the
+        // remote command and closes the channel (see `Running`).
+        let mut running = Running {
+            connection: connection.clone(),
+            token: token.clone(),
+            reader: Some(reader),
+            writer: Some(writer),
+            permit: Some(permit),
+            ended: false,
         };
-
-        match request.timeout {
-            None => work.await,
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // Ask the command to stop, then close the channel.
-                    let _ = writer.signal(russh::Sig::TERM).await;
-                    let _ = writer.close().await;
-                    Err(TransportError::Timeout {
-                        host: host.to_string(),
-                        what: format!("`{}`", request.command),
-                        after: limit,
-                    })
-                }
-            },
+        let command = tag_command(&token, &request.command);
+        let outcome = {
+            let (Some(reader), Some(writer)) = (running.reader.as_mut(), running.writer.as_ref())
+            else {
+                unreachable!("set above")
+            };
+            let work = exec_on_channel(
+                host, &command, &request, observer, reader, writer, connection,
+            );
+            match request.timeout {
+                None => Ok(work.await),
+                Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
+            }
+        };
+        match outcome {
+            Ok((result, channel_gone)) => {
+                running.ended = channel_gone;
+                result
+            }
+            // `running` is dropped on return: that stops the command.
+            Err(limit) => Err(TransportError::Timeout {
+                host: host.to_string(),
+                what: format!("`{}`", request.command),
+                after: limit,
+            }),
         }
     }
+}
+
+/// Runs `command` on an open channel and reads it to the end. The flag
+/// says whether the channel is gone (read until `None`).
+async fn exec_on_channel(
+    host: &str,
+    command: &str,
+    request: &ExecRequest,
+    observer: &dyn ExecObserver,
+    reader: &mut russh::ChannelReadHalf,
+    writer: &russh::ChannelWriteHalf<russh::client::Msg>,
+    connection: &Connection,
+) -> (Result<Output, TransportError>, bool) {
+    if let Err(e) = writer.exec(true, command.as_bytes()).await {
+        return (Err(lost_or(host, connection, e)), false);
+    }
+    let feed = async {
+        if let Some(data) = &request.stdin {
+            feed_stdin(writer, data, observer).await;
+        }
+        let _ = writer.eof().await;
+    };
+    let collect = collect_output(reader, observer);
+    // Feed and read at once. Once the channel is gone, stop feeding: a
+    // command that exits without reading all its input leaves the feeder
+    // waiting for window space that will never come.
+    let (stdout, stderr, exit, refused) = {
+        let mut feed = std::pin::pin!(feed);
+        let mut collect = std::pin::pin!(collect);
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                () = &mut feed, if !fed => fed = true,
+                collected = &mut collect => break collected,
+            }
+        }
+    };
+    if refused {
+        let error = TransportError::Ssh {
+            host: host.to_string(),
+            detail: format!("sshd refused to run `{}`", request.command),
+        };
+        return (Err(error), false);
+    }
+    let exit = match exit {
+        Some(exit) => exit,
+        None if connection.handle.is_closed() => {
+            let error = TransportError::Disconnected {
+                host: host.to_string(),
+                detail: format!(
+                    "{} while `{}` was running; its outcome is unknown",
+                    connection.lost_reason(),
+                    request.command
+                ),
+            };
+            return (Err(error), true);
+        }
+        None => Exit::Unknown,
+    };
+    let output = Output {
+        exit,
+        stdout,
+        stderr,
+    };
+    (Ok(output), true)
+}
+
+/// A unique tag for one command, so that it can be found on the host.
+fn exec_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}-{:x}-{:x}",
+        std::process::id(),
+        nanos,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The command line sent to sshd: the tag exported as `SHIPIT_EXEC`, then
+/// the command. Every process the command starts inherits the tag, which is
+/// how a command that timed out or was abandoned is found and stopped.
+fn tag_command(token: &str, command: &str) -> String {
+    if command.trim().is_empty() {
+        return command.to_string();
+    }
+    format!("SHIPIT_EXEC={token}; export SHIPIT_EXEC; {command}")
+}
+
+/// The shell script that sends `signal` to the command tagged `token`: it
+/// finds processes carrying the tag, goes up to their session leader (the
+/// shell sshd started; a process that made its own session with `setsid`
+/// is left alone) and signals the leader's process group. The tag is split
+/// by quotes so that this script's own command line does not match.
+fn stop_script(token: &str, signal: &str) -> String {
+    format!(
+        "t='SHIPIT_EXEC=''{token}'; \
+         for f in $(grep -lF -- \"$t\" /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null); do \
+         p=${{f#/proc/}}; p=${{p%%/*}}; \
+         s=$(cat /proc/$p/stat 2>/dev/null) || continue; set -- ${{s##*) }}; sid=$4; \
+         l=$(cat /proc/$sid/stat 2>/dev/null) || continue; set -- ${{l##*) }}; \
+         case \"$(cat /proc/$2/comm 2>/dev/null)\" in sshd*) kill -{signal} -- \"-$sid\" 2>/dev/null;; esac; \
+         done; true"
+    )
+}
+
+/// A command whose channel may still be open. Dropped before the channel
+/// ended (a timeout, or a caller that gave up), it stops the command in the
+/// background and keeps its channel slot until sshd has let the session go.
+///
+/// Closing the channel alone is not enough: sshd keeps a session (one of
+/// its `MaxSessions`) until the command exits, and OpenSSH refuses signal
+/// requests for root logins ("session signalling requires privilege
+/// separation"). So the command's process group is signalled by a small
+/// script on a second channel ([`stop_script`]): TERM, then KILL 5 s later
+/// if the session is still there.
+struct Running {
+    connection: Arc<Connection>,
+    token: String,
+    reader: Option<russh::ChannelReadHalf>,
+    writer: Option<russh::ChannelWriteHalf<russh::client::Msg>>,
+    permit: Option<OwnedSemaphorePermit>,
+    ended: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (Some(mut reader), Some(writer), Ok(runtime)) = (
+            self.reader.take(),
+            self.writer.take(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let connection = self.connection.clone();
+        let token = std::mem::take(&mut self.token);
+        let permit = self.permit.take();
+        runtime.spawn(async move {
+            // Closing the channel first would be wrong twice over: sshd keeps
+            // the session while the command runs, and russh never reports
+            // the end of a channel it closed itself. So stop the command and
+            // let sshd close the channel.
+            let _ = writer.signal(russh::Sig::TERM).await;
+            let _ = writer.eof().await;
+            for signal in ["TERM", "KILL"] {
+                if connection.handle.is_closed() {
+                    break;
+                }
+                run_quietly(&connection, &stop_script(&token, signal)).await;
+                let ended = tokio::time::timeout(Duration::from_secs(5), async {
+                    while reader.wait().await.is_some() {}
+                })
+                .await;
+                if ended.is_ok() {
+                    tracing::debug!("stopped command {token} with {signal}");
+                    drop(permit);
+                    return;
+                }
+            }
+            tracing::debug!("command {token} did not stop; closing its channel");
+            let _ = writer.close().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Runs a housekeeping command and waits (at most 10 s) for it to end.
+async fn run_quietly(connection: &Connection, command: &str) {
+    let Ok(mut channel) = connection.handle.channel_open_session().await else {
+        return;
+    };
+    if channel.exec(false, command.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while channel.wait().await.is_some() {}
+    })
+    .await;
 }
 
 impl Transport for SshTransport {
@@ -290,13 +452,15 @@ async fn open_session(
 ) -> Result<russh::Channel<russh::client::Msg>, TransportError> {
     const ATTEMPTS: u32 = 40;
     let mut pause = Duration::from_millis(50);
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match connection.handle.channel_open_session().await {
             Ok(channel) => return Ok(channel),
             Err(russh::Error::ChannelOpenFailure(why)) if attempt < ATTEMPTS => {
                 tracing::debug!("{host}: session channel refused ({why:?}), retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
+                attempt += 1;
             }
             Err(russh::Error::ChannelOpenFailure(why)) => {
                 return Err(TransportError::Ssh {
@@ -310,7 +474,6 @@ async fn open_session(
             Err(e) => return Err(lost_or(host, connection, e)),
         }
     }
-    unreachable!("the loop returns")
 }
 
 async fn feed_stdin(
@@ -392,4 +555,34 @@ fn signal_text(sig: &russh::Sig) -> String {
         Sig::Custom(name) => name.as_str(),
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_carry_a_tag_and_the_stop_script_parses() {
+        let token = exec_token();
+        assert_ne!(token, exec_token());
+        assert_eq!(
+            tag_command("t1", "echo hi"),
+            "SHIPIT_EXEC=t1; export SHIPIT_EXEC; echo hi"
+        );
+        assert_eq!(tag_command("t1", "  "), "  ");
+        let script = stop_script(&token, "TERM");
+        // Its own command line must not carry the joined tag.
+        assert!(!script.contains(&format!("SHIPIT_EXEC={token}")));
+        let status = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script}");
+        // Run it for real: nothing carries the tag, nothing is signalled.
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
 }

@@ -391,6 +391,17 @@ fn resolve(
     };
     tokens.host = &host_name;
 
+    // deploy.toml's proxy_jump replaces whatever ssh_config says.
+    let jump_set_in_deploy_toml = section.is_some_and(|s| s.proxy_jump.is_some());
+    if let Some(command) = unsupported("proxycommand")
+        && !command.iter().any(|c| c.eq_ignore_ascii_case("none"))
+        && !jump_set_in_deploy_toml
+    {
+        return Err(format!(
+            "{label}: ProxyCommand in ssh config is not supported by shipit; \
+             use ProxyJump (or ssh.proxy_jump in deploy.toml) instead"
+        ));
+    }
     let identities_only = match unsupported("identitiesonly").and_then(|v| v.first()) {
         Some(v) => parse_yes_no(v).ok_or_else(|| {
             format!("{label}: IdentitiesOnly `{v}` in ssh config is not yes or no")
@@ -712,6 +723,8 @@ Host b
     StrictHostKeyChecking no
 Host c
     UserKnownHostsFile none
+Host d
+    ProxyCommand ssh -W %h:%p bastion
 ";
         let s = resolve_with(text, "a");
         assert!(s.identities_only);
@@ -738,6 +751,14 @@ Host c
         )
         .unwrap_err();
         assert!(err.contains("UserKnownHostsFile none"), "{err}");
+        let err = resolve_target(
+            &target("d"),
+            &SshOverrides::default(),
+            &config(text, home),
+            &env(home),
+        )
+        .unwrap_err();
+        assert!(err.contains("use ProxyJump"), "{err}");
         // deploy.toml's policy wins over ssh_config's refused value.
         let overrides = SshOverrides {
             host_key_checking: Some(HostKeyChecking::Strict),
