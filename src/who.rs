@@ -29,8 +29,27 @@ fn describe(var: impl Fn(&str) -> Option<String>, machine: &str) -> String {
     }
     let user = var("USER")
         .or_else(|| var("LOGNAME"))
+        .or_else(|| passwd_entry().map(|(name, _)| name))
         .unwrap_or_else(|| "unknown".into());
     format!("{user}@{machine}")
+}
+
+/// (name, home) of the user running this process, from /etc/passwd: for
+/// when USER and HOME are not set (cron, some CI runners, containers).
+pub fn passwd_entry() -> Option<(String, std::path::PathBuf)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 6 && fields[2] == uid)
+            .then(|| (fields[0].to_string(), std::path::PathBuf::from(fields[5])))
+    })
 }
 
 #[cfg(test)]
@@ -51,6 +70,7 @@ mod tests {
             describe(env(&[("USER", "runner"), ("GITHUB_ACTOR", "ana")]), "ci-1"),
             "ana via github"
         );
-        assert_eq!(describe(env(&[]), "m"), "unknown@m");
+        let me = passwd_entry().map_or("unknown".to_string(), |(name, _)| name);
+        assert_eq!(describe(env(&[]), "m"), format!("{me}@m"));
     }
 }

@@ -109,6 +109,17 @@ struct Progress {
     interrupted: bool,
 }
 
+/// What a phase's pipelines mean for a host's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Failures fail the host; success changes nothing visible yet.
+    Prepare,
+    /// The host's outcome: done, failed, rolled back.
+    Rolling,
+    /// Cleanup and marks: failures are reported, results stay.
+    Bookkeeping,
+}
+
 /// Which way a pipeline moves a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -439,11 +450,15 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             phase,
             hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
         });
-        let rolling = matches!(phase, Phase::Batch { .. } | Phase::Undo { .. });
+        let role = match phase {
+            Phase::Batch { .. } | Phase::Undo { .. } => Role::Rolling,
+            Phase::Finish => Role::Bookkeeping,
+            _ => Role::Prepare,
+        };
         let results = join_all(
             pipelines
                 .iter()
-                .map(|p| self.pipeline(plan, p, book, rolling, direction)),
+                .map(|p| self.pipeline(plan, p, book, role, direction)),
         )
         .await;
         pipelines
@@ -459,7 +474,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         plan: &Plan,
         pipeline: &Pipeline,
         book: &Book,
-        rolling: bool,
+        role: Role,
         direction: Direction,
     ) -> bool {
         let host = pipeline.host.as_str();
@@ -528,7 +543,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 update(&mut |run| run.drained = false);
             }
         }
-        if failed.is_none() && rolling {
+        if failed.is_none() && role == Role::Rolling {
             let event = match direction {
                 Direction::Forward => "rolled-out",
                 Direction::Undo => "rolled-back",
@@ -538,6 +553,13 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
 
         let elapsed = started.elapsed();
         let ok = failed.is_none();
+        if role == Role::Bookkeeping {
+            // Cleanup or marking trouble is reported by its step, and does
+            // not change what the host runs.
+            update(&mut |run| run.elapsed += elapsed);
+            return ok;
+        }
+        let rolling = role == Role::Rolling;
         update(&mut |run| {
             run.elapsed += elapsed;
             match (&failed, direction) {

@@ -4,5 +4,6 @@
 mod support;
 
 mod deploy;
+mod failures;
 mod fleet_smoke;
 mod ssh;

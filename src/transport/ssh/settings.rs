@@ -83,7 +83,7 @@ pub struct SshEnv {
 
 impl SshEnv {
     pub fn from_process() -> SshEnv {
-        let passwd = current_passwd_entry();
+        let passwd = crate::who::passwd_entry();
         let local_user = non_empty_env("USER")
             .or_else(|| non_empty_env("LOGNAME"))
             .or_else(|| passwd.as_ref().map(|p| p.0.clone()))
@@ -104,23 +104,6 @@ impl SshEnv {
 
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// (name, home) of the user running this process, from /etc/passwd.
-fn current_passwd_entry() -> Option<(String, PathBuf)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 6 && fields[2] == uid)
-            .then(|| (fields[0].to_string(), PathBuf::from(fields[5])))
-    })
 }
 
 /// Everything needed to reach and log in to one hop.
