@@ -31,6 +31,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
     };
 
     if args.dry_run {
+        let env = ctx.env(true)?;
         let plan = plan::deploy(&DeployInput {
             stage,
             hosts: &stage.hosts,
@@ -40,11 +41,14 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
             run,
             resume: false,
             digest: String::new(),
+            env: &env,
         })?;
         print!("{}", plan::render(&plan, args.full));
         return Ok(Exit::Success);
     }
 
+    // Secrets are read before anything is built or contacted.
+    let env = ctx.env(false)?;
     if let Some(build) = &stage.app.build {
         ctx.note(None, &format!("building: {build}"));
         artifact::build(build, &ctx.base_dir()).await?;
@@ -71,6 +75,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         args,
         &transport,
         Prepared {
+            env,
             artifact,
             digest,
             revision,
@@ -85,6 +90,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
 }
 
 struct Prepared {
+    env: Vec<(String, crate::shell::Word)>,
     artifact: Artifact,
     digest: String,
     revision: String,
@@ -181,6 +187,7 @@ async fn locked(
             run: prepared.run.clone(),
             resume: resuming.is_some(),
             digest: prepared.digest.clone(),
+            env: &prepared.env,
         })?;
         for warning in &plan.warnings {
             ctx.note(None, &format!("warning: {warning}"));

@@ -59,6 +59,34 @@ impl Context {
         }
     }
 
+    /// `[env]`, resolved for a run. A dry run shows what it cannot read
+    /// (a secret not set here, say) as a placeholder instead of failing.
+    pub fn env(&self, dry_run: bool) -> Result<Vec<(String, crate::shell::Word)>, Error> {
+        let mut vars = Vec::new();
+        for var in &self.stage.env {
+            match var.resolve() {
+                Ok(word) => vars.push((var.name.clone(), word)),
+                Err(_) if dry_run => {
+                    let shown = match &var.value {
+                        config::EnvValue::FromEnv(name) => format!("<from_env {name}>"),
+                        config::EnvValue::FromFile(path) => {
+                            format!("<from_file {}>", path.display())
+                        }
+                        config::EnvValue::Literal(_) => "<value>".to_string(),
+                    };
+                    vars.push((var.name.clone(), crate::shell::Word::Plain(shown)));
+                }
+                Err(problem) => {
+                    return Err(Error::Usage(format!(
+                        "{}: {problem}",
+                        self.config.file.display()
+                    )));
+                }
+            }
+        }
+        Ok(vars)
+    }
+
     /// Where run events go.
     pub fn reporter(&self) -> &dyn Reporter {
         self.reporter.as_ref()
@@ -148,13 +176,14 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
             ),
         )
     } else if !changed {
-        (
-            Exit::FailedUnchanged,
-            format!(
+        let message = match (&report.stopped_by, failed.is_empty()) {
+            (Some(why), true) => format!("{operation} stopped: {why}"),
+            _ => format!(
                 "{operation} failed on {}; no host was switched",
                 failed.join(", ")
             ),
-        )
+        };
+        (Exit::FailedUnchanged, message)
     } else {
         let stage = &plan.stage;
         let next = match plan.operation {

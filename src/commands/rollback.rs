@@ -29,6 +29,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         by: who(),
         rollback_on_abort: false,
     };
+    let env = ctx.env(args.dry_run)?;
     let transport = fleet::connect(stage, hosts).await?;
     let result = async {
         if args.dry_run {
@@ -39,6 +40,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 to,
                 facts: &facts,
                 run,
+                env: &env,
             })?;
             print!("{}", plan::render(&plan, args.full));
             return Ok(Exit::Success);
@@ -67,6 +69,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 to,
                 facts: &facts,
                 run,
+                env: &env,
             })?;
             for warning in &plan.warnings {
                 ctx.note(None, &format!("warning: {warning}"));

@@ -57,6 +57,8 @@ pub struct Stage {
     pub rollout: Rollout,
     pub health: Option<Health>,
     pub lb: Lb,
+    pub env: Vec<EnvVar>,
+    pub hooks: Hooks,
     pub hosts: Vec<Host>,
 }
 
@@ -190,6 +192,87 @@ pub struct Health {
 pub struct Lb {
     pub drain: Option<Template>,
     pub enable: Option<Template>,
+}
+
+/// One `[env]` variable: set for `restart` and for hooks run on the hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: EnvValue,
+    /// Shown as `[REDACTED]` everywhere and sent to hosts over stdin, never
+    /// on a command line.
+    pub secret: bool,
+}
+
+impl EnvVar {
+    /// The value to send, read from shipit's environment or a local file if
+    /// the variable says so; secrets come back marked. Errors name the key.
+    pub fn resolve(&self) -> Result<crate::shell::Word, String> {
+        let value = match &self.value {
+            EnvValue::Literal(text) => text.clone(),
+            EnvValue::FromEnv(var) => std::env::var(var).map_err(|_| {
+                format!(
+                    "env.{}: from_env = {var:?} is not set in shipit's environment; export it (in CI, from the job's secrets)",
+                    self.name
+                )
+            })?,
+            EnvValue::FromFile(path) => {
+                let mut text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("env.{}: from_file {}: {e}", self.name, path.display()))?;
+                if text.ends_with('\n') {
+                    text.pop();
+                }
+                text
+            }
+        };
+        if value.contains('\0') {
+            return Err(format!("env.{}: the value contains a NUL byte", self.name));
+        }
+        Ok(if self.secret {
+            crate::shell::Word::Secret(value)
+        } else {
+            crate::shell::Word::Plain(value)
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Literal(String),
+    /// Read from shipit's own environment when the run starts (CI secrets).
+    FromEnv(String),
+    /// Read from a local file when the run starts; one trailing newline is
+    /// dropped.
+    FromFile(PathBuf),
+}
+
+/// `[hooks]`: commands run at fixed points of a deploy or rollback.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub before_deploy: Vec<Hook>,
+    pub after_upload: Vec<Hook>,
+    pub before_switch: Vec<Hook>,
+    pub after_switch: Vec<Hook>,
+    pub after_deploy: Vec<Hook>,
+    pub after_rollback: Vec<Hook>,
+    pub on_failure: Vec<Hook>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub run: Template,
+    pub run_on: RunOn,
+}
+
+/// Where a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOn {
+    /// On the machine running shipit.
+    Local,
+    /// On every host taking part.
+    Hosts,
+    /// On the first host taking part only (database migrations).
+    Once,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

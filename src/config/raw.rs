@@ -14,6 +14,8 @@ pub struct RawFile {
     pub rollout: Option<RawRollout>,
     pub health: Option<RawHealth>,
     pub lb: Option<RawLb>,
+    pub env: Option<BTreeMap<String, toml::Value>>,
+    pub hooks: Option<RawHooks>,
     pub stages: Option<BTreeMap<String, RawStage>>,
 }
 
@@ -27,6 +29,8 @@ pub struct RawSettings {
     pub rollout: Option<RawRollout>,
     pub health: Option<RawHealth>,
     pub lb: Option<RawLb>,
+    pub env: Option<BTreeMap<String, toml::Value>>,
+    pub hooks: Option<RawHooks>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +42,8 @@ pub struct RawStage {
     pub rollout: Option<RawRollout>,
     pub health: Option<RawHealth>,
     pub lb: Option<RawLb>,
+    pub env: Option<BTreeMap<String, toml::Value>>,
+    pub hooks: Option<RawHooks>,
 }
 
 impl RawFile {
@@ -48,6 +54,8 @@ impl RawFile {
             rollout: self.rollout.clone(),
             health: self.health.clone(),
             lb: self.lb.clone(),
+            env: self.env.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }
@@ -60,6 +68,8 @@ impl RawStage {
             rollout: self.rollout.clone(),
             health: self.health.clone(),
             lb: self.lb.clone(),
+            env: self.env.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 }
@@ -134,6 +144,20 @@ pub struct RawLb {
     pub enable: Option<String>,
 }
 
+/// `[hooks]`: each a list of commands, each a string or a table
+/// `{ run = "...", run_on = "local" | "hosts" | "once" }`.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    pub before_deploy: Option<Vec<toml::Value>>,
+    pub after_upload: Option<Vec<toml::Value>>,
+    pub before_switch: Option<Vec<toml::Value>>,
+    pub after_switch: Option<Vec<toml::Value>>,
+    pub after_deploy: Option<Vec<toml::Value>>,
+    pub after_rollback: Option<Vec<toml::Value>>,
+    pub on_failure: Option<Vec<toml::Value>>,
+}
+
 /// Field-by-field overlay: a value set in the stage wins.
 pub trait Overlay {
     fn overlay(self, stage: Self) -> Self;
@@ -187,6 +211,15 @@ overlay_fields!(RawHealth {
     interval,
     request_timeout
 });
+overlay_fields!(RawHooks {
+    before_deploy,
+    after_upload,
+    before_switch,
+    after_switch,
+    after_deploy,
+    after_rollback,
+    on_failure,
+});
 overlay_fields!(RawLb { drain, enable });
 
 impl<T: Overlay> Overlay for Option<T> {
@@ -198,9 +231,19 @@ impl<T: Overlay> Overlay for Option<T> {
     }
 }
 
+impl Overlay for BTreeMap<String, toml::Value> {
+    /// `[env]`: the stage's variables are added to, and replace, the shared ones.
+    fn overlay(mut self, stage: Self) -> Self {
+        self.extend(stage);
+        self
+    }
+}
+
 impl Overlay for RawSettings {
     fn overlay(self, stage: Self) -> Self {
         RawSettings {
+            env: self.env.overlay(stage.env),
+            hooks: self.hooks.overlay(stage.hooks),
             app: self.app.overlay(stage.app),
             ssh: self.ssh.overlay(stage.ssh),
             rollout: self.rollout.overlay(stage.rollout),

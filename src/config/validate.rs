@@ -10,9 +10,10 @@ use std::time::Duration;
 use super::raw::{Overlay as _, RawFile, RawHost, RawSettings};
 use super::template::Template;
 use super::{
-    App, BatchSize, Config, ConfigError, ConfigErrors, Health, Host, HostKeyChecking, Lb,
-    OnFailure, Rollout, Source, Ssh, SshConfigFile, Stage,
+    App, BatchSize, Config, ConfigError, ConfigErrors, EnvValue, EnvVar, Health, Hook, Hooks, Host,
+    HostKeyChecking, Lb, OnFailure, Rollout, RunOn, Source, Ssh, SshConfigFile, Stage,
 };
+use crate::shell;
 
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,20 +61,32 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                         "a stage name may contain only letters, digits, `-` and `_`",
                     );
                 }
+                // Every section is checked, so one run reports every problem.
                 let hosts = stage.hosts(raw_stage.hosts.as_deref());
-                let built = (|| {
-                    Some(Stage {
-                        name: name.clone(),
-                        app: stage.app()?,
-                        ssh: stage.ssh()?,
-                        rollout: stage.rollout()?,
-                        health: stage.health()?,
-                        lb: stage.lb()?,
-                        hosts: hosts?,
-                    })
-                })();
-                if let Some(built) = built {
-                    stages.insert(name.clone(), built);
+                let app = stage.app();
+                let ssh = stage.ssh();
+                let rollout = stage.rollout();
+                let health = stage.health();
+                let lb = stage.lb();
+                let env = stage.env();
+                let hooks = stage.hooks();
+                if let (Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
+                    (app, ssh, rollout, health, lb, env, hooks, hosts)
+                {
+                    stages.insert(
+                        name.clone(),
+                        Stage {
+                            name: name.clone(),
+                            app,
+                            ssh,
+                            rollout,
+                            health,
+                            lb,
+                            env,
+                            hooks,
+                            hosts,
+                        },
+                    );
                 }
             }
         }
@@ -481,6 +494,204 @@ impl StageCheck<'_> {
         }))
     }
 
+    fn env(&mut self) -> Option<Vec<EnvVar>> {
+        let merged = self.merged.env.clone().unwrap_or_default();
+        let mut vars = Vec::new();
+        let mut ok = true;
+        for (name, value) in merged {
+            let from_stage = self
+                .over
+                .env
+                .as_ref()
+                .is_some_and(|e| e.contains_key(&name));
+            let key = if from_stage {
+                format!("stages.{}.env.{name}", self.stage)
+            } else {
+                format!("env.{name}")
+            };
+            if !shell::valid_env_name(&name) || name.starts_with("SHIPIT_") {
+                self.errors.add(
+                    &key,
+                    "not a usable variable name: letters, digits and `_`, not starting with a digit or SHIPIT_",
+                );
+                ok = false;
+                continue;
+            }
+            match self.env_value(&key, value) {
+                Some((value, secret)) => vars.push(EnvVar {
+                    name,
+                    value,
+                    secret,
+                }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(vars)
+    }
+
+    fn env_value(&mut self, key: &str, value: toml::Value) -> Option<(EnvValue, bool)> {
+        const ALLOWED: &str = "use a string, or a table with one of value / from_env / from_file and an optional secret = true";
+        match value {
+            toml::Value::String(s) if s.contains('\0') => {
+                self.fail(key, "must not contain NUL bytes")
+            }
+            toml::Value::String(s) => Some((EnvValue::Literal(s), false)),
+            toml::Value::Table(mut table) => {
+                let secret = match table.remove("secret") {
+                    None => None,
+                    Some(toml::Value::Boolean(b)) => Some(b),
+                    Some(other) => {
+                        return self.fail(
+                            key,
+                            format!("secret = {other} is not allowed; use true or false"),
+                        );
+                    }
+                };
+                let mut sources: Vec<(String, toml::Value)> = table.into_iter().collect();
+                if sources.len() != 1 {
+                    return self.fail(key, format!("{} sources given; {ALLOWED}", sources.len()));
+                }
+                let (kind, source) = sources.remove(0);
+                let Some(text) = source.as_str().map(str::to_string) else {
+                    return self.fail(key, format!("{kind} = {source} is not a string"));
+                };
+                match kind.as_str() {
+                    "value" => Some((EnvValue::Literal(text), secret.unwrap_or(false))),
+                    // Values from outside the file are secrets unless said otherwise.
+                    "from_env" if shell::valid_env_name(&text) => {
+                        Some((EnvValue::FromEnv(text), secret.unwrap_or(true)))
+                    }
+                    "from_env" => {
+                        self.fail(key, format!("from_env = {text:?} is not a variable name"))
+                    }
+                    "from_file" => Some((
+                        EnvValue::FromFile(self.local_path(&text)),
+                        secret.unwrap_or(true),
+                    )),
+                    other => self.fail(key, format!("unknown key `{other}`; {ALLOWED}")),
+                }
+            }
+            other => self.fail(key, format!("{other} is not allowed; {ALLOWED}")),
+        }
+    }
+
+    fn hooks(&mut self) -> Option<Hooks> {
+        let raw = self.merged.hooks.clone().unwrap_or_default();
+        let over = self.over.hooks.clone().unwrap_or_default();
+        let mut ok = true;
+        let mut list = |check: &mut Self,
+                        name: &str,
+                        entries: Option<Vec<toml::Value>>,
+                        stage_set: bool,
+                        default: RunOn| {
+            let prefix = if stage_set {
+                format!("stages.{}.hooks.{name}", check.stage)
+            } else {
+                format!("hooks.{name}")
+            };
+            let mut hooks = Vec::new();
+            for (i, entry) in entries.unwrap_or_default().into_iter().enumerate() {
+                let key = format!("{prefix}[{i}]");
+                let (run, run_on) = match entry {
+                    toml::Value::String(run) => (run, default),
+                    toml::Value::Table(mut table) => {
+                        let run_on = match table.remove("run_on") {
+                            None => Some(default),
+                            Some(toml::Value::String(s)) => match s.as_str() {
+                                "local" => Some(RunOn::Local),
+                                "hosts" => Some(RunOn::Hosts),
+                                "once" => Some(RunOn::Once),
+                                _ => check.fail(&key, format!("run_on = {s:?} is not allowed; use \"local\", \"hosts\" or \"once\"")),
+                            },
+                            Some(other) => check.fail(&key, format!("run_on = {other} is not a string")),
+                        };
+                        let run = match table.remove("run") {
+                            Some(toml::Value::String(run)) => Some(run),
+                            _ => check.fail(&key, "needs run = \"command\""),
+                        };
+                        if let Some(extra) = table.keys().next() {
+                            check.fail::<()>(
+                                &key,
+                                format!("unknown key `{extra}`; a hook has `run` and `run_on`"),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        match (run, run_on) {
+                            (Some(run), Some(run_on)) => (run, run_on),
+                            _ => {
+                                ok = false;
+                                continue;
+                            }
+                        }
+                    }
+                    other => {
+                        check.fail::<()>(&key, format!("{other} is not allowed; use a command string or {{ run = \"...\", run_on = \"hosts\" }}"));
+                        ok = false;
+                        continue;
+                    }
+                };
+                match check.template(Some(At { value: run, key })) {
+                    Some(Some(run)) => hooks.push(Hook { run, run_on }),
+                    _ => ok = false,
+                }
+            }
+            hooks
+        };
+        let hooks = Hooks {
+            before_deploy: list(
+                self,
+                "before_deploy",
+                raw.before_deploy,
+                over.before_deploy.is_some(),
+                RunOn::Local,
+            ),
+            after_upload: list(
+                self,
+                "after_upload",
+                raw.after_upload,
+                over.after_upload.is_some(),
+                RunOn::Hosts,
+            ),
+            before_switch: list(
+                self,
+                "before_switch",
+                raw.before_switch,
+                over.before_switch.is_some(),
+                RunOn::Hosts,
+            ),
+            after_switch: list(
+                self,
+                "after_switch",
+                raw.after_switch,
+                over.after_switch.is_some(),
+                RunOn::Hosts,
+            ),
+            after_deploy: list(
+                self,
+                "after_deploy",
+                raw.after_deploy,
+                over.after_deploy.is_some(),
+                RunOn::Local,
+            ),
+            after_rollback: list(
+                self,
+                "after_rollback",
+                raw.after_rollback,
+                over.after_rollback.is_some(),
+                RunOn::Local,
+            ),
+            on_failure: list(
+                self,
+                "on_failure",
+                raw.on_failure,
+                over.on_failure.is_some(),
+                RunOn::Local,
+            ),
+        };
+        ok.then_some(hooks)
+    }
+
     fn lb(&mut self) -> Option<Lb> {
         let drain = self.template(pick!(self, lb, drain))?;
         let enable = self.template(pick!(self, lb, enable))?;
@@ -862,6 +1073,30 @@ rolling_batch_size = "50%"
                 "/p/deploy.toml: rollout.lock_lease: must be at least 2s: the lock is refreshed at a quarter of it",
             ),
             (
+                "[env]\n\"1BAD\" = \"x\"",
+                "/p/deploy.toml: env.1BAD: not a usable variable name: letters, digits and `_`, not starting with a digit or SHIPIT_",
+            ),
+            (
+                "[env]\nTOKEN = { value = \"a\", from_env = \"B\" }",
+                "/p/deploy.toml: env.TOKEN: 2 sources given; use a string, or a table with one of value / from_env / from_file and an optional secret = true",
+            ),
+            (
+                "[stages.production.env]\nKEY = 3",
+                "/p/deploy.toml: stages.production.env.KEY: 3 is not allowed; use a string, or a table with one of value / from_env / from_file and an optional secret = true",
+            ),
+            (
+                "[hooks]\nafter_upload = [{ run = \"x\", run_on = \"all\" }]",
+                "/p/deploy.toml: hooks.after_upload[0]: run_on = \"all\" is not allowed; use \"local\", \"hosts\" or \"once\"",
+            ),
+            (
+                "[hooks]\nbefore_deploy = [{ run = \"x\", when = \"always\" }]",
+                "/p/deploy.toml: hooks.before_deploy[0]: unknown key `when`; a hook has `run` and `run_on`",
+            ),
+            (
+                "[hooks]\nbefore_switch = [\"notify {hots}\"]",
+                "/p/deploy.toml: hooks.before_switch[0]: unknown placeholder {hots}; allowed: {app}, {name}, {address}, {port}, {user}, {stage}, {deploy_to}, {release} (write {{ and }} for literal braces)",
+            ),
+            (
                 "[ssh]\nport = 70000",
                 "/p/deploy.toml: ssh.port: 70000 is not a port (1-65535)",
             ),
@@ -893,6 +1128,60 @@ rolling_batch_size = "50%"
         for (extra, expected) in cases {
             assert_eq!(&error(extra), expected, "for:\n{extra}");
         }
+    }
+
+    #[test]
+    fn env_values_and_their_secrecy() {
+        let config = check(
+            "[env]\nA = \"plain\"\nB = { value = \"v\", secret = true }\nC = { from_env = \"HOME\" }\n\
+             D = { from_file = \"key.txt\", secret = false }\n[stages.production.env]\nA = \"override\"\n",
+        )
+        .unwrap();
+        let env = &config.stages["production"].env;
+        let get = |n: &str| env.iter().find(|v| v.name == n).unwrap().clone();
+        assert_eq!(
+            (get("A").value, get("A").secret),
+            (EnvValue::Literal("override".into()), false)
+        );
+        assert!(get("B").secret);
+        assert_eq!(
+            (get("C").value, get("C").secret),
+            (EnvValue::FromEnv("HOME".into()), true)
+        );
+        assert_eq!(get("D").value, EnvValue::FromFile("/p/key.txt".into()));
+        assert!(!get("D").secret);
+        let missing = EnvVar {
+            name: "X".into(),
+            value: EnvValue::FromEnv("SHIPIT_TEST_SURELY_UNSET".into()),
+            secret: true,
+        };
+        assert_eq!(
+            missing.resolve().unwrap_err(),
+            "env.X: from_env = \"SHIPIT_TEST_SURELY_UNSET\" is not set in shipit's environment; export it (in CI, from the job's secrets)"
+        );
+    }
+
+    #[test]
+    fn hooks_take_strings_or_tables_and_stages_replace_lists() {
+        let config = check(
+            "[hooks]\nbefore_deploy = [\"make check\"]\nafter_upload = [{ run = \"bin/migrate\", run_on = \"once\" }]\n\
+             [stages.production.hooks]\nbefore_deploy = [\"echo prod\", \"echo two\"]\n",
+        )
+        .unwrap();
+        let hooks = &config.stages["production"].hooks;
+        assert_eq!(hooks.before_deploy.len(), 2);
+        assert_eq!(hooks.before_deploy[0].run_on, RunOn::Local);
+        assert_eq!(hooks.after_upload[0].run_on, RunOn::Once);
+        assert!(hooks.after_switch.is_empty());
+    }
+
+    #[test]
+    fn every_section_is_checked_even_after_an_error() {
+        let err = error(
+            "[stages.production.app]\nkeep_releases = 0\n[ssh]\nport = 0\n[rollout]\nrolling_batch_size = 0\n",
+        );
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
     }
 
     #[test]

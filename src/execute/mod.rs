@@ -51,6 +51,8 @@ pub struct RunReport {
     pub undo_ran: bool,
     /// Hosts that could not be returned to their previous release.
     pub undo_failed: Vec<String>,
+    /// A run-level reason the run stopped (a failing hook), if no host did.
+    pub stopped_by: Option<String>,
     pub hosts: Vec<HostSummary>,
 }
 
@@ -204,8 +206,12 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         self.journal_started(plan).await;
 
         let mut failed_batch = None;
-        let mut prepared = true;
-        if !plan.prepare.is_empty() {
+        let mut stopped_by = None;
+        if !self.local_steps(&plan.hooks.before).await {
+            stopped_by = Some("a before_deploy hook failed; nothing was changed".to_string());
+        }
+        let mut prepared = stopped_by.is_none();
+        if prepared && !plan.prepare.is_empty() {
             prepared = self
                 .phase(
                     plan,
@@ -221,6 +227,10 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                     None,
                     "prepare failed: no host was switched; the new release stays marked unfinished",
                 );
+            }
+            if prepared && !self.local_steps(&plan.hooks.after_upload).await {
+                prepared = false;
+                stopped_by = Some("an after_upload hook failed; no host was switched".to_string());
             }
         }
         let total = plan.batches.len();
@@ -317,6 +327,15 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             self.phase(plan, Phase::Finish, &plan.finish, &book, Direction::Forward)
                 .await;
         }
+        if rolled_out && !self.local_steps(&plan.hooks.after).await {
+            self.note(
+                None,
+                "an after hook failed; the run itself is complete, every host runs the new release",
+            );
+        }
+        if !rolled_out {
+            self.failure_hooks(plan, &book).await;
+        }
         self.journal_finished(plan, &book, rolled_out).await;
         self.revisions_log(plan, &book, rolled_out).await;
 
@@ -350,6 +369,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             interrupted,
             undo_ran,
             undo_failed,
+            stopped_by,
             hosts,
         }
     }
@@ -685,10 +705,18 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             step: step.kind,
             total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
         };
-        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| ExecRequest {
-            command: cmd.render(),
-            stdin,
-            timeout: self.command_timeout,
+        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| match stdin {
+            // Secrets travel on stdin: a command line shows in `ps` on the host.
+            None if cmd.has_secrets() => ExecRequest {
+                command: "sh -s".into(),
+                stdin: Some(Bytes::from(format!("{}\n", cmd.render()))),
+                timeout: self.command_timeout,
+            },
+            stdin => ExecRequest {
+                command: cmd.render(),
+                stdin,
+                timeout: self.command_timeout,
+            },
         };
         let output = match &step.action {
             Action::Nothing { .. } => return Ok("skipped".into()),
@@ -817,6 +845,51 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         }
     }
 
+    /// Run-level local steps (hooks), one after another; false at the
+    /// first failure.
+    async fn local_steps(&self, steps: &[Step]) -> bool {
+        for step in steps {
+            if self.step("local", step).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `on_failure` hooks, locally and on the hosts, with the failed hosts
+    /// in SHIPIT_FAILED_HOSTS. Their own failures are only reported.
+    async fn failure_hooks(&self, plan: &Plan, book: &Book) {
+        let failed: Vec<String> = {
+            let book = book.lock().expect("host book");
+            book.iter()
+                .filter(|(_, r)| matches!(r.result, Some(HostResult::Failed { .. })))
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
+        let tag = |step: &Step| {
+            let mut step = step.clone();
+            if let Action::Local { cmd } | Action::Remote { cmd } = &mut step.action {
+                cmd.env
+                    .push(("SHIPIT_FAILED_HOSTS".into(), failed.join(" ").into()));
+            }
+            step
+        };
+        let local: Vec<Step> = plan.hooks.on_failure.iter().map(tag).collect();
+        self.local_steps(&local).await;
+        let hosts: Vec<Pipeline> = plan
+            .on_failure_hosts
+            .iter()
+            .map(|p| Pipeline {
+                host: p.host.clone(),
+                steps: p.steps.iter().map(tag).collect(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            self.phase(plan, Phase::Finish, &hosts, book, Direction::Forward)
+                .await;
+        }
+    }
+
     /// Runs stand-alone pipelines (repairs before a run) and returns the
     /// hosts whose pipeline succeeded.
     pub async fn run_pipelines(&self, phase: Phase, pipelines: &[Pipeline]) -> Vec<String> {
@@ -934,6 +1007,9 @@ struct StepObserver<'a> {
 
 impl ExecObserver for StepObserver<'_> {
     fn stdin_progress(&self, sent: u64) {
+        if self.step != StepKind::Upload {
+            return;
+        }
         self.reporter.event(&Event::UploadProgress {
             host: self.host.to_string(),
             sent,

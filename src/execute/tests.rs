@@ -43,6 +43,7 @@ fn plan_with(hosts: usize, extra: &str) -> Plan {
         revision: "abc".into(),
         facts: Some(&f),
         run: testing::run(),
+        env: &[],
         resume: false,
         digest: String::new(),
     })
@@ -356,5 +357,100 @@ async fn every_transition_goes_to_the_journal() {
             "rolled-out",
             "finished"
         ]
+    );
+}
+
+#[tokio::test]
+async fn secrets_travel_on_stdin_never_on_the_command_line() {
+    let stage = stage(1, "restart = \"bin/restart\"");
+    let f = facts(&stage, Some(2), &[1, 2]);
+    let env = vec![(
+        "TOKEN".to_string(),
+        crate::shell::Word::Secret("s3cret".into()),
+    )];
+    let plan = deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: String::new(),
+        facts: Some(&f),
+        run: testing::run(),
+        resume: false,
+        digest: String::new(),
+        env: &env,
+    })
+    .unwrap();
+    let remote = FakeTransport::default();
+    let (report, events) = run(&plan, &remote, &FakeTransport::default()).await;
+    assert!(report.ok);
+    let log = remote.log.lock().unwrap().clone();
+    let restart = log.iter().find(|(_, c)| c.contains("bin/restart")).unwrap();
+    let (line, script) = restart.1.split_once("\n<stdin>\n").expect("sent on stdin");
+    assert_eq!(line, "sh -s");
+    assert!(script.contains("TOKEN=s3cret"));
+    let shown = serde_json::to_string(&events).unwrap();
+    assert!(
+        !shown.contains("s3cret") && shown.contains("TOKEN=[REDACTED]"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn hooks_run_at_their_points_and_a_failing_before_hook_changes_nothing() {
+    let stage = stage(
+        2,
+        "[hooks]\nbefore_deploy = [\"hook-before\"]\nafter_deploy = [\"hook-after\"]\non_failure = [\"hook-failed\"]\n",
+    );
+    let f = facts(&stage, Some(2), &[1, 2]);
+    let make = || {
+        deploy(&DeployInput {
+            stage: &stage,
+            hosts: &stage.hosts,
+            release: id(3),
+            revision: String::new(),
+            facts: Some(&f),
+            run: testing::run(),
+            resume: false,
+            digest: String::new(),
+            env: &[],
+        })
+        .unwrap()
+    };
+    let local = FakeTransport::default();
+    let (report, _) = run(&make(), &FakeTransport::default(), &local).await;
+    assert!(report.ok);
+    let ran: Vec<String> = local
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert!(
+        ran[0].contains("hook-before") && ran.last().unwrap().contains("hook-after"),
+        "{ran:?}"
+    );
+    assert!(!ran.iter().any(|c| c.contains("hook-failed")));
+
+    let local = FakeTransport::default().fail("*", "hook-before", 1);
+    let remote = FakeTransport::default();
+    let (report, _) = run(&make(), &remote, &local).await;
+    assert!(!report.ok);
+    assert_eq!(
+        report.stopped_by.as_deref(),
+        Some("a before_deploy hook failed; nothing was changed")
+    );
+    assert!(remote.steps(&["shipit:unpack", "shipit:switch"]).is_empty());
+    let ran: Vec<String> = local
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert!(
+        ran.iter()
+            .any(|c| c.contains("hook-failed") && c.contains("SHIPIT_FAILED_HOSTS")),
+        "{ran:?}"
     );
 }

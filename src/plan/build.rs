@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::{Host, Stage, Vars};
+use crate::config::{Host, OnFailure, Stage};
 use crate::host::releases::{self, RollbackChoice, RollbackError};
 use crate::host::{Current, HostFacts, Layout, ReleaseId};
-use crate::shell::{Cmd, Word};
+use crate::shell::Word;
 
+use super::steps::{HostSteps, RunEnv};
 use super::{
-    Action, Bookkeeping, FailurePolicy, HttpCheck, Operation, Pipeline, Plan, PlannedHost, Step,
+    Action, Bookkeeping, FailurePolicy, Operation, Pipeline, Plan, PlannedHost, RunHooks, Step,
     StepKind,
 };
-use crate::config::OnFailure;
 
 pub struct DeployInput<'a> {
     pub stage: &'a Stage,
@@ -29,6 +29,8 @@ pub struct DeployInput<'a> {
     pub resume: bool,
     /// Digest of the archive, for the journal.
     pub digest: String,
+    /// `[env]`, resolved (secrets marked).
+    pub env: &'a [(String, Word)],
 }
 
 pub struct RollbackInput<'a> {
@@ -38,6 +40,8 @@ pub struct RollbackInput<'a> {
     /// Rollback needs to know what the hosts have: always real facts.
     pub facts: &'a BTreeMap<String, HostFacts>,
     pub run: Run,
+    /// `[env]`, resolved (secrets marked).
+    pub env: &'a [(String, Word)],
 }
 
 /// Who runs this and how, for every plan.
@@ -81,6 +85,7 @@ pub fn batches<T: Clone>(hosts: &[T], per_batch: usize) -> Vec<Vec<T>> {
 pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     let stage = input.stage;
     let app = &stage.app;
+    let hooks = &stage.hooks;
     let layout = Layout::new(&app.deploy_to);
     if let Some(facts) = input.facts {
         preflight(stage, input.hosts, facts)?;
@@ -102,25 +107,56 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             .and_then(|f| f.release(&input.release))
             .is_some_and(|r| r.finished)
     };
+    let names: Vec<String> = input.hosts.iter().map(|h| h.name.clone()).collect();
+    let run = RunEnv {
+        env: input.env,
+        hosts: &names,
+        revision: &input.revision,
+    };
+    let rolling_hosts: Vec<&Host> = input.hosts.iter().filter(|h| !done(h)).collect();
+    let per_batch = stage
+        .rollout
+        .batch_size
+        .hosts_per_batch(rolling_hosts.len());
+    let batch_of: BTreeMap<&str, Vec<String>> = rolling_hosts
+        .chunks(per_batch.max(1))
+        .flat_map(|batch| {
+            let members: Vec<String> = batch.iter().map(|h| h.name.clone()).collect();
+            batch
+                .iter()
+                .map(move |h| (h.name.as_str(), members.clone()))
+        })
+        .collect();
 
     let mut prepare = Vec::new();
     let mut rolling = Vec::new();
     let mut finish = Vec::new();
     let mut undo = Vec::new();
     let mut undo_finish = Vec::new();
-    for host in input.hosts {
+    let mut on_failure_hosts = Vec::new();
+    for (i, host) in input.hosts.iter().enumerate() {
+        let first = i == 0;
         let previous = before(host);
+        let steps = HostSteps::new(
+            stage,
+            Some(host),
+            &input.release,
+            previous.as_ref(),
+            Operation::Deploy,
+            run,
+        );
         if let Some(previous) = previous.as_ref().filter(|p| **p != input.release) {
-            let back = HostContext::new(
+            let back = HostSteps::new(
                 stage,
-                host,
+                Some(host),
                 previous,
                 Some(&input.release),
                 Operation::Rollback,
+                run,
             );
             undo.push(Pipeline {
                 host: host.name.clone(),
-                steps: back.rollout_steps(&layout),
+                steps: back.rollout(false),
             });
         }
         undo_finish.push(Pipeline {
@@ -135,95 +171,79 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 },
             }],
         });
+        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &hooks.on_failure, first, None);
+        if !failure_hooks.is_empty() {
+            on_failure_hosts.push(Pipeline {
+                host: host.name.clone(),
+                steps: failure_hooks,
+            });
+        }
+        let mut after = steps.host_hooks(
+            StepKind::AfterDeploy,
+            &hooks.after_deploy,
+            first,
+            Some(layout.current()),
+        );
+        after.insert(
+            0,
+            Step {
+                kind: StepKind::Cleanup,
+                action: cleanup(stage, input, facts_of(host), previous.as_ref()),
+            },
+        );
+        finish.push(Pipeline {
+            host: host.name.clone(),
+            steps: after,
+        });
         if done(host) {
             continue;
         }
-        let ctx = HostContext::new(
-            stage,
-            host,
-            &input.release,
-            previous.as_ref(),
-            Operation::Deploy,
-        );
+        let batch = batch_of
+            .get(host.name.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let steps = steps.in_batch(&batch);
         rolling.push(Pipeline {
             host: host.name.clone(),
-            steps: ctx.rollout_steps(&layout),
+            steps: steps.rollout(first),
         });
         if input.resume && has_release(host) {
             continue;
         }
-        let mut steps = vec![Step {
+        let mut prep = steps.host_hooks(StepKind::BeforeDeploy, &hooks.before_deploy, first, None);
+        prep.push(Step {
             kind: StepKind::Upload,
             action: Action::Upload {
                 cmd: layout.unpack(&input.release),
             },
-        }];
+        });
         if !app.shared_dirs.is_empty() || !app.shared_files.is_empty() {
-            steps.push(Step {
+            prep.push(Step {
                 kind: StepKind::LinkShared,
                 action: Action::Remote {
                     cmd: layout.link_shared(&input.release, &app.shared_dirs, &app.shared_files),
                 },
             });
         }
-        steps.push(Step {
+        prep.push(Step {
             kind: StepKind::Finish,
             action: Action::Remote {
                 cmd: layout.finish(&input.release, &input.revision),
             },
         });
+        prep.extend(steps.host_hooks(
+            StepKind::AfterUpload,
+            &hooks.after_upload,
+            first,
+            Some(steps.release_dir()),
+        ));
         prepare.push(Pipeline {
             host: host.name.clone(),
-            steps,
-        });
-    }
-    for host in input.hosts {
-        let cleanup = match facts_of(host) {
-            Some(facts) => {
-                let before = before(host);
-                let mut protect = vec![&input.release];
-                protect.extend(before.iter());
-                let mut after = facts.releases.clone();
-                if facts.release(&input.release).is_none() {
-                    after.push(crate::host::ReleaseInfo {
-                        id: input.release.clone(),
-                        finished: true,
-                        bad: false,
-                        revision: input.revision.clone(),
-                    });
-                }
-                let remove =
-                    releases::cleanup(&after, Some(&input.release), app.keep_releases, &protect);
-                if remove.is_empty() {
-                    Action::Nothing {
-                        reason: format!(
-                            "nothing to remove (keep_releases = {})",
-                            app.keep_releases
-                        ),
-                    }
-                } else {
-                    Action::Remote {
-                        cmd: layout.remove_releases(&remove),
-                    }
-                }
-            }
-            None => Action::Nothing {
-                reason: format!(
-                    "keep the newest {} finished releases; which ones go is decided from what the host has",
-                    app.keep_releases
-                ),
-            },
-        };
-        finish.push(Pipeline {
-            host: host.name.clone(),
-            steps: vec![Step {
-                kind: StepKind::Cleanup,
-                action: cleanup,
-            }],
+            steps: prep,
         });
     }
 
-    let per_batch = stage.rollout.batch_size.hosts_per_batch(rolling.len());
+    let whole = HostSteps::new(stage, None, &input.release, None, Operation::Deploy, run);
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Deploy,
@@ -247,6 +267,13 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         on_failure: policy(stage, &input.run, per_batch),
         undo,
         undo_finish,
+        hooks: RunHooks {
+            before: whole.local_hooks(StepKind::BeforeDeploy, &hooks.before_deploy),
+            after_upload: whole.local_hooks(StepKind::AfterUpload, &hooks.after_upload),
+            after: whole.local_hooks(StepKind::AfterDeploy, &hooks.after_deploy),
+            on_failure: whole.local_hooks(StepKind::OnFailure, &hooks.on_failure),
+        },
+        on_failure_hosts,
         resume: input.resume,
         bookkeeping: Bookkeeping {
             layout,
@@ -255,6 +282,46 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         },
         warnings: warnings(stage),
     })
+}
+
+/// This host's cleanup after the deploy, from what it had before.
+fn cleanup(
+    stage: &Stage,
+    input: &DeployInput<'_>,
+    facts: Option<&HostFacts>,
+    previous: Option<&ReleaseId>,
+) -> Action {
+    let app = &stage.app;
+    let layout = Layout::new(&app.deploy_to);
+    let Some(facts) = facts else {
+        return Action::Nothing {
+            reason: format!(
+                "keep the newest {} finished releases; which ones go is decided from what the host has",
+                app.keep_releases
+            ),
+        };
+    };
+    let mut protect = vec![&input.release];
+    protect.extend(previous);
+    let mut after = facts.releases.clone();
+    if facts.release(&input.release).is_none() {
+        after.push(crate::host::ReleaseInfo {
+            id: input.release.clone(),
+            finished: true,
+            bad: false,
+            revision: input.revision.clone(),
+        });
+    }
+    let remove = releases::cleanup(&after, Some(&input.release), app.keep_releases, &protect);
+    if remove.is_empty() {
+        Action::Nothing {
+            reason: format!("nothing to remove (keep_releases = {})", app.keep_releases),
+        }
+    } else {
+        Action::Remote {
+            cmd: layout.remove_releases(&remove),
+        }
+    }
 }
 
 fn policy(stage: &Stage, run: &Run, per_batch: usize) -> FailurePolicy {
@@ -269,7 +336,12 @@ fn policy(stage: &Stage, run: &Run, per_batch: usize) -> FailurePolicy {
 /// Puts back hosts that an interrupted run left drained, if the release
 /// they run answers its health check: one quick check, then enable.
 pub fn repair(stage: &Stage, hosts: &[Host], facts: &BTreeMap<String, HostFacts>) -> Vec<Pipeline> {
-    let layout = Layout::new(&stage.app.deploy_to);
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let run = RunEnv {
+        env: &[],
+        hosts: &names,
+        revision: "",
+    };
     hosts
         .iter()
         .filter_map(|host| {
@@ -279,19 +351,20 @@ pub fn repair(stage: &Stage, hosts: &[Host], facts: &BTreeMap<String, HostFacts>
                 return None;
             }
             let current = f.current.release()?;
-            let ctx = HostContext::new(stage, host, current, None, Operation::Deploy);
-            let steps: Vec<Step> = ctx
-                .rollout_steps(&layout)
-                .into_iter()
-                .filter(|s| matches!(s.kind, StepKind::Health | StepKind::Enable))
-                .map(|mut s| {
-                    if let Action::Http { check } = &mut s.action {
-                        // The host had its chance; one look is enough.
-                        check.timeout = check.request_timeout.max(check.interval) + check.interval;
-                    }
-                    s
-                })
-                .collect();
+            let steps: Vec<Step> =
+                HostSteps::new(stage, Some(host), current, None, Operation::Deploy, run)
+                    .rollout(false)
+                    .into_iter()
+                    .filter(|s| matches!(s.kind, StepKind::Health | StepKind::Enable))
+                    .map(|mut s| {
+                        if let Action::Http { check } = &mut s.action {
+                            // The host had its chance; one look is enough.
+                            check.timeout =
+                                check.request_timeout.max(check.interval) + check.interval;
+                        }
+                        s
+                    })
+                    .collect();
             (!steps.is_empty()).then(|| Pipeline {
                 host: host.name.clone(),
                 steps,
@@ -302,6 +375,7 @@ pub fn repair(stage: &Stage, hosts: &[Host], facts: &BTreeMap<String, HostFacts>
 
 pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
     let stage = input.stage;
+    let hooks = &stage.hooks;
     let layout = Layout::new(&stage.app.deploy_to);
     let fleet: Vec<(&str, &HostFacts)> = input
         .hosts
@@ -323,6 +397,10 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
     if !not_a_link.is_empty() {
         return Err(PlanError::Hosts(not_a_link));
     }
+    let revision = fleet
+        .iter()
+        .find_map(|(_, f)| f.release(&target).map(|r| r.revision.clone()))
+        .unwrap_or_default();
 
     let before = |host: &Host| {
         input
@@ -330,23 +408,65 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             .get(&host.name)
             .and_then(|f| f.current.release().cloned())
     };
+    let names: Vec<String> = input.hosts.iter().map(|h| h.name.clone()).collect();
+    let run = RunEnv {
+        env: input.env,
+        hosts: &names,
+        revision: &revision,
+    };
+    let changing: Vec<&Host> = input
+        .hosts
+        .iter()
+        .filter(|h| before(h).as_ref() != Some(&target))
+        .collect();
+    let per_batch = stage.rollout.batch_size.hosts_per_batch(changing.len());
+    let batch_of: BTreeMap<&str, Vec<String>> = changing
+        .chunks(per_batch.max(1))
+        .flat_map(|batch| {
+            let members: Vec<String> = batch.iter().map(|h| h.name.clone()).collect();
+            batch
+                .iter()
+                .map(move |h| (h.name.as_str(), members.clone()))
+        })
+        .collect();
+
     let mut rolling = Vec::new();
     let mut finish = Vec::new();
     let mut planned = Vec::new();
+    let mut on_failure_hosts = Vec::new();
     let note = format!("rolled back from by {}", input.run.by);
-    for host in input.hosts {
+    for (i, host) in input.hosts.iter().enumerate() {
+        let first = i == 0;
         let previous = before(host);
         let unchanged = previous.as_ref() == Some(&target);
+        let steps = HostSteps::new(
+            stage,
+            Some(host),
+            &target,
+            previous.as_ref(),
+            Operation::Rollback,
+            run,
+        );
         if !unchanged {
-            let ctx =
-                HostContext::new(stage, host, &target, previous.as_ref(), Operation::Rollback);
+            let batch = batch_of
+                .get(host.name.as_str())
+                .cloned()
+                .unwrap_or_default();
             rolling.push(Pipeline {
                 host: host.name.clone(),
-                steps: ctx.rollout_steps(&layout),
+                steps: steps.in_batch(&batch).rollout(first),
             });
         }
+        let steps = HostSteps::new(
+            stage,
+            Some(host),
+            &target,
+            previous.as_ref(),
+            Operation::Rollback,
+            run,
+        );
         let host_facts = input.facts.get(&host.name);
-        let to_mark: Vec<Step> = abandoned
+        let mut after: Vec<Step> = abandoned
             .iter()
             .filter(|id| host_facts.is_some_and(|f| f.release(id).is_some()))
             .map(|id| Step {
@@ -356,10 +476,23 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
                 },
             })
             .collect();
-        if !to_mark.is_empty() {
+        after.extend(steps.host_hooks(
+            StepKind::AfterRollback,
+            &hooks.after_rollback,
+            first,
+            Some(layout.current()),
+        ));
+        if !after.is_empty() {
             finish.push(Pipeline {
                 host: host.name.clone(),
-                steps: to_mark,
+                steps: after,
+            });
+        }
+        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &hooks.on_failure, first, None);
+        if !failure_hooks.is_empty() {
+            on_failure_hosts.push(Pipeline {
+                host: host.name.clone(),
+                steps: failure_hooks,
             });
         }
         planned.push(PlannedHost {
@@ -370,18 +503,14 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         });
     }
 
-    let per_batch = stage.rollout.batch_size.hosts_per_batch(rolling.len());
-    let revision = fleet
-        .iter()
-        .find_map(|(_, f)| f.release(&target).map(|r| r.revision.clone()))
-        .unwrap_or_default();
+    let whole = HostSteps::new(stage, None, &target, None, Operation::Rollback, run);
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Rollback,
         app: stage.app.name.clone(),
         stage: stage.name.clone(),
-        release: target,
-        revision,
+        release: target.clone(),
+        revision: revision.clone(),
         hosts: planned,
         prepare: Vec::new(),
         batches: batches(&rolling, per_batch),
@@ -394,6 +523,13 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         },
         undo: Vec::new(),
         undo_finish: Vec::new(),
+        hooks: RunHooks {
+            before: Vec::new(),
+            after_upload: Vec::new(),
+            after: whole.local_hooks(StepKind::AfterRollback, &hooks.after_rollback),
+            on_failure: whole.local_hooks(StepKind::OnFailure, &hooks.on_failure),
+        },
+        on_failure_hosts,
         resume: false,
         bookkeeping: Bookkeeping {
             layout,
@@ -460,115 +596,4 @@ fn warnings(stage: &Stage) -> Vec<String> {
         );
     }
     warnings
-}
-
-/// One host's values for templates and the environment of its commands.
-struct HostContext<'a> {
-    stage: &'a Stage,
-    vars: Vars,
-    env: Vec<(String, Word)>,
-}
-
-impl<'a> HostContext<'a> {
-    fn new(
-        stage: &'a Stage,
-        host: &Host,
-        release: &ReleaseId,
-        previous: Option<&ReleaseId>,
-        operation: Operation,
-    ) -> Self {
-        let layout = Layout::new(&stage.app.deploy_to);
-        let vars = Vars {
-            app: stage.app.name.clone(),
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: host.port.or(stage.ssh.port).unwrap_or(22),
-            user: host
-                .user
-                .clone()
-                .or_else(|| stage.ssh.user.clone())
-                .unwrap_or_default(),
-            stage: stage.name.clone(),
-            deploy_to: stage.app.deploy_to.clone(),
-            release: release.to_string(),
-        };
-        let mut env: Vec<(String, Word)> = vec![
-            ("SHIPIT_OPERATION".into(), operation.as_str().into()),
-            ("SHIPIT_APP".into(), vars.app.clone().into()),
-            ("SHIPIT_STAGE".into(), vars.stage.clone().into()),
-            ("SHIPIT_HOST".into(), vars.name.clone().into()),
-            ("SHIPIT_ADDRESS".into(), vars.address.clone().into()),
-            ("SHIPIT_DEPLOY_TO".into(), vars.deploy_to.clone().into()),
-            ("SHIPIT_RELEASE".into(), vars.release.clone().into()),
-            ("SHIPIT_RELEASE_PATH".into(), layout.release(release).into()),
-        ];
-        if let Some(previous) = previous {
-            env.push((
-                "SHIPIT_PREVIOUS_RELEASE".into(),
-                previous.to_string().into(),
-            ));
-        }
-        HostContext { stage, vars, env }
-    }
-
-    /// drain → switch → restart → health → enable, leaving out what the
-    /// stage does not configure.
-    fn rollout_steps(&self, layout: &Layout) -> Vec<Step> {
-        let release: ReleaseId = self
-            .vars
-            .release
-            .parse()
-            .expect("vars.release is a ReleaseId");
-        let mut steps = Vec::new();
-        let local = |template: &crate::config::Template| Action::Local {
-            cmd: Cmd::shell(template.render_shell(&self.vars)).envs(self.env.clone()),
-        };
-        if let Some(drain) = &self.stage.lb.drain {
-            steps.push(Step {
-                kind: StepKind::Drain,
-                action: local(drain),
-            });
-        }
-        steps.push(Step {
-            kind: StepKind::Switch,
-            action: Action::Remote {
-                cmd: layout.switch(&release),
-            },
-        });
-        if let Some(restart) = &self.stage.app.restart {
-            steps.push(Step {
-                kind: StepKind::Restart,
-                action: Action::Remote {
-                    cmd: Cmd::shell(restart.render_shell(&self.vars))
-                        .envs(self.env.clone())
-                        .cwd(layout.release(&release)),
-                },
-            });
-        }
-        if let Some(health) = &self.stage.health {
-            steps.push(Step {
-                kind: StepKind::Health,
-                action: Action::Http {
-                    check: HttpCheck {
-                        url: health.url.render_plain(&self.vars),
-                        expect_status: health.expect_status,
-                        expect_body: health
-                            .expect_body
-                            .as_ref()
-                            .map(|b| b.render_plain(&self.vars)),
-                        timeout: health.timeout,
-                        interval: health.interval,
-                        request_timeout: health.request_timeout,
-                    },
-                },
-            });
-        }
-        if let Some(enable) = &self.stage.lb.enable {
-            steps.push(Step {
-                kind: StepKind::Enable,
-                action: local(enable),
-            });
-        }
-        steps
-    }
 }

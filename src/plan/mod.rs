@@ -6,6 +6,7 @@
 
 mod build;
 mod render;
+mod steps;
 
 use std::time::Duration;
 
@@ -59,6 +60,10 @@ pub struct Plan {
     pub undo: Vec<Pipeline>,
     /// After an undo: mark the release bad on every host that has it.
     pub undo_finish: Vec<Pipeline>,
+    /// Hooks that run once for the whole run, on the machine running shipit.
+    pub hooks: RunHooks,
+    /// `on_failure` hooks that run on hosts, when the run fails.
+    pub on_failure_hosts: Vec<Pipeline>,
     /// Continues an interrupted run: the journal is appended to, not
     /// started afresh.
     pub resume: bool,
@@ -86,6 +91,20 @@ impl FailurePolicy {
             OnFailure::Rollback | OnFailure::Pause => failed > 0,
         }
     }
+}
+
+/// Run-level hooks with `run_on = "local"`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunHooks {
+    /// Before anything changes; a failure stops the run.
+    pub before: Vec<Step>,
+    /// Once every host has the release, before any switch; a failure stops
+    /// the run.
+    pub after_upload: Vec<Step>,
+    /// After a successful run (after_deploy / after_rollback).
+    pub after: Vec<Step>,
+    /// After a failed run.
+    pub on_failure: Vec<Step>,
 }
 
 /// A host taking part in the run, with what it ran before.
@@ -130,9 +149,36 @@ pub enum StepKind {
     Enable,
     MarkBad,
     Cleanup,
+    #[serde(rename = "before_deploy")]
+    BeforeDeploy,
+    #[serde(rename = "after_upload")]
+    AfterUpload,
+    #[serde(rename = "before_switch")]
+    BeforeSwitch,
+    #[serde(rename = "after_switch")]
+    AfterSwitch,
+    #[serde(rename = "after_deploy")]
+    AfterDeploy,
+    #[serde(rename = "after_rollback")]
+    AfterRollback,
+    #[serde(rename = "on_failure")]
+    OnFailure,
 }
 
 impl StepKind {
+    pub fn is_hook(self) -> bool {
+        matches!(
+            self,
+            StepKind::BeforeDeploy
+                | StepKind::AfterUpload
+                | StepKind::BeforeSwitch
+                | StepKind::AfterSwitch
+                | StepKind::AfterDeploy
+                | StepKind::AfterRollback
+                | StepKind::OnFailure
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepKind::Upload => "upload",
@@ -145,6 +191,13 @@ impl StepKind {
             StepKind::Enable => "enable",
             StepKind::MarkBad => "mark-bad",
             StepKind::Cleanup => "cleanup",
+            StepKind::BeforeDeploy => "before_deploy",
+            StepKind::AfterUpload => "after_upload",
+            StepKind::BeforeSwitch => "before_switch",
+            StepKind::AfterSwitch => "after_switch",
+            StepKind::AfterDeploy => "after_deploy",
+            StepKind::AfterRollback => "after_rollback",
+            StepKind::OnFailure => "on_failure",
         }
     }
 }

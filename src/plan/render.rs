@@ -60,6 +60,12 @@ pub fn render(plan: &Plan, full: bool) -> String {
         let _ = writeln!(out, "warning: {warning}");
     }
 
+    local(
+        &mut out,
+        "Before anything changes, on this machine:",
+        &plan.hooks.before,
+        full,
+    );
     if !plan.prepare.is_empty() {
         let _ = writeln!(
             out,
@@ -67,6 +73,12 @@ pub fn render(plan: &Plan, full: bool) -> String {
         );
         section(&mut out, &plan.prepare, full);
     }
+    local(
+        &mut out,
+        "Once every host has the release, on this machine:",
+        &plan.hooks.after_upload,
+        full,
+    );
     let total = plan.batches.len();
     for (i, batch) in plan.batches.iter().enumerate() {
         let names: Vec<&str> = batch.iter().map(|p| p.host.as_str()).collect();
@@ -82,6 +94,16 @@ pub fn render(plan: &Plan, full: bool) -> String {
         let _ = writeln!(out, "\nAfter every batch succeeded:");
         section(&mut out, &plan.finish, full);
     }
+    local(&mut out, "Then, on this machine:", &plan.hooks.after, full);
+    if !plan.hooks.on_failure.is_empty() || !plan.on_failure_hosts.is_empty() {
+        let _ = writeln!(out, "\nIf the run fails:");
+        let whole = Pipeline {
+            host: "local".into(),
+            steps: plan.hooks.on_failure.clone(),
+        };
+        section(&mut out, std::slice::from_ref(&whole), full);
+        section(&mut out, &plan.on_failure_hosts, full);
+    }
     let _ = writeln!(
         out,
         "\nEach host then appends the outcome to {}.",
@@ -90,13 +112,26 @@ pub fn render(plan: &Plan, full: bool) -> String {
     out
 }
 
+/// Run-level steps on the machine running shipit, under a heading.
+fn local(out: &mut String, heading: &str, steps: &[super::Step], full: bool) {
+    if steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{heading}");
+    let whole = Pipeline {
+        host: "local".into(),
+        steps: steps.to_vec(),
+    };
+    section(out, std::slice::from_ref(&whole), full);
+}
+
 fn section(out: &mut String, pipelines: &[Pipeline], full: bool) {
     for pipeline in pipelines {
         for (i, step) in pipeline.steps.iter().enumerate() {
             let host = if i == 0 { pipeline.host.as_str() } else { "" };
             let _ = writeln!(
                 out,
-                "  {host:<8}  {:<11}  {}",
+                "  {host:<8}  {:<13}  {}",
                 step.kind.as_str(),
                 action(&step.action, full)
             );

@@ -27,6 +27,7 @@ fn deploy_plan(hosts: usize, extra: &str, with_facts: bool) -> Plan {
         revision: "abc".into(),
         facts: with_facts.then_some(&f),
         run: run(),
+        env: &[],
         resume: false,
         digest: String::new(),
     })
@@ -156,6 +157,7 @@ fn preflight_refuses_before_changing_anything() {
         revision: String::new(),
         facts: Some(&f),
         run: run(),
+        env: &[],
         resume: false,
         digest: String::new(),
     })
@@ -181,6 +183,7 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
         to: None,
         facts: &f,
         run: run(),
+        env: &[],
     })
     .unwrap();
     assert_eq!(plan.release, id(2));
@@ -217,6 +220,7 @@ fn rollback_with_nothing_older_is_an_error() {
         to: None,
         facts: &f,
         run: run(),
+        env: &[],
     })
     .unwrap_err();
     assert!(
@@ -237,16 +241,118 @@ Plan: deploy shop release 20261122100003 to production
   web2      10.0.0.12 now runs 20261122100002
 
 Prepare, on all hosts at once (nothing switches until every host has the release):
-  web1      upload       shipit:unpack /srv/shop 20261122100003  < release archive
-            link-shared  shipit:link-shared /srv/shop 20261122100003 dlog f.env
-            finish       shipit:finish /srv/shop 20261122100003 abc
-  web2      upload       shipit:unpack /srv/shop 20261122100003  < release archive
-            link-shared  shipit:link-shared /srv/shop 20261122100003 dlog f.env
-            finish       shipit:finish /srv/shop 20261122100003 abc
+  web1      upload         shipit:unpack /srv/shop 20261122100003  < release archive
+            link-shared    shipit:link-shared /srv/shop 20261122100003 dlog f.env
+            finish         shipit:finish /srv/shop 20261122100003 abc
+  web2      upload         shipit:unpack /srv/shop 20261122100003  < release archive
+            link-shared    shipit:link-shared /srv/shop 20261122100003 dlog f.env
+            finish         shipit:finish /srv/shop 20261122100003 abc
 ";
     assert!(text.starts_with(expected), "{text}");
     assert!(text.contains(
-        "            health       GET http://10.0.0.12:8080/health until status 200 and body contains \"20261122100003\" (every 500ms, up to 30s)\n"
+        "            health         GET http://10.0.0.12:8080/health until status 200 and body contains \"20261122100003\" (every 500ms, up to 30s)\n"
     ), "{text}");
     assert!(text.contains("Each host then appends the outcome to /srv/shop/revisions.log."));
+}
+
+const HOOKS: &str = r#"
+restart = "bin/restart"
+[env]
+RAILS_ENV = "production"
+[hooks]
+before_deploy = ["notify start", { run = "mkdir -p /tmp/x", run_on = "hosts" }]
+after_upload = [{ run = "bin/migrate", run_on = "once" }]
+before_switch = ["warm {name}"]
+after_switch = [{ run = "log switch", run_on = "local" }]
+after_deploy = ["notify done"]
+on_failure = ["notify failed", { run = "collect logs", run_on = "hosts" }]
+[rollout]
+rolling_batch_size = 2
+"#;
+
+#[test]
+fn hooks_go_where_they_belong() {
+    let stage = stage(3, HOOKS);
+    let f = facts(&stage, Some(2), &[1, 2]);
+    let env = vec![
+        (
+            "RAILS_ENV".to_string(),
+            crate::shell::Word::Plain("production".into()),
+        ),
+        (
+            "TOKEN".to_string(),
+            crate::shell::Word::Secret("s3cret".into()),
+        ),
+    ];
+    let plan = deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: "abc".into(),
+        facts: Some(&f),
+        run: run(),
+        resume: false,
+        digest: String::new(),
+        env: &env,
+    })
+    .unwrap();
+    let kinds_of = |steps: &[Step]| steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>();
+    // Run-level local hooks.
+    assert_eq!(kinds_of(&plan.hooks.before), ["before_deploy"]);
+    assert_eq!(kinds_of(&plan.hooks.after), ["after_deploy"]);
+    assert_eq!(kinds_of(&plan.hooks.on_failure), ["on_failure"]);
+    // Host hooks: before_deploy on every host before the upload; the
+    // migration only on the first host, after its release is complete.
+    assert_eq!(
+        kinds(&plan.prepare[0]),
+        ["before_deploy", "upload", "finish", "after_upload"]
+    );
+    assert_eq!(
+        kinds(&plan.prepare[1]),
+        ["before_deploy", "upload", "finish"]
+    );
+    let Action::Remote { cmd } = &plan.prepare[0].steps[3].action else {
+        panic!()
+    };
+    assert_eq!(
+        cmd.cwd.as_deref(),
+        Some("/srv/shop/releases/20261122100003")
+    );
+    assert!(
+        cmd.render().ends_with("sh -c bin/migrate"),
+        "{}",
+        cmd.render()
+    );
+    // Per-host hooks around the switch; after_switch runs locally.
+    assert_eq!(
+        kinds(&plan.batches[0][0]),
+        ["before_switch", "switch", "after_switch", "restart"]
+    );
+    assert!(matches!(
+        plan.batches[0][0].steps[2].action,
+        Action::Local { .. }
+    ));
+    let Action::Remote { cmd } = &plan.batches[0][1].steps[0].action else {
+        panic!()
+    };
+    let line = cmd.render();
+    assert!(line.contains("SHIPIT_BATCH_HOSTS='web1 web2'"), "{line}");
+    assert!(line.contains("SHIPIT_HOSTS='web1 web2 web3'"), "{line}");
+    assert!(line.ends_with("sh -c 'warm web2'"), "{line}");
+    // [env] reaches commands on hosts, secrets redacted when shown, and
+    // not local ones.
+    let Action::Remote { cmd } = &plan.batches[0][0].steps[3].action else {
+        panic!()
+    };
+    assert!(cmd.render().contains("RAILS_ENV=production TOKEN=s3cret"));
+    assert!(cmd.display().contains("TOKEN=[REDACTED]") && !cmd.display().contains("s3cret"));
+    let Action::Local { cmd } = &plan.batches[0][0].steps[2].action else {
+        panic!()
+    };
+    assert!(!cmd.render().contains("RAILS_ENV"));
+    assert!(!render(&plan, true).contains("s3cret"));
+    // on_failure hooks on hosts, for every host.
+    assert_eq!(plan.on_failure_hosts.len(), 3);
+    // Finish: cleanup then nothing else (after_deploy is local).
+    assert_eq!(kinds(&plan.finish[0]), ["cleanup"]);
 }

@@ -66,16 +66,22 @@ impl Transport for FakeTransport {
         request: ExecRequest,
         observer: &dyn ExecObserver,
     ) -> Result<Output, TransportError> {
+        // What ran: the command line, and a script sent on stdin if any.
+        let mut ran = request.command.clone();
+        if let Some(stdin) = request.stdin.as_ref().filter(|s| s.len() < 64 * 1024) {
+            ran.push_str("\n<stdin>\n");
+            ran.push_str(&String::from_utf8_lossy(stdin));
+        }
         self.log
             .lock()
             .unwrap()
-            .push((host.to_string(), request.command.clone()));
+            .push((host.to_string(), ran.clone()));
         if let Some(stdin) = &request.stdin {
             observer.stdin_progress(stdin.len() as u64);
         }
         let (mut code, mut delay) = (0, Duration::ZERO);
         for rule in self.rules.lock().unwrap().iter() {
-            if (rule.host == "*" || rule.host == host) && request.command.contains(&rule.needle) {
+            if (rule.host == "*" || rule.host == host) && ran.contains(&rule.needle) {
                 if let Some(exit) = rule.exit {
                     code = exit;
                 }

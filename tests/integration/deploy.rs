@@ -329,9 +329,9 @@ fn dry_run_prints_the_plan_and_connects_to_nothing() {
     run.success()
         .stdout_has("Plan: deploy demo release ")
         .stdout_has("hosts     3 in 2 batches: web1 web2 | web3")
-        .stdout_has("upload       shipit:unpack /srv/demo ")
-        .stdout_has("restart      cd /srv/demo/releases/")
-        .stdout_has("health       GET http://");
+        .stdout_has("upload         shipit:unpack /srv/demo ")
+        .stdout_has("restart        cd /srv/demo/releases/")
+        .stdout_has("health         GET http://");
     assert!(run.stderr.is_empty(), "{run}");
 }
 

@@ -6,4 +6,5 @@ mod support;
 mod deploy;
 mod failures;
 mod fleet_smoke;
+mod hooks;
 mod ssh;

@@ -1,0 +1,235 @@
+//! One host's steps: the rollout pipeline (drain → switch → restart →
+//! health → enable), hooks at their points, and the environment every
+//! command on that host gets.
+
+use crate::config::{Hook, Host, RunOn, Stage, Template, Vars};
+use crate::host::{Layout, ReleaseId};
+use crate::shell::{Cmd, Word};
+
+use super::{Action, HttpCheck, Operation, Step, StepKind};
+
+/// What every host of a run shares: the `[env]` values (resolved), the
+/// hosts taking part and the revision.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunEnv<'a> {
+    pub env: &'a [(String, Word)],
+    pub hosts: &'a [String],
+    pub revision: &'a str,
+}
+
+/// Builds the steps of one host for one target release.
+pub(super) struct HostSteps<'a> {
+    stage: &'a Stage,
+    layout: Layout,
+    release: ReleaseId,
+    vars: Vars,
+    /// SHIPIT_* variables, for every command of this host.
+    shipit_env: Vec<(String, Word)>,
+    /// `[env]`, for commands on the host (restart, host hooks).
+    user_env: &'a [(String, Word)],
+}
+
+impl<'a> HostSteps<'a> {
+    /// Steps for `host`, or for the run as a whole (`None`: run-level local
+    /// hooks, which get no SHIPIT_HOST).
+    pub fn new(
+        stage: &'a Stage,
+        host: Option<&Host>,
+        release: &ReleaseId,
+        previous: Option<&ReleaseId>,
+        operation: Operation,
+        run: RunEnv<'a>,
+    ) -> Self {
+        let layout = Layout::new(&stage.app.deploy_to);
+        let vars = Vars {
+            app: stage.app.name.clone(),
+            name: host.map(|h| h.name.clone()).unwrap_or_default(),
+            address: host.map(|h| h.address.clone()).unwrap_or_default(),
+            port: host.and_then(|h| h.port).or(stage.ssh.port).unwrap_or(22),
+            user: host
+                .and_then(|h| h.user.clone())
+                .or_else(|| stage.ssh.user.clone())
+                .unwrap_or_default(),
+            stage: stage.name.clone(),
+            deploy_to: stage.app.deploy_to.clone(),
+            release: release.to_string(),
+        };
+        let mut shipit_env: Vec<(String, Word)> = vec![
+            ("SHIPIT_OPERATION".into(), operation.as_str().into()),
+            ("SHIPIT_APP".into(), vars.app.clone().into()),
+            ("SHIPIT_STAGE".into(), vars.stage.clone().into()),
+        ];
+        if host.is_some() {
+            shipit_env.push(("SHIPIT_HOST".into(), vars.name.clone().into()));
+            shipit_env.push(("SHIPIT_ADDRESS".into(), vars.address.clone().into()));
+        }
+        shipit_env.extend::<[(String, Word); 4]>([
+            ("SHIPIT_DEPLOY_TO".into(), vars.deploy_to.clone().into()),
+            ("SHIPIT_RELEASE".into(), vars.release.clone().into()),
+            ("SHIPIT_RELEASE_PATH".into(), layout.release(release).into()),
+            ("SHIPIT_HOSTS".into(), run.hosts.join(" ").into()),
+        ]);
+        if !run.revision.is_empty() {
+            shipit_env.push(("SHIPIT_REVISION".into(), run.revision.into()));
+        }
+        if let Some(previous) = previous {
+            shipit_env.push((
+                "SHIPIT_PREVIOUS_RELEASE".into(),
+                previous.to_string().into(),
+            ));
+        }
+        HostSteps {
+            stage,
+            layout,
+            release: release.clone(),
+            vars,
+            shipit_env,
+            user_env: run.env,
+        }
+    }
+
+    /// The hosts of this host's batch, for its hooks.
+    pub fn in_batch(mut self, batch: &[String]) -> Self {
+        self.shipit_env
+            .push(("SHIPIT_BATCH_HOSTS".into(), batch.join(" ").into()));
+        self
+    }
+
+    /// A command the user wrote, run on the machine running shipit.
+    fn local(&self, template: &Template) -> Action {
+        Action::Local {
+            cmd: Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone()),
+        }
+    }
+
+    /// A command the user wrote, run on the host with `[env]` too.
+    fn remote(&self, template: &Template, cwd: Option<String>) -> Action {
+        let mut cmd = Cmd::shell(template.render_shell(&self.vars))
+            .envs(self.shipit_env.clone())
+            .envs(self.user_env.iter().cloned());
+        if let Some(cwd) = cwd {
+            cmd = cmd.cwd(cwd);
+        }
+        Action::Remote { cmd }
+    }
+
+    /// A hook at a point of this host's pipeline. `cwd` is where host hooks
+    /// run (the release, once it exists).
+    pub fn hook(&self, kind: StepKind, hook: &Hook, cwd: Option<String>) -> Step {
+        let action = match hook.run_on {
+            RunOn::Local => self.local(&hook.run),
+            RunOn::Hosts | RunOn::Once => self.remote(&hook.run, cwd),
+        };
+        Step { kind, action }
+    }
+
+    /// The hooks of `list` that run on this host: all of them for
+    /// `hosts`, and `once` ones only on the run's first host.
+    pub fn hooks(
+        &self,
+        kind: StepKind,
+        list: &[Hook],
+        first: bool,
+        cwd: Option<String>,
+    ) -> Vec<Step> {
+        list.iter()
+            .filter(|h| match h.run_on {
+                RunOn::Hosts | RunOn::Local => true,
+                RunOn::Once => first,
+            })
+            .map(|h| self.hook(kind, h, cwd.clone()))
+            .collect()
+    }
+
+    pub fn release_dir(&self) -> String {
+        self.layout.release(&self.release)
+    }
+
+    /// drain → before_switch → switch → after_switch → restart → health →
+    /// enable, leaving out what the stage does not configure.
+    pub fn rollout(&self, first: bool) -> Vec<Step> {
+        let stage = self.stage;
+        let mut steps = Vec::new();
+        if let Some(drain) = &stage.lb.drain {
+            steps.push(Step {
+                kind: StepKind::Drain,
+                action: self.local(drain),
+            });
+        }
+        let cwd = Some(self.release_dir());
+        steps.extend(self.hooks(
+            StepKind::BeforeSwitch,
+            &stage.hooks.before_switch,
+            first,
+            cwd.clone(),
+        ));
+        steps.push(Step {
+            kind: StepKind::Switch,
+            action: Action::Remote {
+                cmd: self.layout.switch(&self.release),
+            },
+        });
+        steps.extend(self.hooks(
+            StepKind::AfterSwitch,
+            &stage.hooks.after_switch,
+            first,
+            cwd.clone(),
+        ));
+        if let Some(restart) = &stage.app.restart {
+            steps.push(Step {
+                kind: StepKind::Restart,
+                action: self.remote(restart, cwd),
+            });
+        }
+        if let Some(health) = &stage.health {
+            steps.push(Step {
+                kind: StepKind::Health,
+                action: Action::Http {
+                    check: HttpCheck {
+                        url: health.url.render_plain(&self.vars),
+                        expect_status: health.expect_status,
+                        expect_body: health
+                            .expect_body
+                            .as_ref()
+                            .map(|b| b.render_plain(&self.vars)),
+                        timeout: health.timeout,
+                        interval: health.interval,
+                        request_timeout: health.request_timeout,
+                    },
+                },
+            });
+        }
+        if let Some(enable) = &stage.lb.enable {
+            steps.push(Step {
+                kind: StepKind::Enable,
+                action: self.local(enable),
+            });
+        }
+        steps
+    }
+
+    /// Run-level hooks with `run_on = "local"`: once for the whole run.
+    pub fn local_hooks(&self, kind: StepKind, list: &[Hook]) -> Vec<Step> {
+        list.iter()
+            .filter(|h| h.run_on == RunOn::Local)
+            .map(|h| Step {
+                kind,
+                action: self.local(&h.run),
+            })
+            .collect()
+    }
+
+    /// Run-level hooks that run on hosts (`hosts`, or `once` if `first`).
+    pub fn host_hooks(
+        &self,
+        kind: StepKind,
+        list: &[Hook],
+        first: bool,
+        cwd: Option<String>,
+    ) -> Vec<Step> {
+        list.iter()
+            .filter(|h| h.run_on == RunOn::Hosts || (h.run_on == RunOn::Once && first))
+            .map(|h| self.hook(kind, h, cwd.clone()))
+            .collect()
+    }
+}
