@@ -24,14 +24,17 @@ pub mod who;
 mod testing;
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use cli::{Invocation, StageCommand};
 use exit::Exit;
+use report::{Event, Reporter};
 
 /// Runs shipit with `args` (without the program name) and returns the
-/// process exit code. Errors are printed here, once.
+/// process exit code. Errors are reported here, once, as the final
+/// `result` event (`error: …` on stderr, and a JSON line with `--json`).
 pub fn run(args: Vec<OsString>) -> u8 {
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
@@ -50,25 +53,39 @@ pub fn run(args: Vec<OsString>) -> u8 {
             return Exit::FailedUnchanged.code();
         }
     };
-    let result = runtime.block_on(dispatch(invocation));
-    match result {
-        Ok(exit) => exit.code(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit().code()
-        }
-    }
+    let global = match &invocation {
+        Invocation::Stage { global, .. } => global.clone(),
+    };
+    let reporter = report::choose::build(report::choose::detect(
+        global.json,
+        commands::verbosity(&global),
+    ));
+    let result = runtime.block_on(dispatch(invocation, reporter.clone()));
+    let (exit, message) = match result {
+        Ok(exit) => (exit, None),
+        Err(e) => (e.exit(), Some(e.to_string())),
+    };
+    reporter.event(&Event::Result {
+        ok: exit == Exit::Success,
+        exit_code: exit.code(),
+        exit,
+        message,
+    });
+    exit.code()
 }
 
-async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
+async fn dispatch(
+    invocation: Invocation,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Exit, error::Error> {
     match invocation {
         Invocation::Stage {
             stage,
             global,
             command,
         } => {
-            let ctx = commands::Context::load(&stage, global)?;
-            let cancel = interrupt_token();
+            let ctx = commands::Context::load(&stage, global, reporter.clone())?;
+            let cancel = interrupt_token(reporter);
             match command {
                 StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, cancel).await,
                 StageCommand::Rollback(args) => commands::rollback::run(&ctx, &args, cancel).await,
@@ -81,7 +98,7 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
 /// Cancelled on the first Ctrl-C or SIGTERM: the run stops starting steps,
 /// lets running ones finish and puts drained hosts back. A second signal
 /// exits at once.
-fn interrupt_token() -> CancellationToken {
+fn interrupt_token(reporter: Arc<dyn Reporter>) -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -97,13 +114,27 @@ fn interrupt_token() -> CancellationToken {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
+            let note = |message: &str| {
+                reporter.event(&Event::Note {
+                    host: None,
+                    message: message.to_string(),
+                });
+            };
             if count == 0 {
-                eprintln!(
-                    "\nshipit: stopping: no new steps start; running steps finish and drained hosts go back into the load balancer (signal again to quit at once)"
+                note(
+                    "stopping: no new steps start; running steps finish and drained hosts go back into the load balancer (signal again to quit at once)",
                 );
                 cancel.cancel();
             } else {
-                eprintln!("shipit: quitting at once; hosts may be left drained");
+                note("quitting at once; hosts may be left drained");
+                reporter.event(&Event::Result {
+                    ok: false,
+                    exit_code: Exit::Interrupted.code(),
+                    exit: Exit::Interrupted,
+                    message: Some(
+                        "quit at once on a second signal; hosts may be left drained".into(),
+                    ),
+                });
                 std::process::exit(i32::from(Exit::Interrupted.code()));
             }
         }

@@ -1,6 +1,8 @@
 //! `shipit STAGE deploy`: build and pack once, connect to every host, read
 //! what they have, plan, then run the plan.
 
+use std::time::Instant;
+
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, fleet, run_result};
@@ -11,6 +13,7 @@ use crate::execute::Executor;
 use crate::exit::Exit;
 use crate::host::ReleaseId;
 use crate::plan::{self, DeployInput};
+use crate::report::{Event, Phase};
 use crate::who::who;
 
 pub async fn run(
@@ -32,25 +35,39 @@ pub async fn run(
             facts: None,
             by: who(),
         })?;
-        print!("{}", plan::render(&plan, args.full));
+        if ctx.global.json {
+            ctx.event(&Event::Plan {
+                plan: Box::new(plan.clone()),
+            });
+        }
+        ctx.print(&plan::render(&plan, args.full));
         return Ok(Exit::Success);
     }
 
     if let Some(build) = &stage.app.build {
-        eprintln!("building: {build}");
-        artifact::build(build, &ctx.base_dir()).await?;
+        ctx.event(&Event::BuildStarted {
+            command: build.clone(),
+        });
+        let started = Instant::now();
+        let built = artifact::build(build, &ctx.base_dir()).await;
+        ctx.event(&Event::BuildFinished {
+            ok: built.is_ok(),
+            duration: started.elapsed(),
+        });
+        built?;
     }
     let artifact = artifact::prepare(&stage.app.source).await?;
-    if !ctx.global.quiet {
-        eprintln!(
-            "packed {}: {} ({} files) in {:.1}s",
-            stage.app.source.path().display(),
-            human_bytes(artifact.bytes.len() as u64),
-            artifact.files,
-            artifact.packing.as_secs_f64()
-        );
-    }
+    ctx.event(&Event::Packed {
+        source: stage.app.source.path().display().to_string(),
+        bytes: artifact.bytes.len() as u64,
+        files: artifact.files,
+        duration: artifact.packing,
+    });
 
+    ctx.event(&Event::PhaseStarted {
+        phase: Phase::Connect,
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+    });
     let transport = fleet::connect(stage, hosts).await?;
     let result = async {
         let facts = fleet::probe(&transport, stage, hosts).await?;
@@ -66,7 +83,9 @@ pub async fn run(
             by: who(),
         })?;
         for warning in &plan.warnings {
-            eprintln!("warning: {warning}");
+            ctx.event(&Event::Warning {
+                message: warning.clone(),
+            });
         }
         let reporter = ctx.reporter();
         let report = Executor::new(&transport, reporter.as_ref())
@@ -80,19 +99,4 @@ pub async fn run(
     .await;
     transport.close().await;
     result
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -8,22 +8,40 @@ pub mod releases;
 pub mod rollback;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cli::Global;
 use crate::config::{self, Config, Stage};
 use crate::error::Error;
-use crate::report::Reporter;
-use crate::report::plain::{Plain, Verbosity};
+use crate::report::plain::Verbosity;
+use crate::report::{Event, Reporter};
 
 /// What every stage command starts from.
 pub struct Context {
     pub config: Config,
     pub stage: Stage,
     pub global: Global,
+    reporter: Arc<dyn Reporter>,
+}
+
+/// `-q` / `-v` as a [`Verbosity`].
+pub fn verbosity(global: &Global) -> Verbosity {
+    if global.quiet {
+        Verbosity::Quiet
+    } else if global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    }
 }
 
 impl Context {
-    pub fn load(stage: &str, global: Global) -> Result<Context, Error> {
+    /// `reporter` receives the command's events (see `report::choose`).
+    pub fn load(
+        stage: &str,
+        global: Global,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Context, Error> {
         let path = global
             .config
             .clone()
@@ -34,6 +52,7 @@ impl Context {
             config,
             stage,
             global,
+            reporter,
         })
     }
 
@@ -47,18 +66,28 @@ impl Context {
     }
 
     pub fn verbosity(&self) -> Verbosity {
-        if self.global.quiet {
-            Verbosity::Quiet
-        } else if self.global.verbose {
-            Verbosity::Verbose
-        } else {
-            Verbosity::Normal
-        }
+        verbosity(&self.global)
     }
 
-    /// Where run events go: plain lines on stderr.
-    pub fn reporter(&self) -> Box<dyn Reporter> {
-        Box::new(Plain::new(std::io::stderr(), self.verbosity()))
+    /// Where events go: progress bars or plain lines on stderr, and JSON
+    /// lines on stdout with `--json`.
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
+        self.reporter.clone()
+    }
+
+    pub fn event(&self, event: &Event) {
+        self.reporter.event(event);
+    }
+
+    /// Prints what a command produces for people (a plan, a table): on
+    /// stdout, or with `--json` (where stdout carries only JSON) on stderr
+    /// unless `-q`.
+    pub fn print(&self, text: &str) {
+        if !self.global.json {
+            print!("{text}");
+        } else if !self.global.quiet {
+            eprint!("{text}");
+        }
     }
 }
 

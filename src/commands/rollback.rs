@@ -10,6 +10,7 @@ use crate::execute::Executor;
 use crate::exit::Exit;
 use crate::host::ReleaseId;
 use crate::plan::{self, RollbackInput};
+use crate::report::{Event, Phase};
 use crate::who::who;
 
 pub async fn run(
@@ -26,6 +27,10 @@ pub async fn run(
         ),
         None => None,
     };
+    ctx.event(&Event::PhaseStarted {
+        phase: Phase::Connect,
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+    });
     let transport = fleet::connect(stage, hosts).await?;
     let result = async {
         let facts = fleet::probe(&transport, stage, hosts).await?;
@@ -37,11 +42,18 @@ pub async fn run(
             by: who(),
         })?;
         if args.dry_run {
-            print!("{}", plan::render(&plan, args.full));
+            if ctx.global.json {
+                ctx.event(&Event::Plan {
+                    plan: Box::new(plan.clone()),
+                });
+            }
+            ctx.print(&plan::render(&plan, args.full));
             return Ok(Exit::Success);
         }
         for warning in &plan.warnings {
-            eprintln!("warning: {warning}");
+            ctx.event(&Event::Warning {
+                message: warning.clone(),
+            });
         }
         let reporter = ctx.reporter();
         let report = Executor::new(&transport, reporter.as_ref())

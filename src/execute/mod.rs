@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::host::ReleaseId;
 use crate::host::revlog::Entry;
 use crate::plan::{Action, Pipeline, Plan, Step, StepKind};
+use crate::report::redact::Redact;
 use crate::report::{Event, HostResult, HostSummary, Phase, Reporter};
 use crate::transport::local::LocalTransport;
 use crate::transport::{
@@ -61,12 +62,22 @@ pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
 }
 
 /// Why a step failed, for the event stream and the summary.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Failure {
     /// Short: `exit status 3`, `timed out`, `connection lost`.
     result: String,
     /// Everything the user needs: command, status, stderr tail.
     error: String,
+    /// The command's exit status, if it ran to the end.
+    exit_code: Option<u32>,
+    stderr_tail: Option<String>,
+}
+
+/// A step that succeeded: its short result (`ok`, `ok (3 tries)`) and, for
+/// a command, its exit status.
+struct Success {
+    result: String,
+    exit_code: Option<u32>,
 }
 
 /// One host's state while the run goes on.
@@ -120,6 +131,26 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 
     pub async fn run(&self, plan: &Plan) -> RunReport {
+        // Every event of the run goes through the mask: a command may print
+        // a secret it was given, and its output and errors reach the user.
+        let redact = Redact::new(self.reporter, plan.secrets());
+        if redact.is_empty() {
+            return self.run_plan(plan).await;
+        }
+        Executor {
+            transport: self.transport,
+            local: self.local,
+            reporter: &redact,
+            archive: self.archive.clone(),
+            http: self.http.clone(),
+            command_timeout: self.command_timeout,
+            cancel: self.cancel.clone(),
+        }
+        .run_plan(plan)
+        .await
+    }
+
+    async fn run_plan(&self, plan: &Plan) -> RunReport {
         let book: Mutex<BTreeMap<String, HostRun>> = Mutex::new(
             plan.hosts
                 .iter()
@@ -147,6 +178,11 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 .batches
                 .iter()
                 .map(|b| b.iter().map(|p| p.host.clone()).collect())
+                .collect(),
+            before: plan
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.before.clone()))
                 .collect(),
         });
 
@@ -237,11 +273,10 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             phase,
             hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
         });
-        let rolling = matches!(phase, Phase::Batch { .. });
         let results = join_all(
             pipelines
                 .iter()
-                .map(|p| self.pipeline(plan, p, book, rolling)),
+                .map(|p| self.pipeline(plan, p, book, phase)),
         )
         .await;
         results.into_iter().all(|ok| ok)
@@ -252,8 +287,9 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         plan: &Plan,
         pipeline: &Pipeline,
         book: &Mutex<BTreeMap<String, HostRun>>,
-        rolling: bool,
+        phase: Phase,
     ) -> bool {
+        let rolling = matches!(phase, Phase::Batch { .. });
         let host = pipeline.host.as_str();
         let started = Instant::now();
         let update = |f: &mut dyn FnMut(&mut HostRun)| {
@@ -274,6 +310,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                     Failure {
                         result: "interrupted".into(),
                         error: "interrupted before this step started".into(),
+                        ..Failure::default()
                     },
                 ));
                 break;
@@ -319,6 +356,19 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
 
         let elapsed = started.elapsed();
         let ok = failed.is_none();
+        let still_drained = {
+            let book = book.lock().expect("host book");
+            book.get(host).is_some_and(|run| run.drained)
+        };
+        self.reporter.event(&Event::HostFinished {
+            host: host.to_string(),
+            phase,
+            ok,
+            duration: elapsed,
+            step: failed.as_ref().map(|(step, _)| *step),
+            error: failed.as_ref().map(|(_, f)| f.error.clone()),
+            drained: still_drained,
+        });
         update(&mut |run| {
             run.elapsed += elapsed;
             match &failed {
@@ -350,39 +400,57 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         });
         let result = self.perform(host, step, &shown).await;
         let duration = started.elapsed();
-        let (ok, result_text, error) = match &result {
-            Ok(text) => (true, text.clone(), None),
-            Err(failure) => (false, failure.result.clone(), Some(failure.error.clone())),
+        let event = match &result {
+            Ok(success) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: true,
+                duration,
+                result: success.result.clone(),
+                exit_code: success.exit_code,
+                stderr_tail: None,
+                error: None,
+            },
+            Err(failure) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: false,
+                duration,
+                result: failure.result.clone(),
+                exit_code: failure.exit_code,
+                stderr_tail: failure.stderr_tail.clone(),
+                error: Some(failure.error.clone()),
+            },
         };
-        self.reporter.event(&Event::StepFinished {
-            host: host.to_string(),
-            step: step.kind,
-            ok,
-            duration,
-            result: result_text,
-            error,
-        });
+        self.reporter.event(&event);
         result.map(|_| ())
     }
 
-    async fn perform(&self, host: &str, step: &Step, shown: &str) -> Result<String, Failure> {
+    async fn perform(&self, host: &str, step: &Step, shown: &str) -> Result<Success, Failure> {
         let observer = StepObserver {
             reporter: self.reporter,
             host,
             step: step.kind,
             total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
+            partial: Mutex::default(),
         };
         let output = match &step.action {
-            Action::Nothing { .. } => return Ok("skipped".into()),
+            Action::Nothing { .. } => {
+                return Ok(Success {
+                    result: "skipped".into(),
+                    exit_code: None,
+                });
+            }
             Action::Http { check } => {
                 return match health::wait_healthy(&self.http, check).await {
-                    Ok(tries) => Ok(format!(
-                        "ok ({tries} tr{})",
-                        if tries == 1 { "y" } else { "ies" }
-                    )),
+                    Ok(tries) => Ok(Success {
+                        result: format!("ok ({tries} tr{})", if tries == 1 { "y" } else { "ies" }),
+                        exit_code: None,
+                    }),
                     Err(why) => Err(Failure {
                         result: "unhealthy".into(),
                         error: why,
+                        ..Failure::default()
                     }),
                 };
             }
@@ -411,6 +479,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 self.local.exec("local", request, &observer).await
             }
         };
+        observer.flush();
         judge(shown, output)
     }
 
@@ -474,10 +543,19 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 }
 
-/// A command's outcome as a step result.
-fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, Failure> {
+/// A command's outcome as a step result. `shown` is the command as people
+/// see it (secrets redacted, scripts by label); messages never use the
+/// rendered line.
+fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<Success, Failure> {
+    let exit_code = |out: &Output| match out.exit {
+        transport::Exit::Code(code) => Some(code),
+        _ => None,
+    };
     match output {
-        Ok(out) if out.exit.success() => Ok("ok".into()),
+        Ok(out) if out.exit.success() => Ok(Success {
+            result: "ok".into(),
+            exit_code: exit_code(&out),
+        }),
         Ok(out) => {
             let tail = out.stderr_tail(8);
             let stdout = out.stdout_text();
@@ -495,6 +573,8 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
             Err(Failure {
                 result: out.exit.to_string(),
                 error,
+                exit_code: exit_code(&out),
+                stderr_tail: (!tail.is_empty()).then_some(tail),
             })
         }
         Err(e) => Err(Failure {
@@ -503,7 +583,16 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
                 TransportError::Disconnected { .. } => "connection lost".into(),
                 _ => "error".into(),
             },
-            error: e.to_string(),
+            error: match &e {
+                // The transport names the rendered command line, which holds
+                // secret values and whole scripts: name the shown one.
+                TransportError::Timeout { host, after, .. } => format!(
+                    "{host}: `{shown}` timed out after {}",
+                    humantime::format_duration(*after)
+                ),
+                _ => e.to_string(),
+            },
+            ..Failure::default()
         }),
     }
 }
@@ -514,6 +603,37 @@ struct StepObserver<'a> {
     host: &'a str,
     step: StepKind,
     total: u64,
+    /// Per stream, the start of a line whose end has not arrived yet:
+    /// output comes in chunks that may end mid-line.
+    partial: Mutex<[Vec<u8>; 2]>,
+}
+
+/// A line longer than this is passed on in pieces rather than held.
+const MAX_LINE: usize = 64 * 1024;
+
+impl StepObserver<'_> {
+    fn line(&self, stream: Stream, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        self.reporter.event(&Event::Output {
+            host: self.host.to_string(),
+            step: self.step,
+            stream: match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            },
+            line: String::from_utf8_lossy(bytes).into_owned(),
+        });
+    }
+
+    /// Passes on what is left of unterminated lines once the command ended.
+    fn flush(&self) {
+        let rest = std::mem::take(&mut *self.partial.lock().expect("output buffer"));
+        for (stream, bytes) in [Stream::Stdout, Stream::Stderr].into_iter().zip(rest) {
+            if !bytes.is_empty() {
+                self.line(stream, &bytes);
+            }
+        }
+    }
 }
 
 impl ExecObserver for StepObserver<'_> {
@@ -526,16 +646,26 @@ impl ExecObserver for StepObserver<'_> {
     }
 
     fn output(&self, stream: Stream, data: &[u8]) {
-        for line in String::from_utf8_lossy(data).lines() {
-            self.reporter.event(&Event::Output {
-                host: self.host.to_string(),
-                step: self.step,
-                stream: match stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                },
-                line: line.to_string(),
-            });
+        let lines: Vec<Vec<u8>> = {
+            let mut partial = self.partial.lock().expect("output buffer");
+            let buffer = &mut partial[match stream {
+                Stream::Stdout => 0,
+                Stream::Stderr => 1,
+            }];
+            buffer.extend_from_slice(data);
+            let mut lines = Vec::new();
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = buffer.drain(..=end).collect();
+                line.pop();
+                lines.push(line);
+            }
+            if buffer.len() > MAX_LINE {
+                lines.push(std::mem::take(buffer));
+            }
+            lines
+        };
+        for line in lines {
+            self.line(stream, &line);
         }
     }
 }
