@@ -54,8 +54,9 @@ pub fn line(event: &Event) -> String {
 
 impl<W: Write + Send> Reporter for Json<W> {
     fn event(&self, event: &Event) {
-        let text = line(event);
+        // Stamped under the lock, so lines come out in time order.
         let mut out = self.out.lock().expect("json reporter lock");
+        let text = line(event);
         // Whole lines, flushed at once: a consumer reading the pipe never
         // sees half an event. A closed stdout has nobody to tell.
         let _ = writeln!(out, "{text}");

@@ -4,4 +4,6 @@
 mod support;
 
 mod deploy;
+mod exit_codes;
 mod fleet_smoke;
+mod output;
