@@ -6,15 +6,17 @@
 //! 10:15:09 web2     health       FAILED  (30.0s)  status 503, body "starting" (60 tries)
 //! ```
 //!
-//! In GitHub Actions ([`Plain::github`]) every phase is a collapsible
-//! `::group::`, warnings and failed hosts become `::warning::` / `::error::`
-//! annotations, and the summary table stays outside the groups.
+//! In GitHub Actions ([`Plain::github`]) every phase but connecting is a
+//! collapsible `::group::` (titled `batch 2/3: web3, web4`), the build's
+//! output is folded into a group too, warnings and failed hosts become
+//! `::warning::` / `::error::` annotations, and the summary table and the
+//! error stay outside the groups.
 
 use std::io::Write;
 use std::sync::Mutex;
 
 use super::table::{self, seconds};
-use super::{Event, HostResult, Reporter};
+use super::{Event, HostResult, Phase, Reporter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verbosity {
@@ -183,8 +185,14 @@ impl<W: Write + Send> Reporter for Plain<W> {
             }
             Event::PhaseStarted { phase, hosts } if normal => {
                 let title = format!("{}: {}", phase.label(), hosts.join(", "));
-                s.open_group(github, &title);
-                s.line(&format!("== {title}"));
+                // In GitHub Actions the group's title is the phase's line;
+                // connecting has no lines of its own to fold away.
+                if github && *phase != Phase::Connect {
+                    s.open_group(github, &title);
+                } else {
+                    s.close_group();
+                    s.line(&format!("== {title}"));
+                }
             }
             Event::StepStarted { host, step, action } if verbose => {
                 let host = s.host(host);
@@ -295,7 +303,7 @@ mod tests {
     use super::*;
     use crate::exit::Exit;
     use crate::plan::StepKind;
-    use crate::report::{HostSummary, Phase};
+    use crate::report::HostSummary;
 
     fn render(verbosity: Verbosity, github: bool, events: &[Event]) -> String {
         let plain = Plain::new(Vec::new(), verbosity).github(github);
