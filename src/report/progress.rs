@@ -124,8 +124,12 @@ impl Progress {
                 let stop = stop.clone();
                 let inner = Arc::downgrade(&inner);
                 std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
+                    loop {
+                        // Woken early when the reporter is dropped.
+                        std::thread::park_timeout(TICK);
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
                         let Some(inner) = inner.upgrade() else { break };
                         let state = inner.lock();
                         if let Some(header) = &state.header {
@@ -147,6 +151,7 @@ impl Drop for Progress {
     fn drop(&mut self) {
         if let Some((stop, thread)) = self.ticker.take() {
             stop.store(true, Ordering::Relaxed);
+            thread.thread().unpark();
             let _ = thread.join();
         }
         let _ = self.inner.multi.clear();
