@@ -25,6 +25,10 @@ pub struct Global {
     /// Only errors and the final summary.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Write every event as a line of JSON on stdout (docs/events.md);
+    /// human output stays on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 impl Global {
@@ -34,6 +38,7 @@ impl Global {
             config: later.config.or(self.config),
             verbose: self.verbose || later.verbose,
             quiet: self.quiet || later.quiet,
+            json: self.json || later.json,
         }
     }
 }
@@ -212,13 +217,14 @@ mod tests {
             stage,
             global,
             command,
-        }) = parse(args("-c a.toml production deploy --dry-run -v"))
+        }) = parse(args("-c a.toml production deploy --dry-run -v --json"))
         else {
             panic!()
         };
         assert_eq!(stage, "production");
         assert_eq!(global.config, Some(PathBuf::from("a.toml")));
         assert!(global.verbose);
+        assert!(global.json);
         assert!(matches!(
             command,
             StageCommand::Deploy(DeployArgs { dry_run: true, .. })

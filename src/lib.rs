@@ -24,12 +24,15 @@ pub mod who;
 mod testing;
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 use cli::{Invocation, StageCommand};
 use exit::Exit;
+use report::{Event, Reporter};
 
 /// Runs shipit with `args` (without the program name) and returns the
-/// process exit code. Errors are printed here, once.
+/// process exit code. Errors are reported here, once, as the final
+/// `result` event (`error: …` on stderr, and a JSON line with `--json`).
 pub fn run(args: Vec<OsString>) -> u8 {
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
@@ -48,25 +51,39 @@ pub fn run(args: Vec<OsString>) -> u8 {
             return Exit::FailedUnchanged.code();
         }
     };
-    let result = runtime.block_on(dispatch(invocation));
-    match result {
-        Ok(exit) => exit.code(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit().code()
-        }
-    }
+    let global = match &invocation {
+        Invocation::Stage { global, .. } => global.clone(),
+    };
+    let reporter = report::choose::build(report::choose::detect(
+        global.json,
+        commands::verbosity(&global),
+    ));
+    let result = runtime.block_on(dispatch(invocation, reporter.clone()));
+    let (exit, message) = match result {
+        Ok(exit) => (exit, None),
+        Err(e) => (e.exit(), Some(e.to_string())),
+    };
+    reporter.event(&Event::Result {
+        ok: exit == Exit::Success,
+        exit_code: exit.code(),
+        exit,
+        message,
+    });
+    exit.code()
 }
 
-async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
+async fn dispatch(
+    invocation: Invocation,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Exit, error::Error> {
     match invocation {
         Invocation::Stage {
             stage,
             global,
             command,
         } => {
-            let ctx = commands::Context::load(&stage, global)?;
-            let signals = watch_signals();
+            let ctx = commands::Context::load(&stage, global, reporter.clone())?;
+            let signals = watch_signals(reporter);
             match command {
                 StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, &signals).await,
                 StageCommand::Rollback(args) => {
@@ -86,7 +103,7 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
 /// Ctrl-C and SIGTERM: the first stops the run at the next step (running
 /// steps finish, drained hosts go back, the lock is released); the second
 /// cuts waits short and keeps only those essentials; the third quits.
-fn watch_signals() -> commands::Signals {
+fn watch_signals(reporter: Arc<dyn Reporter>) -> commands::Signals {
     let signals = commands::Signals::default();
     let (cancel, hurry) = (signals.cancel.clone(), signals.hurry.clone());
     tokio::spawn(async move {
@@ -97,6 +114,12 @@ fn watch_signals() -> commands::Signals {
         ) else {
             return;
         };
+        let note = |message: &str| {
+            reporter.event(&Event::Note {
+                host: None,
+                message: message.to_string(),
+            });
+        };
         for count in 0.. {
             tokio::select! {
                 _ = int.recv() => {}
@@ -104,23 +127,30 @@ fn watch_signals() -> commands::Signals {
             }
             match count {
                 0 => {
-                    eprintln!(
-                        "\nshipit: stopping: no new step starts; running steps finish, drained hosts go back \
-                         into the load balancer and the lock is released (again to hurry)"
+                    note(
+                        "stopping: no new step starts; running steps finish, drained hosts go back into the \
+                         load balancer and the lock is released (signal again to hurry)",
                     );
                     cancel.cancel();
                 }
                 1 => {
-                    eprintln!(
-                        "\nshipit: hurrying: waits are cut short; only putting hosts back and releasing the lock \
-                         (again to quit at once)"
+                    note(
+                        "hurrying: waits are cut short; only putting hosts back and releasing the lock (signal again to quit at once)",
                     );
                     hurry.cancel();
                 }
                 _ => {
-                    eprintln!(
-                        "\nshipit: quitting at once; hosts may be left drained and the lock held until its lease runs out"
+                    note(
+                        "quitting at once; hosts may be left drained and the lock held until its lease runs out",
                     );
+                    reporter.event(&Event::Result {
+                        ok: false,
+                        exit_code: Exit::Interrupted.code(),
+                        exit: Exit::Interrupted,
+                        message: Some(
+                            "quit at once on a third signal; hosts may be left drained".into(),
+                        ),
+                    });
                     std::process::exit(i32::from(Exit::Interrupted.code()));
                 }
             }

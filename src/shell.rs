@@ -25,8 +25,9 @@ pub fn quote(value: &str) -> Cow<'_, str> {
     }
 }
 
-/// One argument or environment value.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One argument or environment value. `Debug` redacts secrets too, so
+/// they cannot leak through a `{:?}` in a log or a panic message.
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(untagged)]
 pub enum Word {
     Plain(String),
@@ -40,6 +41,15 @@ fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
 
 /// What a secret looks like in anything a person or a log can read.
 pub const REDACTED: &str = "[REDACTED]";
+
+impl fmt::Debug for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Word::Plain(v) => f.debug_tuple("Plain").field(v).finish(),
+            Word::Secret(_) => f.debug_tuple("Secret").field(&REDACTED).finish(),
+        }
+    }
+}
 
 impl Word {
     pub fn value(&self) -> &str {
@@ -181,6 +191,17 @@ impl Cmd {
             .any(|w| matches!(w, Word::Secret(_)))
     }
 
+    /// The values of the secret words, for masking them in output.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.argv
+            .iter()
+            .chain(self.env.iter().map(|(_, v)| v))
+            .filter_map(|w| match w {
+                Word::Secret(v) => Some(v.as_str()),
+                Word::Plain(_) => None,
+            })
+    }
+
     fn join<'a>(&'a self, word: impl Fn(&'a Word) -> Cow<'a, str>) -> String {
         let mut parts: Vec<Cow<'a, str>> = Vec::new();
         if let Some(dir) = &self.cwd {
@@ -286,6 +307,8 @@ mod tests {
         assert!(cmd.has_secrets());
         let json = serde_json::to_string(&cmd).unwrap();
         assert!(!json.contains("s3cr3t"), "{json}");
+        assert!(!format!("{cmd:?}").contains("s3cr3t"));
+        assert_eq!(cmd.secrets().collect::<Vec<_>>(), ["s3cr3t v"]);
     }
 
     #[test]

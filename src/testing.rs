@@ -1,7 +1,11 @@
 //! Fixtures shared by unit tests.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use indicatif::{ProgressDrawTarget, TermLike};
 
 use crate::config::{self, Stage};
 use crate::host::{Current, HostFacts, ReleaseId, ReleaseInfo};
@@ -56,5 +60,175 @@ pub fn run() -> crate::plan::Run {
         id: "run-1".into(),
         by: "ana@laptop".into(),
         rollback_on_abort: false,
+    }
+}
+
+/// A terminal that keeps everything ever written (no scrolling off the
+/// top), with the cursor movements indicatif uses.
+#[derive(Debug, Clone)]
+pub struct Screen(Arc<Mutex<Grid>>);
+
+#[derive(Debug)]
+struct Grid {
+    rows: Vec<Vec<char>>,
+    row: usize,
+    col: usize,
+    width: usize,
+}
+
+impl Screen {
+    pub fn new(width: usize) -> Screen {
+        Screen(Arc::new(Mutex::new(Grid {
+            rows: vec![Vec::new()],
+            row: 0,
+            col: 0,
+            width,
+        })))
+    }
+
+    /// The screen as text: rows without trailing blanks, and without the
+    /// empty rows below the last written one.
+    pub fn text(&self) -> String {
+        let grid = self.0.lock().unwrap();
+        let mut rows: Vec<String> = grid
+            .rows
+            .iter()
+            .map(|r| r.iter().collect::<String>().trim_end().to_string())
+            .collect();
+        while rows.last().is_some_and(String::is_empty) {
+            rows.pop();
+        }
+        rows.join("\n")
+    }
+
+    pub fn target(&self) -> ProgressDrawTarget {
+        ProgressDrawTarget::term_like(Box::new(self.clone()))
+    }
+}
+
+impl Grid {
+    fn ensure_row(&mut self) {
+        while self.rows.len() <= self.row {
+            self.rows.push(Vec::new());
+        }
+    }
+
+    fn put(&mut self, c: char) {
+        match c {
+            '\r' => self.col = 0,
+            '\n' => {
+                self.row += 1;
+                self.col = 0;
+            }
+            c => {
+                if self.col >= self.width {
+                    self.row += 1;
+                    self.col = 0;
+                }
+                self.ensure_row();
+                let row = &mut self.rows[self.row];
+                while row.len() <= self.col {
+                    row.push(' ');
+                }
+                row[self.col] = c;
+                self.col += 1;
+            }
+        }
+    }
+
+    fn write(&mut self, s: &str) {
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // Skip an escape sequence (colours) up to its final letter.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                self.put(c);
+            }
+        }
+    }
+}
+
+impl TermLike for Screen {
+    fn width(&self) -> u16 {
+        self.0.lock().unwrap().width as u16
+    }
+
+    fn height(&self) -> u16 {
+        500
+    }
+
+    fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+        let mut g = self.0.lock().unwrap();
+        g.row = g.row.saturating_sub(n);
+        Ok(())
+    }
+
+    fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+        let mut g = self.0.lock().unwrap();
+        g.row += n;
+        g.ensure_row();
+        Ok(())
+    }
+
+    fn move_cursor_right(&self, n: usize) -> io::Result<()> {
+        self.0.lock().unwrap().col += n;
+        Ok(())
+    }
+
+    fn move_cursor_left(&self, n: usize) -> io::Result<()> {
+        let mut g = self.0.lock().unwrap();
+        g.col = g.col.saturating_sub(n);
+        Ok(())
+    }
+
+    fn write_line(&self, s: &str) -> io::Result<()> {
+        let mut g = self.0.lock().unwrap();
+        g.write(s);
+        g.put('\n');
+        Ok(())
+    }
+
+    fn write_str(&self, s: &str) -> io::Result<()> {
+        self.0.lock().unwrap().write(s);
+        Ok(())
+    }
+
+    fn clear_line(&self) -> io::Result<()> {
+        let mut g = self.0.lock().unwrap();
+        g.ensure_row();
+        let row = g.row;
+        g.rows[row].clear();
+        g.col = 0;
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Write` whose bytes can be read while a reporter still holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Buffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl Buffer {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

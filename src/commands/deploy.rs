@@ -3,6 +3,7 @@
 //! left behind, plan, then run the plan.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use sha2::Digest as _;
 
@@ -16,7 +17,7 @@ use crate::exit::Exit;
 use crate::host::lock::LockKind;
 use crate::host::{HostFacts, ReleaseId};
 use crate::plan::{self, DeployInput, Run};
-use crate::report::Phase;
+use crate::report::{Event, Phase};
 use crate::transport::ssh::SshTransport;
 use crate::who::who;
 
@@ -43,32 +44,42 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
             digest: String::new(),
             env: &env,
         })?;
-        print!("{}", plan::render(&plan, args.full));
+        if ctx.global.json {
+            ctx.event(&Event::Plan {
+                plan: Box::new(plan.clone()),
+            });
+        }
+        ctx.print(&plan::render(&plan, args.full));
         return Ok(Exit::Success);
     }
 
     // Secrets are read before anything is built or contacted.
     let env = ctx.env(false)?;
     if let Some(build) = &stage.app.build {
-        ctx.note(None, &format!("building: {build}"));
-        artifact::build(build, &ctx.base_dir()).await?;
+        ctx.event(&Event::BuildStarted {
+            command: build.clone(),
+        });
+        let started = Instant::now();
+        let built = artifact::build(build, &ctx.base_dir()).await;
+        ctx.event(&Event::BuildFinished {
+            ok: built.is_ok(),
+            duration: started.elapsed(),
+        });
+        built?;
     }
     let artifact = artifact::prepare(&stage.app.source).await?;
     let digest = digest(&artifact);
-    if !ctx.global.quiet {
-        ctx.note(
-            None,
-            &format!(
-                "packed {}: {} ({} files, sha256 {}) in {:.1}s",
-                stage.app.source.path().display(),
-                human_bytes(artifact.bytes.len() as u64),
-                artifact.files,
-                &digest[..12],
-                artifact.packing.as_secs_f64()
-            ),
-        );
-    }
+    ctx.event(&Event::Packed {
+        source: stage.app.source.path().display().to_string(),
+        bytes: artifact.bytes.len() as u64,
+        files: artifact.files,
+        duration: artifact.packing,
+    });
 
+    ctx.event(&Event::PhaseStarted {
+        phase: Phase::Connect,
+        hosts: stage.hosts.iter().map(|h| h.name.clone()).collect(),
+    });
     let transport = fleet::connect(stage, &stage.hosts).await?;
     let result = locked(
         ctx,
@@ -190,9 +201,12 @@ async fn locked(
             env: &prepared.env,
         })?;
         for warning in &plan.warnings {
-            ctx.note(None, &format!("warning: {warning}"));
+            ctx.event(&Event::Warning {
+                message: warning.clone(),
+            });
         }
-        let report = Executor::new(transport, ctx.reporter())
+        let reporter = ctx.reporter();
+        let report = Executor::new(transport, reporter.as_ref())
             .archive(prepared.artifact.bytes.clone())
             .command_timeout(stage.ssh.command_timeout)
             .cancel_on(signals.cancel.clone(), signals.hurry.clone())
@@ -245,7 +259,8 @@ pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<St
             ),
         );
     }
-    let fixed = Executor::new(transport, ctx.reporter())
+    let reporter = ctx.reporter();
+    let fixed = Executor::new(transport, reporter.as_ref())
         .run_pipelines(Phase::Repair, &pipelines)
         .await;
     for p in &pipelines {
@@ -304,19 +319,4 @@ fn digest(artifact: &Artifact) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -10,19 +10,20 @@ pub mod rollback;
 pub mod status;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cli::Global;
 use crate::config::{self, Config, Stage};
 use crate::error::Error;
-use crate::report::Reporter;
-use crate::report::plain::{Plain, Verbosity};
+use crate::report::plain::Verbosity;
+use crate::report::{Event, Reporter};
 
 /// What every stage command starts from.
 pub struct Context {
     pub config: Config,
     pub stage: Stage,
     pub global: Global,
-    reporter: Box<dyn Reporter>,
+    reporter: Arc<dyn Reporter>,
 }
 
 /// Ctrl-C / SIGTERM, as seen by a run: the first signal cancels (no new
@@ -33,15 +34,29 @@ pub struct Signals {
     pub hurry: tokio_util::sync::CancellationToken,
 }
 
+/// `-q` / `-v` as a [`Verbosity`].
+pub fn verbosity(global: &Global) -> Verbosity {
+    if global.quiet {
+        Verbosity::Quiet
+    } else if global.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    }
+}
+
 impl Context {
-    pub fn load(stage: &str, global: Global) -> Result<Context, Error> {
+    pub fn load(
+        stage: &str,
+        global: Global,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Context, Error> {
         let path = global
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from("deploy.toml"));
         let config = config::load(&path)?;
         let stage = config.stage(stage)?.clone();
-        let reporter = Box::new(Plain::new(std::io::stderr(), verbosity(&global)));
         Ok(Context {
             config,
             stage,
@@ -57,6 +72,10 @@ impl Context {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         }
+    }
+
+    pub fn verbosity(&self) -> Verbosity {
+        verbosity(&self.global)
     }
 
     /// `[env]`, resolved for a run. A dry run shows what it cannot read
@@ -87,28 +106,34 @@ impl Context {
         Ok(vars)
     }
 
-    /// Where run events go.
-    pub fn reporter(&self) -> &dyn Reporter {
-        self.reporter.as_ref()
+    /// Where events go: progress bars or plain lines on stderr, and JSON
+    /// lines on stdout with `--json`.
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
+        self.reporter.clone()
+    }
+
+    pub fn event(&self, event: &Event) {
+        self.reporter.event(event);
     }
 
     /// A message for the user, through the reporter so every output
     /// format carries it.
     pub fn note(&self, host: Option<&str>, message: &str) {
-        self.reporter.event(&crate::report::Event::Note {
+        self.reporter.event(&Event::Note {
             host: host.map(ToString::to_string),
             message: message.to_string(),
         });
     }
-}
 
-fn verbosity(global: &Global) -> Verbosity {
-    if global.quiet {
-        Verbosity::Quiet
-    } else if global.verbose {
-        Verbosity::Verbose
-    } else {
-        Verbosity::Normal
+    /// Prints what a command produces for people (a plan, a table): on
+    /// stdout, or with `--json` (where stdout carries only JSON) on stderr
+    /// unless `-q`.
+    pub fn print(&self, text: &str) {
+        if !self.global.json {
+            print!("{text}");
+        } else if !self.global.quiet {
+            eprint!("{text}");
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn run(ctx: &Context) -> Result<Exit, Error> {
         .iter()
         .filter_map(|h| facts.get(&h.name).map(|f| (h.name.as_str(), f)))
         .collect();
-    print!("{}", render(&stage.app.deploy_to, &hosts));
+    ctx.print(&render(&stage.app.deploy_to, &hosts));
     Ok(Exit::Success)
 }
 

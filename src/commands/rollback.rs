@@ -12,6 +12,7 @@ use crate::exit::Exit;
 use crate::host::ReleaseId;
 use crate::host::lock::LockKind;
 use crate::plan::{self, RollbackInput, Run};
+use crate::report::{Event, Phase};
 use crate::who::who;
 
 pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Result<Exit, Error> {
@@ -30,6 +31,10 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         rollback_on_abort: false,
     };
     let env = ctx.env(args.dry_run)?;
+    ctx.event(&Event::PhaseStarted {
+        phase: Phase::Connect,
+        hosts: hosts.iter().map(|h| h.name.clone()).collect(),
+    });
     let transport = fleet::connect(stage, hosts).await?;
     let result = async {
         if args.dry_run {
@@ -42,7 +47,12 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 run,
                 env: &env,
             })?;
-            print!("{}", plan::render(&plan, args.full));
+            if ctx.global.json {
+                ctx.event(&Event::Plan {
+                    plan: Box::new(plan.clone()),
+                });
+            }
+            ctx.print(&plan::render(&plan, args.full));
             return Ok(Exit::Success);
         }
         let info = lock::lock_info(
@@ -72,9 +82,12 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 env: &env,
             })?;
             for warning in &plan.warnings {
-                ctx.note(None, &format!("warning: {warning}"));
+                ctx.event(&Event::Warning {
+                    message: warning.clone(),
+                });
             }
-            let report = Executor::new(&transport, ctx.reporter())
+            let reporter = ctx.reporter();
+            let report = Executor::new(&transport, reporter.as_ref())
                 .command_timeout(stage.ssh.command_timeout)
                 .cancel_on(signals.cancel.clone(), signals.hurry.clone())
                 .run(&plan)

@@ -20,7 +20,7 @@ pub async fn run(ctx: &Context) -> Result<Exit, Error> {
         .iter()
         .filter_map(|h| facts.get(&h.name).map(|f| (h.name.as_str(), f)))
         .collect();
-    print!("{}", render(&stage.name, &hosts, is_stale));
+    ctx.print(&render(&stage.name, &hosts, is_stale));
     Ok(Exit::Success)
 }
 

@@ -35,6 +35,7 @@ use crate::host::ReleaseId;
 use crate::host::journal;
 use crate::host::revlog::Entry;
 use crate::plan::{Action, Operation, Pipeline, Plan, Step, StepKind};
+use crate::report::redact::Redact;
 use crate::report::{Event, HostResult, HostSummary, Phase, Reporter};
 use crate::transport::local::LocalTransport;
 use crate::transport::{
@@ -68,13 +69,16 @@ pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
 }
 
 /// Why a step failed, for the event stream and the summary.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Failure {
     /// Short: `exit status 3`, `timed out`, `connection lost`.
     result: String,
     /// Everything the user needs: command, status, stderr tail.
     error: String,
     interrupted: bool,
+    /// The command's exit status, if it ran to the end.
+    exit_code: Option<u32>,
+    stderr_tail: Option<String>,
 }
 
 impl Failure {
@@ -83,8 +87,16 @@ impl Failure {
             result: "interrupted".into(),
             error: why.into(),
             interrupted: true,
+            ..Failure::default()
         }
     }
+}
+
+/// A step that succeeded: its short result (`ok`, `ok (3 tries)`) and, for
+/// a command, its exit status.
+struct Success {
+    result: String,
+    exit_code: Option<u32>,
 }
 
 /// One host's state while the run goes on.
@@ -173,6 +185,27 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 
     pub async fn run(&self, plan: &Plan) -> RunReport {
+        // Every event of the run goes through the mask: a command may print
+        // a secret it was given, and its output and errors reach the user.
+        let redact = Redact::new(self.reporter, plan.secrets());
+        if redact.is_empty() {
+            return self.run_plan(plan).await;
+        }
+        Executor {
+            transport: self.transport,
+            local: self.local,
+            reporter: &redact,
+            archive: self.archive.clone(),
+            http: self.http.clone(),
+            command_timeout: self.command_timeout,
+            cancel: self.cancel.clone(),
+            hurry: self.hurry.clone(),
+        }
+        .run_plan(plan)
+        .await
+    }
+
+    async fn run_plan(&self, plan: &Plan) -> RunReport {
         let book: Book = Mutex::new(
             plan.hosts
                 .iter()
@@ -201,6 +234,11 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 .batches
                 .iter()
                 .map(|b| b.iter().map(|p| p.host.clone()).collect())
+                .collect(),
+            before: plan
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), h.before.clone()))
                 .collect(),
         });
         self.journal_started(plan).await;
@@ -470,15 +508,10 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             phase,
             hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
         });
-        let role = match phase {
-            Phase::Batch { .. } | Phase::Undo { .. } => Role::Rolling,
-            Phase::Finish => Role::Bookkeeping,
-            _ => Role::Prepare,
-        };
         let results = join_all(
             pipelines
                 .iter()
-                .map(|p| self.pipeline(plan, p, book, role, direction)),
+                .map(|p| self.pipeline(plan, p, book, phase, direction)),
         )
         .await;
         pipelines
@@ -494,9 +527,14 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         plan: &Plan,
         pipeline: &Pipeline,
         book: &Book,
-        role: Role,
+        phase: Phase,
         direction: Direction,
     ) -> bool {
+        let role = match phase {
+            Phase::Batch { .. } | Phase::Undo { .. } => Role::Rolling,
+            Phase::Finish => Role::Bookkeeping,
+            _ => Role::Prepare,
+        };
         let host = pipeline.host.as_str();
         let started = Instant::now();
         let update = |f: &mut dyn FnMut(&mut HostRun)| {
@@ -573,6 +611,20 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
 
         let elapsed = started.elapsed();
         let ok = failed.is_none();
+        let still_drained = book
+            .lock()
+            .expect("host book")
+            .get(host)
+            .is_some_and(|run| run.drained);
+        self.reporter.event(&Event::HostFinished {
+            host: host.to_string(),
+            phase,
+            ok,
+            duration: elapsed,
+            step: failed.as_ref().map(|(step, _)| *step),
+            error: failed.as_ref().map(|(_, f)| f.error.clone()),
+            drained: still_drained,
+        });
         if role == Role::Bookkeeping {
             // Cleanup or marking trouble is reported by its step, and does
             // not change what the host runs.
@@ -683,27 +735,39 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         });
         let result = self.perform(host, step, &shown).await;
         let duration = started.elapsed();
-        let (ok, result_text, error) = match &result {
-            Ok(text) => (true, text.clone(), None),
-            Err(failure) => (false, failure.result.clone(), Some(failure.error.clone())),
+        let event = match &result {
+            Ok(success) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: true,
+                duration,
+                result: success.result.clone(),
+                exit_code: success.exit_code,
+                stderr_tail: None,
+                error: None,
+            },
+            Err(failure) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: false,
+                duration,
+                result: failure.result.clone(),
+                exit_code: failure.exit_code,
+                stderr_tail: failure.stderr_tail.clone(),
+                error: Some(failure.error.clone()),
+            },
         };
-        self.reporter.event(&Event::StepFinished {
-            host: host.to_string(),
-            step: step.kind,
-            ok,
-            duration,
-            result: result_text,
-            error,
-        });
+        self.reporter.event(&event);
         result.map(|_| ())
     }
 
-    async fn perform(&self, host: &str, step: &Step, shown: &str) -> Result<String, Failure> {
+    async fn perform(&self, host: &str, step: &Step, shown: &str) -> Result<Success, Failure> {
         let observer = StepObserver {
             reporter: self.reporter,
             host,
             step: step.kind,
             total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
+            partial: Mutex::default(),
         };
         let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| match stdin {
             // Secrets travel on stdin: a command line shows in `ps` on the host.
@@ -719,18 +783,23 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             },
         };
         let output = match &step.action {
-            Action::Nothing { .. } => return Ok("skipped".into()),
+            Action::Nothing { .. } => {
+                return Ok(Success {
+                    result: "skipped".into(),
+                    exit_code: None,
+                });
+            }
             Action::Http { check } => {
                 return match health::wait_healthy(&self.http, check, &self.hurry).await {
-                    Ok(tries) => Ok(format!(
-                        "ok ({tries} tr{})",
-                        if tries == 1 { "y" } else { "ies" }
-                    )),
+                    Ok(tries) => Ok(Success {
+                        result: format!("ok ({tries} tr{})", if tries == 1 { "y" } else { "ies" }),
+                        exit_code: None,
+                    }),
                     Err(why) if self.hurry.is_cancelled() => Err(Failure::interrupted(&why)),
                     Err(why) => Err(Failure {
                         result: "unhealthy".into(),
                         error: why,
-                        interrupted: false,
+                        ..Failure::default()
                     }),
                 };
             }
@@ -751,6 +820,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                     .await
             }
         };
+        observer.flush();
         judge(shown, output)
     }
 
@@ -962,9 +1032,16 @@ fn now_utc() -> String {
 }
 
 /// A command's outcome as a step result.
-fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, Failure> {
+fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<Success, Failure> {
+    let exit_code = |out: &Output| match out.exit {
+        transport::Exit::Code(code) => Some(code),
+        _ => None,
+    };
     match output {
-        Ok(out) if out.exit.success() => Ok("ok".into()),
+        Ok(out) if out.exit.success() => Ok(Success {
+            result: "ok".into(),
+            exit_code: exit_code(&out),
+        }),
         Ok(out) => {
             let tail = out.stderr_tail(8);
             let stdout = out.stdout_text();
@@ -982,7 +1059,9 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
             Err(Failure {
                 result: out.exit.to_string(),
                 error,
-                interrupted: false,
+                exit_code: exit_code(&out),
+                stderr_tail: (!tail.is_empty()).then_some(tail),
+                ..Failure::default()
             })
         }
         Err(e) => Err(Failure {
@@ -991,8 +1070,16 @@ fn judge(shown: &str, output: Result<Output, TransportError>) -> Result<String, 
                 TransportError::Disconnected { .. } => "connection lost".into(),
                 _ => "error".into(),
             },
-            error: e.to_string(),
-            interrupted: false,
+            error: match &e {
+                // The transport names the rendered command line, which holds
+                // secret values and whole scripts: name the shown one.
+                TransportError::Timeout { host, after, .. } => format!(
+                    "{host}: `{shown}` timed out after {}",
+                    humantime::format_duration(*after)
+                ),
+                _ => e.to_string(),
+            },
+            ..Failure::default()
         }),
     }
 }
@@ -1003,6 +1090,37 @@ struct StepObserver<'a> {
     host: &'a str,
     step: StepKind,
     total: u64,
+    /// Per stream, the start of a line whose end has not arrived yet:
+    /// output comes in chunks that may end mid-line.
+    partial: Mutex<[Vec<u8>; 2]>,
+}
+
+/// A line longer than this is passed on in pieces rather than held.
+const MAX_LINE: usize = 64 * 1024;
+
+impl StepObserver<'_> {
+    fn line(&self, stream: Stream, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        self.reporter.event(&Event::Output {
+            host: self.host.to_string(),
+            step: self.step,
+            stream: match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            },
+            line: String::from_utf8_lossy(bytes).into_owned(),
+        });
+    }
+
+    /// Passes on what is left of unterminated lines once the command ended.
+    fn flush(&self) {
+        let rest = std::mem::take(&mut *self.partial.lock().expect("output buffer"));
+        for (stream, bytes) in [Stream::Stdout, Stream::Stderr].into_iter().zip(rest) {
+            if !bytes.is_empty() {
+                self.line(stream, &bytes);
+            }
+        }
+    }
 }
 
 impl ExecObserver for StepObserver<'_> {
@@ -1018,16 +1136,26 @@ impl ExecObserver for StepObserver<'_> {
     }
 
     fn output(&self, stream: Stream, data: &[u8]) {
-        for line in String::from_utf8_lossy(data).lines() {
-            self.reporter.event(&Event::Output {
-                host: self.host.to_string(),
-                step: self.step,
-                stream: match stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                },
-                line: line.to_string(),
-            });
+        let lines: Vec<Vec<u8>> = {
+            let mut partial = self.partial.lock().expect("output buffer");
+            let buffer = &mut partial[match stream {
+                Stream::Stdout => 0,
+                Stream::Stderr => 1,
+            }];
+            buffer.extend_from_slice(data);
+            let mut lines = Vec::new();
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = buffer.drain(..=end).collect();
+                line.pop();
+                lines.push(line);
+            }
+            if buffer.len() > MAX_LINE {
+                lines.push(std::mem::take(buffer));
+            }
+            lines
+        };
+        for line in lines {
+            self.line(stream, &line);
         }
     }
 }

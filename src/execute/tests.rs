@@ -454,3 +454,237 @@ async fn hooks_run_at_their_points_and_a_failing_before_hook_changes_nothing() {
         "{ran:?}"
     );
 }
+
+#[tokio::test]
+async fn every_host_reports_how_each_phase_ended() {
+    let remote = FakeTransport::default().fail("web1", "restart-app", 1);
+    let plan = plan_with(2, "on_failure = \"pause\"");
+    let (_, events) = run(&plan, &remote, &FakeTransport::default()).await;
+    let finished: Vec<(String, Phase, bool, Option<StepKind>, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::HostFinished {
+                host,
+                phase,
+                ok,
+                step,
+                drained,
+                ..
+            } => Some((host.clone(), *phase, *ok, *step, *drained)),
+            _ => None,
+        })
+        .collect();
+    let batch = Phase::Batch { number: 1, of: 1 };
+    assert!(finished.contains(&("web1".into(), Phase::Prepare, true, None, false)));
+    assert!(finished.contains(&("web2".into(), Phase::Prepare, true, None, false)));
+    assert!(finished.contains(&("web1".into(), batch, false, Some(StepKind::Restart), true)));
+    assert!(finished.contains(&("web2".into(), batch, true, None, false)));
+    assert_eq!(finished.len(), 4, "no finish phase after a failure");
+    // Every step that started finished, and a host's phase ends after its
+    // last step.
+    for (i, e) in events.iter().enumerate() {
+        if let Event::StepStarted { host, step, .. } = e {
+            let end = events[i..].iter().position(|f| {
+                matches!(f, Event::StepFinished { host: h, step: s, .. } if h == host && s == step)
+            });
+            assert!(end.is_some(), "{host} {step:?} never finished");
+        }
+    }
+    let failed = events.iter().find_map(|e| match e {
+        Event::StepFinished {
+            ok: false,
+            exit_code,
+            stderr_tail,
+            ..
+        } => Some((*exit_code, stderr_tail.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        failed,
+        Some((Some(1), Some("scripted failure".to_string())))
+    );
+}
+
+/// A secret given to commands shows up in no output at all: not in the
+/// plan (text or JSON), and not in the plain, progress or JSON reporters,
+/// even when the commands print it, fail with it on stderr, or time out.
+/// Real commands run locally (the transport is the local one).
+#[tokio::test]
+async fn secrets_never_reach_any_output() {
+    use crate::host::Layout;
+    use crate::plan::{Bookkeeping, Operation, PlannedHost, render};
+    use crate::report::json::{self, Json};
+    use crate::report::plain::{Plain, Verbosity};
+    use crate::report::progress::Progress;
+    use crate::report::{Recording, Tee};
+    use crate::shell::{Cmd, Word};
+    use crate::testing::{Buffer, Screen};
+    use crate::transport::local::LocalTransport;
+
+    const SECRET: &str = "hunter2-s3cret";
+    let token = || Word::Secret(SECRET.into());
+    let dir = tempfile::tempdir().unwrap();
+    let host = |name: &str| PlannedHost {
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        before: Some(id(2)),
+        unchanged: false,
+    };
+    let pipeline = |name: &str, steps: Vec<Step>| Pipeline {
+        host: name.into(),
+        steps,
+    };
+    let plan = Plan {
+        run: "run-1".into(),
+        operation: Operation::Deploy,
+        app: "shop".into(),
+        stage: "production".into(),
+        release: id(3),
+        revision: "abc".into(),
+        hosts: vec![host("web1"), host("web2")],
+        prepare: Vec::new(),
+        batches: vec![vec![
+            pipeline(
+                "web1",
+                vec![
+                    Step {
+                        kind: StepKind::Drain,
+                        action: Action::Local {
+                            cmd: Cmd::new([Word::from("echo"), token()]),
+                        },
+                    },
+                    Step {
+                        kind: StepKind::Restart,
+                        action: Action::Remote {
+                            cmd: Cmd::shell(
+                                "echo \"token is $TOKEN\"; echo \"bad $TOKEN\" >&2; exit 3",
+                            )
+                            .env("TOKEN", token()),
+                        },
+                    },
+                ],
+            ),
+            pipeline(
+                "web2",
+                vec![Step {
+                    kind: StepKind::Restart,
+                    action: Action::Remote {
+                        cmd: Cmd::shell("sleep 5").env("TOKEN", token()),
+                    },
+                }],
+            ),
+        ]],
+        finish: Vec::new(),
+        on_failure: crate::plan::FailurePolicy {
+            action: crate::config::OnFailure::Pause,
+            max_fail_percentage: 0,
+            rollback_on_abort: false,
+            batch_size: 2,
+        },
+        undo: Vec::new(),
+        undo_finish: Vec::new(),
+        hooks: Default::default(),
+        on_failure_hosts: Vec::new(),
+        resume: false,
+        bookkeeping: Bookkeeping {
+            layout: Layout::new(dir.path().to_str().unwrap()),
+            by: "test".into(),
+            digest: String::new(),
+        },
+        warnings: Vec::new(),
+    };
+
+    let dry_runs = [
+        render(&plan, false),
+        render(&plan, true),
+        json::line(&Event::Plan {
+            plan: Box::new(plan.clone()),
+        }),
+        format!("{plan:?}"),
+    ];
+    for text in &dry_runs {
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    assert!(dry_runs[0].contains("TOKEN=[REDACTED]"), "{}", dry_runs[0]);
+
+    let plain = Buffer::default();
+    let json_out = Buffer::default();
+    let screen = Screen::new(120);
+    let recording = std::sync::Arc::new(Recording::default());
+    let tee = Tee(vec![
+        Box::new(Plain::new(plain.clone(), Verbosity::Verbose)),
+        Box::new(Plain::new(plain.clone(), Verbosity::Verbose).github(true)),
+        Box::new(Json::new(json_out.clone())),
+        Box::new(Progress::new(
+            screen.target(),
+            Verbosity::Verbose,
+            false,
+            false,
+        )),
+        Box::new(recording.clone()),
+    ]);
+    let report = Executor::with_local(&LocalTransport, &LocalTransport, &tee)
+        .command_timeout(Some(Duration::from_millis(500)))
+        .run(&plan)
+        .await;
+    assert!(!report.ok);
+
+    let events = recording.events();
+    // The commands did run with the secret, and said so.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Output { line, .. } if line == "token is [REDACTED]"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::StepFinished { result, .. } if result == "timed out"))
+    );
+    let outputs = [
+        ("plain", plain.text()),
+        ("json", json_out.text()),
+        ("progress", screen.text()),
+        ("events", format!("{events:?}")),
+    ];
+    for (what, text) in &outputs {
+        assert!(!text.contains(SECRET), "{what} shows the secret:\n{text}");
+        assert!(text.contains("[REDACTED]"), "{what}:\n{text}");
+    }
+    assert!(outputs[0].1.contains("bad [REDACTED]"), "{}", outputs[0].1);
+}
+
+#[test]
+fn output_is_passed_on_in_whole_lines() {
+    let recording = Recording::default();
+    let observer = StepObserver {
+        reporter: &recording,
+        host: "web1",
+        step: StepKind::Restart,
+        total: 0,
+        partial: Mutex::default(),
+    };
+    observer.output(Stream::Stdout, b"one\ntw");
+    observer.output(Stream::Stderr, b"err\r\n");
+    observer.output(Stream::Stdout, b"o\n\nthr");
+    observer.output(Stream::Stdout, b"ee");
+    observer.flush();
+    let lines: Vec<(&str, String)> = recording
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Output { stream, line, .. } => (stream, line),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("stdout", "one".to_string()),
+            ("stderr", "err".to_string()),
+            ("stdout", "two".to_string()),
+            ("stdout", String::new()),
+            ("stdout", "three".to_string()),
+        ]
+    );
+}

@@ -261,6 +261,25 @@ impl Plan {
             .chain(self.finish.iter())
     }
 
+    /// The values of every secret word in the plan's commands, for masking
+    /// them wherever they might show up (command output, errors).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .pipelines()
+            .flat_map(|p| &p.steps)
+            .filter_map(|s| match &s.action {
+                Action::Remote { cmd } | Action::Upload { cmd } | Action::Local { cmd } => {
+                    Some(cmd)
+                }
+                Action::Http { .. } | Action::Nothing { .. } => None,
+            })
+            .flat_map(|cmd| cmd.secrets().map(str::to_string))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Hosts that change in this run.
     pub fn changing_hosts(&self) -> impl Iterator<Item = &PlannedHost> {
         self.hosts.iter().filter(|h| !h.unchanged)

@@ -1,27 +1,71 @@
-//! What happened during a run, as events, and the reporters that show them.
-//! The executor only emits [`Event`]s; how they look (plain lines, progress
-//! bars, JSON) is decided here, so new outputs never touch the executor.
+//! What happened during a command, as events, and the reporters that show
+//! them. The executor and the commands only emit [`Event`]s; how they look
+//! (plain lines, progress bars, JSON) is decided here, so new outputs never
+//! touch the executor.
+//!
+//! The JSON form of every event is a public contract, documented in
+//! docs/events.md: add fields and events freely, but renaming or removing
+//! one, or changing its meaning, needs a new [`json::SCHEMA_VERSION`].
 
+pub mod choose;
+pub mod json;
 pub mod plain;
+pub mod progress;
+pub mod redact;
+mod table;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::exit::Exit;
 use crate::host::ReleaseId;
-use crate::plan::{Operation, StepKind};
+use crate::plan::{Operation, Plan, StepKind};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
+    /// `app.build` starts on the machine running shipit; its output goes
+    /// straight to stderr.
+    BuildStarted {
+        command: String,
+    },
+    BuildFinished {
+        ok: bool,
+        #[serde(serialize_with = "millis")]
+        duration: Duration,
+    },
+    /// The release archive is ready.
+    Packed {
+        /// `app.source` as written in deploy.toml.
+        source: String,
+        bytes: u64,
+        /// Files packed; 0 when `app.source` is a ready archive.
+        files: usize,
+        #[serde(serialize_with = "millis")]
+        duration: Duration,
+    },
+    /// Something the user should know before the run starts (from the plan).
+    Warning {
+        message: String,
+    },
+    /// The whole plan, for `--dry-run --json`. Secrets are redacted.
+    Plan {
+        plan: Box<Plan>,
+    },
     RunStarted {
         operation: Operation,
         app: String,
         stage: String,
         release: ReleaseId,
         revision: String,
+        /// The hosts that change, in plan order.
         hosts: Vec<String>,
         batches: Vec<Vec<String>>,
+        /// Every host of the stage and the release it ran when the plan was
+        /// made (`null`: none, or unknown).
+        before: BTreeMap<String, Option<ReleaseId>>,
     },
     PhaseStarted {
         phase: Phase,
@@ -54,8 +98,29 @@ pub enum Event {
         duration: Duration,
         /// Short result: `ok`, `exit status 3`, `killed by signal TERM`, `timed out`…
         result: String,
+        /// The exit status of a command that ran to the end.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_code: Option<u32>,
+        /// The last lines of a failed command's stderr.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stderr_tail: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// A host is through with a phase: every step succeeded, or one failed
+    /// (then `step` and `error` say which and why).
+    HostFinished {
+        host: String,
+        phase: Phase,
+        ok: bool,
+        #[serde(serialize_with = "millis")]
+        duration: Duration,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        step: Option<StepKind>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Out of the load balancer after this phase.
+        drained: bool,
     },
     /// Something shipit did or decided that the user should know about.
     Note {
@@ -67,6 +132,58 @@ pub enum Event {
         ok: bool,
         hosts: Vec<HostSummary>,
     },
+    /// The last event of every command: how it ended.
+    Result {
+        ok: bool,
+        /// The process exit code (docs/exit-codes.md).
+        exit_code: u8,
+        /// Its name: `success`, `failed-unchanged`, `usage`, …
+        exit: Exit,
+        /// What went wrong, as printed after `error:`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
+impl Event {
+    /// The event with `f` applied to every text that can carry command
+    /// output or command lines (everything but names and ids).
+    pub fn map_text(&self, f: &dyn Fn(&str) -> String) -> Event {
+        let opt = |s: &Option<String>| s.as_deref().map(f);
+        let mut event = self.clone();
+        match &mut event {
+            Event::BuildStarted { command } => *command = f(command),
+            Event::Warning { message } | Event::Note { message, .. } => *message = f(message),
+            Event::StepStarted { action, .. } => *action = f(action),
+            Event::Output { line, .. } => *line = f(line),
+            Event::StepFinished {
+                result,
+                stderr_tail,
+                error,
+                ..
+            } => {
+                *result = f(result);
+                *stderr_tail = opt(stderr_tail);
+                *error = opt(error);
+            }
+            Event::HostFinished { error, .. } => *error = opt(error),
+            Event::RunFinished { hosts, .. } => {
+                for h in hosts {
+                    if let HostResult::Failed { error, .. } = &mut h.result {
+                        *error = f(error);
+                    }
+                }
+            }
+            Event::Result { message, .. } => *message = opt(message),
+            Event::BuildFinished { .. }
+            | Event::Packed { .. }
+            | Event::Plan { .. }
+            | Event::RunStarted { .. }
+            | Event::PhaseStarted { .. }
+            | Event::UploadProgress { .. } => {}
+        }
+        event
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +239,19 @@ pub enum HostResult {
     NotReached,
 }
 
+impl Phase {
+    pub fn label(&self) -> String {
+        match self {
+            Phase::Connect => "connect".into(),
+            Phase::Repair => "repair".into(),
+            Phase::Prepare => "prepare".into(),
+            Phase::Batch { number, of } => format!("batch {number}/{of}"),
+            Phase::Undo { number, of } => format!("rollback {number}/{of}"),
+            Phase::Finish => "finish".into(),
+        }
+    }
+}
+
 impl HostResult {
     pub fn label(&self) -> String {
         match self {
@@ -146,6 +276,18 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// Receives every event of a run, from many tasks at once.
 pub trait Reporter: Send + Sync {
     fn event(&self, event: &Event);
+}
+
+impl<R: Reporter + ?Sized> Reporter for std::sync::Arc<R> {
+    fn event(&self, event: &Event) {
+        (**self).event(event);
+    }
+}
+
+impl<R: Reporter + ?Sized> Reporter for Box<R> {
+    fn event(&self, event: &Event) {
+        (**self).event(event);
+    }
 }
 
 /// Sends every event to several reporters (say, progress on stderr and JSON

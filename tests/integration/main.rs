@@ -4,7 +4,9 @@
 mod support;
 
 mod deploy;
+mod exit_codes;
 mod failures;
 mod fleet_smoke;
 mod hooks;
+mod output;
 mod ssh;

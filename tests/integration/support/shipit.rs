@@ -33,6 +33,11 @@ impl Run {
         }
     }
 
+    /// Runs `command` to the end.
+    pub fn from_command(command: &mut Command) -> Run {
+        Run::from(command.output().expect("run shipit"))
+    }
+
     #[track_caller]
     pub fn success(&self) -> &Run {
         assert_eq!(self.code, 0, "shipit failed:\n{self}");
@@ -55,6 +60,21 @@ impl Run {
     pub fn stdout_has(&self, text: &str) -> &Run {
         assert!(self.stdout.contains(text), "stdout lacks {text:?}:\n{self}");
         self
+    }
+
+    /// Every stdout line parsed as JSON (`--json`); panics naming the first
+    /// line that is not a JSON object.
+    #[track_caller]
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(
+                |line| match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(value) if value.is_object() => value,
+                    _ => panic!("stdout line is not a JSON object: {line:?}\n{self}"),
+                },
+            )
+            .collect()
     }
 }
 
@@ -150,6 +170,9 @@ impl Project {
             .stdin(Stdio::null())
             .env_remove("SSH_AUTH_SOCK")
             .env_remove("SHIPIT_CONFIG")
+            // The same output wherever the tests run (GitHub Actions included).
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("CI")
             .env("NO_COLOR", "1");
         cmd
     }

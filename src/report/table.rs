@@ -1,0 +1,92 @@
+//! The final per-host table, shared by the plain and progress reporters.
+//!
+//! ```text
+//! HOST  RELEASE                           RESULT             TIME
+//! web1  20261122101500 → 20261122103000   ok                 3.2s
+//! web2  20261122101500                    FAILED at health   2.3s
+//! ```
+
+use super::{HostResult, HostSummary};
+use crate::host::ReleaseId;
+
+/// One row per host; `paint` may colour a result cell (it gets the padded
+/// text, so colour codes do not upset the alignment).
+pub fn render(hosts: &[HostSummary], paint: &dyn Fn(&HostResult, &str) -> String) -> Vec<String> {
+    let header = [
+        "HOST".to_string(),
+        "RELEASE".into(),
+        "RESULT".into(),
+        "TIME".into(),
+    ];
+    let rows: Vec<[String; 4]> = hosts
+        .iter()
+        .map(|h| {
+            let mut result = h.result.label();
+            if h.drained {
+                result.push_str(", left drained");
+            }
+            [
+                h.host.clone(),
+                release_change(h.before.as_ref(), h.now.as_ref()),
+                result,
+                seconds(h.duration),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String; 4], result: &dyn Fn(String) -> String| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                let cell = format!("{c:<w$}");
+                if i == 2 { result(cell) } else { cell }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(&header, &|c| c)];
+    for (h, row) in hosts.iter().zip(&rows) {
+        out.push(line(row, &|c| paint(&h.result, &c)));
+    }
+    out
+}
+
+/// `old → new`, or just the release when it did not change.
+pub fn release_change(before: Option<&ReleaseId>, now: Option<&ReleaseId>) -> String {
+    let show = |r: Option<&ReleaseId>| r.map_or("-".to_string(), ToString::to_string);
+    if before == now {
+        show(now)
+    } else {
+        format!("{} → {}", show(before), show(now))
+    }
+}
+
+/// The details of every failed host, for after the table.
+pub fn failures(hosts: &[HostSummary]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter_map(|h| match &h.result {
+            HostResult::Failed { step, error, .. } => Some(format!(
+                "{}: {} failed:\n  {}",
+                h.host,
+                step.as_str(),
+                error.replace('\n', "\n  ")
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn seconds(d: std::time::Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
