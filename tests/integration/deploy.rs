@@ -42,7 +42,7 @@ fn deploy_twice_roll_back_twice() {
     let r1 = fleet_release(&fleet);
     for host in names(&fleet) {
         let state = host_state(&fleet, &host, DEPLOY_TO);
-        assert_eq!(state.releases, [r1.clone()]);
+        assert_eq!(state.releases, std::slice::from_ref(&r1));
         assert!(state.unfinished.is_empty());
         let (status, body) = state.health.expect("health answers");
         assert_eq!(
@@ -98,7 +98,7 @@ fn deploy_twice_roll_back_twice() {
         );
         assert_eq!(
             state.bad,
-            [r2.clone()],
+            std::slice::from_ref(&r2),
             "the abandoned release is marked bad"
         );
         assert_eq!(
