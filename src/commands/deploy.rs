@@ -3,7 +3,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, fleet, run_result};
+use super::{Context, check_load_balancers, fleet, run_result};
 use crate::artifact;
 use crate::cli::DeployArgs;
 use crate::error::Error;
@@ -51,7 +51,7 @@ pub async fn run(
         );
     }
 
-    let transport = fleet::connect(stage, hosts).await?;
+    let transport = fleet::connect_for_run(stage, hosts).await?;
     let result = async {
         let facts = fleet::probe(&transport, stage, hosts).await?;
         let existing = facts
@@ -68,6 +68,7 @@ pub async fn run(
         for warning in &plan.warnings {
             eprintln!("warning: {warning}");
         }
+        check_load_balancers(&plan, &transport).await?;
         let reporter = ctx.reporter();
         let report = Executor::new(&transport, reporter.as_ref())
             .archive(artifact.bytes.clone())

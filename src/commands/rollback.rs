@@ -3,7 +3,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, fleet, run_result};
+use super::{Context, check_load_balancers, fleet, run_result};
 use crate::cli::RollbackArgs;
 use crate::error::Error;
 use crate::execute::Executor;
@@ -26,7 +26,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let transport = fleet::connect(stage, hosts).await?;
+    let transport = fleet::connect_for_run(stage, hosts).await?;
     let result = async {
         let facts = fleet::probe(&transport, stage, hosts).await?;
         let plan = plan::rollback(&RollbackInput {
@@ -36,6 +36,8 @@ pub async fn run(
             facts: &facts,
             by: who(),
         })?;
+        // Read-only, so a dry run checks too.
+        check_load_balancers(&plan, &transport).await?;
         if args.dry_run {
             print!("{}", plan::render(&plan, args.full));
             return Ok(Exit::Success);

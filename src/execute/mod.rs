@@ -8,11 +8,12 @@
 //! - a batch starts only when every host of the previous one is done;
 //! - when a host fails, its batch still finishes (no host is abandoned
 //!   mid-step), then no further batch starts;
-//! - a host that was drained is enabled again unless it was switched to a
-//!   release that did not become healthy: no healthy host stays out of the
-//!   load balancer because shipit stopped.
+//! - a host that was drained (or whose drain failed halfway) is enabled
+//!   again unless it was switched to a release that did not become healthy:
+//!   no healthy host stays out of the load balancer because shipit stopped.
 
 pub mod health;
+pub mod lb;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -279,6 +280,14 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 break;
             }
             match self.step(host, step).await {
+                Err(failure) if step.kind == StepKind::Drain => {
+                    // A drain that failed may have taken the host out of
+                    // some load balancers already: put it back below.
+                    drained = true;
+                    update(&mut |run| run.drained = true);
+                    failed = Some((step.kind, failure));
+                    break;
+                }
                 Ok(()) => match step.kind {
                     StepKind::Drain => {
                         drained = true;
@@ -341,6 +350,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             Action::Remote { cmd } | Action::Upload { cmd } => cmd.display(),
             Action::Local { cmd } => format!("local: {}", cmd.display()),
             Action::Http { check } => format!("GET {}", check.url),
+            Action::Lb { lb } => lb.summary(),
             Action::Nothing { reason } => reason.clone(),
         };
         self.reporter.event(&Event::StepStarted {
@@ -385,6 +395,20 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                         error: why,
                     }),
                 };
+            }
+            Action::Lb { lb } => {
+                let run = lb::LbRun {
+                    transport: self.transport,
+                    local: self.local,
+                    observer: &observer,
+                    command_timeout: self.command_timeout,
+                    cancel: &self.cancel,
+                };
+                let done = run.perform(lb).await?;
+                for warning in &done.warnings {
+                    self.note(Some(host), warning);
+                }
+                return Ok(done.result);
             }
             Action::Remote { cmd } => {
                 let request = ExecRequest {

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::{Host, Stage, Vars};
+use crate::config::{Host, Lb, Stage, Vars};
 use crate::host::releases::{self, RollbackChoice, RollbackError};
 use crate::host::{Current, HostFacts, Layout, ReleaseId};
+use crate::lb::{CommandAction, HaproxyAction, LbAction, LbOp, WaitUntil};
 use crate::shell::{Cmd, Word};
 
 use super::{
@@ -57,6 +58,9 @@ impl fmt::Display for PlanError {
 }
 
 impl std::error::Error for PlanError {}
+
+/// How often a `wait_drained` command is run while it exits non-zero.
+pub const WAIT_DRAINED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Splits hosts into rolling batches.
 pub fn batches<T: Clone>(hosts: &[T], per_batch: usize) -> Vec<Vec<T>> {
@@ -324,9 +328,9 @@ fn preflight(
 
 fn warnings(stage: &Stage) -> Vec<String> {
     let mut warnings = Vec::new();
-    if stage.lb.drain.is_none() {
+    if matches!(stage.lb, Lb::None) {
         warnings.push(
-            "no load balancer configured ([lb]): requests sent to a host while it restarts will fail".into(),
+            "no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail".into(),
         );
     }
     if stage.health.is_none() {
@@ -354,20 +358,7 @@ impl<'a> HostContext<'a> {
         operation: Operation,
     ) -> Self {
         let layout = Layout::new(&stage.app.deploy_to);
-        let vars = Vars {
-            app: stage.app.name.clone(),
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: host.port.or(stage.ssh.port).unwrap_or(22),
-            user: host
-                .user
-                .clone()
-                .or_else(|| stage.ssh.user.clone())
-                .unwrap_or_default(),
-            stage: stage.name.clone(),
-            deploy_to: stage.app.deploy_to.clone(),
-            release: release.to_string(),
-        };
+        let vars = stage.vars(host, &release.to_string());
         let mut env: Vec<(String, Word)> = vec![
             ("SHIPIT_OPERATION".into(), operation.as_str().into()),
             ("SHIPIT_APP".into(), vars.app.clone().into()),
@@ -396,13 +387,10 @@ impl<'a> HostContext<'a> {
             .parse()
             .expect("vars.release is a ReleaseId");
         let mut steps = Vec::new();
-        let local = |template: &crate::config::Template| Action::Local {
-            cmd: Cmd::shell(template.render_shell(&self.vars)).envs(self.env.clone()),
-        };
-        if let Some(drain) = &self.stage.lb.drain {
+        if let Some(lb) = self.lb(LbOp::Drain) {
             steps.push(Step {
                 kind: StepKind::Drain,
-                action: local(drain),
+                action: Action::Lb { lb },
             });
         }
         steps.push(Step {
@@ -439,12 +427,51 @@ impl<'a> HostContext<'a> {
                 },
             });
         }
-        if let Some(enable) = &self.stage.lb.enable {
+        if let Some(lb) = self.lb(LbOp::Enable) {
             steps.push(Step {
                 kind: StepKind::Enable,
-                action: local(enable),
+                action: Action::Lb { lb },
             });
         }
         steps
+    }
+
+    /// The stage's load balancer driver, resolved for this host.
+    fn lb(&self, op: LbOp) -> Option<LbAction> {
+        match &self.stage.lb {
+            Lb::None => None,
+            Lb::Command(c) => {
+                let shell = |template: &crate::config::Template| {
+                    Cmd::shell(template.render_shell(&self.vars)).envs(self.env.clone())
+                };
+                let (cmd, wait) = match op {
+                    LbOp::Drain => (
+                        shell(&c.drain),
+                        c.wait_drained.as_ref().map(|w| WaitUntil {
+                            cmd: shell(w),
+                            timeout: c.drain_timeout,
+                            interval: WAIT_DRAINED_INTERVAL,
+                            on_timeout: c.drain_timeout_action,
+                        }),
+                    ),
+                    LbOp::Enable => (shell(&c.enable), None),
+                };
+                Some(LbAction::Command(CommandAction {
+                    op,
+                    run_on: c.run_on.clone(),
+                    cmd,
+                    wait,
+                }))
+            }
+            Lb::Haproxy(h) => Some(LbAction::Haproxy(HaproxyAction {
+                op,
+                balancers: h.balancers.clone(),
+                backend: h.backend.clone(),
+                server: h.server.render_plain(&self.vars),
+                drain_timeout: h.drain_timeout,
+                on_drain_timeout: h.drain_timeout_action,
+                enable_timeout: h.enable_timeout,
+            })),
+        }
     }
 }

@@ -12,9 +12,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::host::{Layout, ReleaseId};
+use crate::lb::LbAction;
 use crate::shell::Cmd;
 
-pub use build::{DeployInput, PlanError, RollbackInput, batches, deploy, rollback};
+pub use build::{
+    DeployInput, PlanError, RollbackInput, WAIT_DRAINED_INTERVAL, batches, deploy, rollback,
+};
 pub use render::render;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -126,6 +129,9 @@ pub enum Action {
     Local { cmd: Cmd },
     /// An HTTP check from the machine running shipit.
     Http { check: HttpCheck },
+    /// Taking the pipeline's host out of the load balancer, or putting it
+    /// back, by the stage's `[lb]` driver.
+    Lb { lb: LbAction },
     /// Nothing to do, and why (shown by dry runs).
     Nothing { reason: String },
 }
