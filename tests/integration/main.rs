@@ -5,3 +5,4 @@ mod support;
 
 mod deploy;
 mod fleet_smoke;
+mod zero_downtime;
