@@ -4,7 +4,6 @@
 //! faster). Run as root: `cargo bench --bench transport`.
 
 #[path = "../tests/integration/support/fleet.rs"]
-#[allow(dead_code)]
 mod fleet;
 
 use std::path::Path;
@@ -12,7 +11,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shipit::transport::ssh::{ConnectOptions, SshConfigSource, SshEnv, SshOverrides, SshTarget, SshTransport};
+use shipit::transport::ssh::{
+    ConnectOptions, SshConfigSource, SshEnv, SshOverrides, SshTarget, SshTransport,
+};
 use shipit::transport::{ExecRequest, Quiet, Transport, TransportError};
 
 use fleet::{Fleet, FleetOptions, Haproxy};
@@ -51,8 +52,13 @@ fn targets(fleet: &Fleet) -> Vec<SshTarget> {
 }
 
 async fn connect(targets: &[SshTarget], fleet: &Fleet, home: &Path) -> SshTransport {
-    let (ssh, errors): (SshTransport, Vec<TransportError>) =
-        SshTransport::connect_with_env(targets, &overrides(fleet), &ConnectOptions::default(), env(home)).await;
+    let (ssh, errors): (SshTransport, Vec<TransportError>) = SshTransport::connect_with_env(
+        targets,
+        &overrides(fleet),
+        &ConnectOptions::default(),
+        env(home),
+    )
+    .await;
     assert!(errors.is_empty(), "connect errors: {errors:?}");
     ssh
 }
@@ -67,7 +73,11 @@ fn req(command: &str) -> ExecRequest {
 
 fn sh(cmd: &str) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -109,14 +119,27 @@ async fn main() {
         let start = Instant::now();
         let children: Vec<Child> = all
             .iter()
-            .map(|t| Command::new("ssh").arg("-F").arg(&config).arg(&t.name).arg("true").spawn().unwrap())
+            .map(|t| {
+                Command::new("ssh")
+                    .arg("-F")
+                    .arg(&config)
+                    .arg(&t.name)
+                    .arg("true")
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
         for mut c in children {
             assert!(c.wait().unwrap().success());
         }
         theirs.push(start.elapsed());
     }
-    report("connect + auth + `true` on 10 hosts", ours, theirs, "10 parallel `ssh host true`");
+    report(
+        "connect + auth + `true` on 10 hosts",
+        ours,
+        theirs,
+        "10 parallel `ssh host true`",
+    );
 
     let ssh = connect(&all[..1], &fleet, home.path()).await;
     let mut ours = Vec::new();
@@ -126,11 +149,19 @@ async fn main() {
         ours.push(start.elapsed());
     }
     let sock = home.path().join("cm.sock");
-    sh(&format!("ssh -F {} -M -S {} -o ControlPersist=60 -fN web1", config.display(), sock.display()));
+    sh(&format!(
+        "ssh -F {} -M -S {} -o ControlPersist=60 -fN web1",
+        config.display(),
+        sock.display()
+    ));
     let mut theirs = Vec::new();
     for _ in 0..50 {
         let start = Instant::now();
-        sh(&format!("ssh -F {} -S {} web1 true", config.display(), sock.display()));
+        sh(&format!(
+            "ssh -F {} -S {} web1 true",
+            config.display(),
+            sock.display()
+        ));
         theirs.push(start.elapsed());
     }
     let _ = Command::new("ssh")
@@ -140,7 +171,12 @@ async fn main() {
         .arg(&sock)
         .args(["-O", "exit", "web1"])
         .output();
-    report("`true` on an open connection", ours, theirs, "ssh through a ControlMaster");
+    report(
+        "`true` on an open connection",
+        ours,
+        theirs,
+        "ssh through a ControlMaster",
+    );
 
     let data = Bytes::from(vec![7u8; 64 << 20]);
     let mut ours = Vec::new();
@@ -156,9 +192,18 @@ async fn main() {
     let mut theirs = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        sh(&format!("ssh -F {} web1 'cat >/dev/null' < {}", config.display(), file.display()));
+        sh(&format!(
+            "ssh -F {} web1 'cat >/dev/null' < {}",
+            config.display(),
+            file.display()
+        ));
         theirs.push(start.elapsed());
     }
-    report("64 MiB into `cat >/dev/null`", ours, theirs, "fresh `ssh host cat` < file");
+    report(
+        "64 MiB into `cat >/dev/null`",
+        ours,
+        theirs,
+        "fresh `ssh host cat` < file",
+    );
     ssh.close().await;
 }

@@ -3,8 +3,9 @@
 //! The flow, one module per stage of it: `cli` (what was asked) → `config`
 //! (deploy.toml, validated) → `plan` (what will happen, as data) →
 //! `execute` (doing it over a `transport`, reporting `report::Event`s) →
-//! `host` (the layout and rules on the hosts themselves). `commands` wires
-//! these together, one file per command.
+//! `host` (the layout and rules on the hosts themselves). `lb` describes
+//! load balancers and their drain / enable actions as data. `commands`
+//! wires these together, one file per command.
 
 pub mod artifact;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod execute;
 pub mod exit;
 pub mod host;
+pub mod lb;
 pub mod plan;
 pub mod report;
 pub mod shell;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use sha2::Digest as _;
 
 use super::lock::{self, LockOptions};
-use super::{Context, Signals, fleet, run_result};
+use super::{Context, Signals, check_load_balancers, fleet, run_result};
 use crate::artifact::{self, Artifact};
 use crate::cli::DeployArgs;
 use crate::error::Error;
@@ -80,7 +80,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         phase: Phase::Connect,
         hosts: stage.hosts.iter().map(|h| h.name.clone()).collect(),
     });
-    let transport = fleet::connect(stage, &stage.hosts).await?;
+    let transport = fleet::connect_for_run(stage, &stage.hosts).await?;
     let result = locked(
         ctx,
         args,
@@ -205,6 +205,7 @@ async fn locked(
                 message: warning.clone(),
             });
         }
+        check_load_balancers(ctx, &plan, transport).await?;
         let reporter = ctx.reporter();
         let report = Executor::new(transport, reporter.as_ref())
             .archive(prepared.artifact.bytes.clone())

@@ -8,6 +8,7 @@ use futures::future::join_all;
 use crate::config::{self, Host, Stage};
 use crate::error::Error;
 use crate::host::{HostFacts, Layout};
+use crate::lb::Via;
 use crate::transport::ssh::{
     ConnectOptions, HostKeyChecking, SshConfigSource, SshOverrides, SshTarget, SshTransport,
 };
@@ -15,6 +16,40 @@ use crate::transport::{ExecRequest, Quiet, Transport};
 
 /// Connects to every host; any failure is an error before anything changed.
 pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
+    connect_targets(stage, hosts, &[]).await
+}
+
+/// Connects to every host and to the machines outside the inventory that
+/// the stage's load balancer is reached through (`lb.via` or `lb.run_on`
+/// set to `user@host[:port]`); those connections are named as written.
+pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
+    let extra: Vec<SshTarget> = stage
+        .lb
+        .ssh_hosts()
+        .into_iter()
+        .filter_map(|via| match via {
+            Via::Ssh {
+                spec,
+                user,
+                address,
+                port,
+            } => Some(SshTarget {
+                name: spec.clone(),
+                address: address.clone(),
+                port: *port,
+                user: Some(user.clone()),
+            }),
+            _ => None,
+        })
+        .collect();
+    connect_targets(stage, hosts, &extra).await
+}
+
+async fn connect_targets(
+    stage: &Stage,
+    hosts: &[Host],
+    extra: &[SshTarget],
+) -> Result<SshTransport, Error> {
     let ssh = &stage.ssh;
     let overrides = SshOverrides {
         user: ssh.user.clone(),
@@ -46,6 +81,7 @@ pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Erro
             port: h.port,
             user: h.user.clone(),
         })
+        .chain(extra.iter().cloned())
         .collect();
     let (transport, errors) = SshTransport::connect(&targets, &overrides, &options).await;
     if errors.is_empty() {

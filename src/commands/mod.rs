@@ -138,9 +138,11 @@ impl Context {
 }
 
 use crate::execute::RunReport;
+use crate::execute::lb::preflight;
 use crate::exit::Exit;
-use crate::plan::Plan;
+use crate::plan::{Operation, Plan};
 use crate::report::HostResult;
+use crate::transport::Transport;
 
 /// Turns a finished run into the command's result. The report itself has
 /// already been shown; this adds the one-line verdict and what to do.
@@ -228,4 +230,30 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
         )
     };
     Err(Error::Run { exit, message })
+}
+
+/// The load balancer check of a plan, before it runs: warnings are
+/// printed, problems refuse the run with nothing changed.
+pub async fn check_load_balancers<T: Transport>(
+    ctx: &Context,
+    plan: &Plan,
+    transport: &T,
+) -> Result<(), Error> {
+    let found = preflight(plan, transport).await;
+    for warning in &found.warnings {
+        ctx.event(&Event::Warning {
+            message: warning.clone(),
+        });
+    }
+    if found.problems.is_empty() {
+        return Ok(());
+    }
+    let verb = match plan.operation {
+        Operation::Deploy => "deploying",
+        Operation::Rollback => "rolling back",
+    };
+    Err(Error::Unchanged(format!(
+        "not {verb}; nothing was changed on any host:\n  {}",
+        found.problems.join("\n  ")
+    )))
 }

@@ -4,7 +4,7 @@
 
 use super::deploy::{release, repair};
 use super::lock::{self, LockOptions};
-use super::{Context, Signals, fleet, run_result};
+use super::{Context, Signals, check_load_balancers, fleet, run_result};
 use crate::cli::RollbackArgs;
 use crate::error::Error;
 use crate::execute::Executor;
@@ -35,7 +35,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         phase: Phase::Connect,
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
     });
-    let transport = fleet::connect(stage, hosts).await?;
+    let transport = fleet::connect_for_run(stage, hosts).await?;
     let result = async {
         if args.dry_run {
             let facts = fleet::probe(&transport, stage, hosts).await?;
@@ -47,6 +47,8 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 run,
                 env: &env,
             })?;
+            // Read-only, so a dry run checks too.
+            check_load_balancers(ctx, &plan, &transport).await?;
             if ctx.global.json {
                 ctx.event(&Event::Plan {
                     plan: Box::new(plan.clone()),
@@ -86,6 +88,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                     message: warning.clone(),
                 });
             }
+            check_load_balancers(ctx, &plan, &transport).await?;
             let reporter = ctx.reporter();
             let report = Executor::new(&transport, reporter.as_ref())
                 .command_timeout(stage.ssh.command_timeout)

@@ -19,6 +19,8 @@ pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
 pub use validate::parse_duration;
 
+pub use crate::lb::{AdminSocket, Balancer, OnTimeout, Via};
+
 /// Every stage of one deploy.toml, all validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -187,11 +189,84 @@ pub struct Health {
     pub request_timeout: Duration,
 }
 
-/// `[lb]`: command templates run on the machine running shipit.
+/// `[lb]`: how a host is taken out of the load balancer before its
+/// restart and put back once healthy (docs/load-balancers.md).
 #[derive(Debug, Clone, Default)]
-pub struct Lb {
-    pub drain: Option<Template>,
-    pub enable: Option<Template>,
+pub enum Lb {
+    /// No load balancer: requests to a restarting host fail.
+    #[default]
+    None,
+    /// The user's own drain / enable commands.
+    Command(CommandLb),
+    /// HAProxy's runtime API, spoken by shipit.
+    Haproxy(HaproxyLb),
+}
+
+/// `driver = "command"`.
+#[derive(Debug, Clone)]
+pub struct CommandLb {
+    pub drain: Template,
+    pub enable: Template,
+    /// Where both commands (and `wait_drained`) run.
+    pub run_on: Via,
+    /// Polled after `drain` until it exits 0.
+    pub wait_drained: Option<Template>,
+    pub drain_timeout: Duration,
+    pub drain_timeout_action: OnTimeout,
+}
+
+/// `driver = "haproxy"`.
+#[derive(Debug, Clone)]
+pub struct HaproxyLb {
+    /// One entry per HAProxy; every one is drained and enabled.
+    pub balancers: Vec<Balancer>,
+    pub backend: String,
+    /// The server's name in the backend; renders to a valid HAProxy name
+    /// for every host of the stage (checked when the file is loaded).
+    pub server: Template,
+    pub drain_timeout: Duration,
+    pub drain_timeout_action: OnTimeout,
+    pub enable_timeout: Duration,
+}
+
+impl Lb {
+    /// Machines outside the inventory that LB commands reach over SSH.
+    pub fn ssh_hosts(&self) -> Vec<&Via> {
+        let mut out: Vec<&Via> = match self {
+            Lb::None => Vec::new(),
+            Lb::Command(c) => vec![&c.run_on],
+            Lb::Haproxy(h) => h.balancers.iter().map(|b| &b.via).collect(),
+        };
+        out.retain(|v| matches!(v, Via::Ssh { .. }));
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+impl Stage {
+    /// Template values for `host` in this stage; `release` may be empty
+    /// when it is not known (yet).
+    pub fn vars(&self, host: &Host, release: &str) -> Vars {
+        host_vars(&self.name, &self.app, &self.ssh, host, release)
+    }
+}
+
+pub(crate) fn host_vars(stage: &str, app: &App, ssh: &Ssh, host: &Host, release: &str) -> Vars {
+    Vars {
+        app: app.name.clone(),
+        name: host.name.clone(),
+        address: host.address.clone(),
+        port: host.port.or(ssh.port).unwrap_or(22),
+        user: host
+            .user
+            .clone()
+            .or_else(|| ssh.user.clone())
+            .unwrap_or_default(),
+        stage: stage.to_string(),
+        deploy_to: app.deploy_to.clone(),
+        release: release.to_string(),
+    }
 }
 
 /// One `[env]` variable: set for `restart` and for hooks run on the hosts.

@@ -140,8 +140,25 @@ pub struct RawHealth {
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawLb {
+    /// `"haproxy"`, `"command"` or `"none"`.
+    pub driver: Option<String>,
+    // driver = "command"
     pub drain: Option<String>,
     pub enable: Option<String>,
+    pub run_on: Option<String>,
+    pub wait_drained: Option<String>,
+    // driver = "haproxy"
+    /// A socket, or a list of sockets (one load balancer each).
+    pub socket: Option<toml::Value>,
+    /// Where sockets are reached from; a string or a list (one load
+    /// balancer each).
+    pub via: Option<toml::Value>,
+    pub backend: Option<String>,
+    pub server: Option<String>,
+    pub enable_timeout: Option<String>,
+    // both
+    pub drain_timeout: Option<String>,
+    pub drain_timeout_action: Option<String>,
 }
 
 /// `[hooks]`: each a list of commands, each a string or a table
@@ -220,7 +237,20 @@ overlay_fields!(RawHooks {
     after_rollback,
     on_failure,
 });
-overlay_fields!(RawLb { drain, enable });
+overlay_fields!(RawLb {
+    driver,
+    drain,
+    enable,
+    run_on,
+    wait_drained,
+    socket,
+    via,
+    backend,
+    server,
+    enable_timeout,
+    drain_timeout,
+    drain_timeout_action,
+});
 
 impl<T: Overlay> Overlay for Option<T> {
     fn overlay(self, stage: Self) -> Self {

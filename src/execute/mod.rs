@@ -10,9 +10,9 @@
 //!   mid-step); then the plan's failure policy decides: roll every switched
 //!   host back (the plan's `undo` pipelines), stop, or go on within the
 //!   allowed share of failures;
-//! - a host that was drained is enabled again unless it runs a release that
-//!   did not prove healthy: no healthy host stays out of the load balancer
-//!   because shipit stopped;
+//! - a host that was drained (or whose drain failed halfway) is enabled
+//!   again unless it runs a release that did not prove healthy: no healthy
+//!   host stays out of the load balancer because shipit stopped;
 //! - on a cancel (Ctrl-C) no new step starts and running steps finish; on a
 //!   second one (hurry) waits are cut short and only the essentials run.
 //!
@@ -20,6 +20,7 @@
 //! run whose machine died can be shown, repaired and resumed.
 
 pub mod health;
+pub mod lb;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -313,8 +314,13 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             if failed > 0 {
                 if plan.on_failure.stops(failed, batch.len()) {
                     failed_batch = Some(i);
+                    let switched = {
+                        let book = book.lock().expect("host book");
+                        book.values()
+                            .any(|r| r.now.as_ref() == Some(&plan.release) && r.before != r.now)
+                    };
                     let then = match plan.on_failure.action {
-                        OnFailure::Rollback if plan.operation == Operation::Deploy => {
+                        OnFailure::Rollback if plan.operation == Operation::Deploy && switched => {
                             "rolling every switched host back to its previous release".to_string()
                         }
                         _ => "stopping here".to_string(),
@@ -563,6 +569,14 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 break;
             }
             match self.step(host, step).await {
+                Err(failure) if step.kind == StepKind::Drain => {
+                    // A drain that failed may have taken the host out of
+                    // some load balancers already: put it back below.
+                    drained = true;
+                    update(&mut |run| run.drained = true);
+                    failed = Some((step.kind, failure));
+                    break;
+                }
                 Ok(()) => {
                     match step.kind {
                         StepKind::Drain => {
@@ -726,6 +740,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             Action::Remote { cmd } | Action::Upload { cmd } => cmd.display(),
             Action::Local { cmd } => format!("local: {}", cmd.display()),
             Action::Http { check } => format!("GET {}", check.url),
+            Action::Lb { lb } => lb.summary(),
             Action::Nothing { reason } => reason.clone(),
         };
         self.reporter.event(&Event::StepStarted {
@@ -802,6 +817,25 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                         ..Failure::default()
                     }),
                 };
+            }
+            Action::Lb { lb } => {
+                let run = lb::LbRun {
+                    transport: self.transport,
+                    local: self.local,
+                    observer: &observer,
+                    command_timeout: self.command_timeout,
+                    // Draining and waiting for UP are waits: a second
+                    // Ctrl-C cuts them short.
+                    cancel: &self.hurry,
+                };
+                let done = run.perform(lb).await?;
+                for warning in &done.warnings {
+                    self.note(Some(host), warning);
+                }
+                return Ok(Success {
+                    result: done.result,
+                    exit_code: None,
+                });
             }
             Action::Remote { cmd } => {
                 self.transport

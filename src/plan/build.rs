@@ -77,6 +77,9 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
+/// How often a `wait_drained` command is run while it exits non-zero.
+pub const WAIT_DRAINED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Splits hosts into rolling batches.
 pub fn batches<T: Clone>(hosts: &[T], per_batch: usize) -> Vec<Vec<T>> {
     hosts.chunks(per_batch.max(1)).map(<[T]>::to_vec).collect()
@@ -584,9 +587,9 @@ fn preflight(
 
 fn warnings(stage: &Stage) -> Vec<String> {
     let mut warnings = Vec::new();
-    if stage.lb.drain.is_none() {
+    if matches!(stage.lb, crate::config::Lb::None) {
         warnings.push(
-            "no load balancer configured ([lb]): requests sent to a host while it restarts will fail".into(),
+            "no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail".into(),
         );
     }
     if stage.health.is_none() {

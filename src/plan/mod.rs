@@ -14,9 +14,13 @@ use serde::Serialize;
 
 use crate::config::OnFailure;
 use crate::host::{Layout, ReleaseId};
+use crate::lb::LbAction;
 use crate::shell::Cmd;
 
-pub use build::{DeployInput, PlanError, RollbackInput, Run, batches, deploy, repair, rollback};
+pub use build::{
+    DeployInput, PlanError, RollbackInput, Run, WAIT_DRAINED_INTERVAL, batches, deploy, repair,
+    rollback,
+};
 pub use render::render;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,6 +217,9 @@ pub enum Action {
     Local { cmd: Cmd },
     /// An HTTP check from the machine running shipit.
     Http { check: HttpCheck },
+    /// Taking the pipeline's host out of the load balancer, or putting it
+    /// back, by the stage's `[lb]` driver.
+    Lb { lb: LbAction },
     /// Nothing to do, and why (shown by dry runs).
     Nothing { reason: String },
 }
@@ -264,14 +271,28 @@ impl Plan {
     /// The values of every secret word in the plan's commands, for masking
     /// them wherever they might show up (command output, errors).
     pub fn secrets(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
+        let hooks = &self.hooks;
+        let steps = self
             .pipelines()
+            .chain(&self.undo)
+            .chain(&self.undo_finish)
+            .chain(&self.on_failure_hosts)
             .flat_map(|p| &p.steps)
-            .filter_map(|s| match &s.action {
+            .chain(&hooks.before)
+            .chain(&hooks.after_upload)
+            .chain(&hooks.after)
+            .chain(&hooks.on_failure);
+        let mut all: Vec<String> = steps
+            .flat_map(|s| match &s.action {
                 Action::Remote { cmd } | Action::Upload { cmd } | Action::Local { cmd } => {
-                    Some(cmd)
+                    vec![cmd]
                 }
-                Action::Http { .. } | Action::Nothing { .. } => None,
+                Action::Lb {
+                    lb: LbAction::Command(c),
+                } => std::iter::once(&c.cmd)
+                    .chain(c.wait.as_ref().map(|w| &w.cmd))
+                    .collect(),
+                Action::Lb { .. } | Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
             })
             .flat_map(|cmd| cmd.secrets().map(str::to_string))
             .collect();

@@ -164,6 +164,7 @@ fn action(action: &Action, full: bool) -> String {
             );
             s
         }
+        Action::Lb { lb } => lb.to_string(),
         Action::Nothing { reason } => format!("({reason})"),
     }
 }

@@ -2,8 +2,9 @@
 //! health → enable), hooks at their points, and the environment every
 //! command on that host gets.
 
-use crate::config::{Hook, Host, RunOn, Stage, Template, Vars};
+use crate::config::{Hook, Host, Lb, RunOn, Stage, Template, Vars};
 use crate::host::{Layout, ReleaseId};
+use crate::lb::{CommandAction, HaproxyAction, LbAction, LbOp, WaitUntil};
 use crate::shell::{Cmd, Word};
 
 use super::{Action, HttpCheck, Operation, Step, StepKind};
@@ -41,18 +42,17 @@ impl<'a> HostSteps<'a> {
         run: RunEnv<'a>,
     ) -> Self {
         let layout = Layout::new(&stage.app.deploy_to);
-        let vars = Vars {
-            app: stage.app.name.clone(),
-            name: host.map(|h| h.name.clone()).unwrap_or_default(),
-            address: host.map(|h| h.address.clone()).unwrap_or_default(),
-            port: host.and_then(|h| h.port).or(stage.ssh.port).unwrap_or(22),
-            user: host
-                .and_then(|h| h.user.clone())
-                .or_else(|| stage.ssh.user.clone())
-                .unwrap_or_default(),
-            stage: stage.name.clone(),
-            deploy_to: stage.app.deploy_to.clone(),
-            release: release.to_string(),
+        let vars = match host {
+            Some(host) => stage.vars(host, release.as_str()),
+            None => Vars {
+                app: stage.app.name.clone(),
+                port: stage.ssh.port.unwrap_or(22),
+                user: stage.ssh.user.clone().unwrap_or_default(),
+                stage: stage.name.clone(),
+                deploy_to: stage.app.deploy_to.clone(),
+                release: release.to_string(),
+                ..Vars::default()
+            },
         };
         let mut shipit_env: Vec<(String, Word)> = vec![
             ("SHIPIT_OPERATION".into(), operation.as_str().into()),
@@ -150,10 +150,10 @@ impl<'a> HostSteps<'a> {
     pub fn rollout(&self, first: bool) -> Vec<Step> {
         let stage = self.stage;
         let mut steps = Vec::new();
-        if let Some(drain) = &stage.lb.drain {
+        if let Some(lb) = self.lb(LbOp::Drain) {
             steps.push(Step {
                 kind: StepKind::Drain,
-                action: self.local(drain),
+                action: Action::Lb { lb },
             });
         }
         let cwd = Some(self.release_dir());
@@ -199,13 +199,52 @@ impl<'a> HostSteps<'a> {
                 },
             });
         }
-        if let Some(enable) = &stage.lb.enable {
+        if let Some(lb) = self.lb(LbOp::Enable) {
             steps.push(Step {
                 kind: StepKind::Enable,
-                action: self.local(enable),
+                action: Action::Lb { lb },
             });
         }
         steps
+    }
+
+    /// The stage's load balancer driver, resolved for this host.
+    fn lb(&self, op: LbOp) -> Option<LbAction> {
+        match &self.stage.lb {
+            Lb::None => None,
+            Lb::Command(c) => {
+                let shell = |template: &Template| {
+                    Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone())
+                };
+                let (cmd, wait) = match op {
+                    LbOp::Drain => (
+                        shell(&c.drain),
+                        c.wait_drained.as_ref().map(|w| WaitUntil {
+                            cmd: shell(w),
+                            timeout: c.drain_timeout,
+                            interval: super::WAIT_DRAINED_INTERVAL,
+                            on_timeout: c.drain_timeout_action,
+                        }),
+                    ),
+                    LbOp::Enable => (shell(&c.enable), None),
+                };
+                Some(LbAction::Command(CommandAction {
+                    op,
+                    run_on: c.run_on.clone(),
+                    cmd,
+                    wait,
+                }))
+            }
+            Lb::Haproxy(h) => Some(LbAction::Haproxy(HaproxyAction {
+                op,
+                balancers: h.balancers.clone(),
+                backend: h.backend.clone(),
+                server: h.server.render_plain(&self.vars),
+                drain_timeout: h.drain_timeout,
+                on_drain_timeout: h.drain_timeout_action,
+                enable_timeout: h.enable_timeout,
+            })),
+        }
     }
 
     /// Run-level hooks with `run_on = "local"`: once for the whole run.

@@ -1,6 +1,7 @@
 //! Planner tests: configuration and facts in, plan out.
 
 use super::*;
+use crate::lb::{CommandAction, LbAction, Via};
 use crate::testing::{facts, id, run, stage};
 
 const LB_AND_HEALTH: &str = r#"
@@ -67,8 +68,17 @@ fn deploy_prepares_everywhere_then_rolls_in_batches() {
 fn steps_carry_exact_commands_and_checks() {
     let plan = deploy_plan(1, &format!("keep_releases = 2\n{LB_AND_HEALTH}"), true);
     let steps = &plan.batches[0][0].steps;
-    let Action::Local { cmd } = &steps[0].action else {
-        panic!()
+    let Action::Lb {
+        lb:
+            LbAction::Command(CommandAction {
+                cmd,
+                run_on: Via::Local,
+                wait: None,
+                ..
+            }),
+    } = &steps[0].action
+    else {
+        panic!("{:?}", steps[0].action)
     };
     assert!(
         cmd.render().ends_with("sh -c 'lbctl drain web1'"),
@@ -355,4 +365,78 @@ fn hooks_go_where_they_belong() {
     assert_eq!(plan.on_failure_hosts.len(), 3);
     // Finish: cleanup then nothing else (after_deploy is local).
     assert_eq!(kinds(&plan.finish[0]), ["cleanup"]);
+}
+
+const HAPROXY: &str = r#"
+restart = "bin/restart"
+[lb]
+driver = "haproxy"
+socket = "/run/haproxy/admin.sock"
+via = ["web1", "ops@lb2"]
+backend = "shop"
+server = "{app}_{name}"
+drain_timeout = "10s"
+"#;
+
+#[test]
+fn haproxy_steps_are_resolved_per_host() {
+    let plan = deploy_plan(2, HAPROXY, true);
+    assert_eq!(
+        plan.warnings.len(),
+        1,
+        "only the missing [health]: {:?}",
+        plan.warnings
+    );
+    let steps = &plan.batches[1][0].steps;
+    assert_eq!(
+        steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+        ["drain", "switch", "restart", "enable"]
+    );
+    let Action::Lb {
+        lb: LbAction::Haproxy(drain),
+    } = &steps[0].action
+    else {
+        panic!("{:?}", steps[0].action)
+    };
+    assert_eq!(
+        (drain.backend.as_str(), drain.server.as_str()),
+        ("shop", "shop_web2")
+    );
+    assert_eq!(drain.balancers.len(), 2);
+    assert_eq!(drain.drain_timeout, std::time::Duration::from_secs(10));
+    let text = render(&plan, false);
+    assert!(text.contains(
+        "  web2      drain          haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \
+         set server shop/shop_web2 state drain; wait until 0 sessions (≤10s, then warn); set state maint\n"
+    ), "{text}");
+    assert!(text.contains(
+        "            enable         haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \
+         set server shop/shop_web2 state ready; wait until HAProxy's check reports UP (≤30s)\n"
+    ), "{text}");
+}
+
+#[test]
+fn command_driver_waits_are_rendered() {
+    let plan = deploy_plan(
+        1,
+        "[lb]\ndrain = \"lbctl drain {name}\"\nenable = \"lbctl enable {name}\"\nwait_drained = \"lbctl idle {name}\"",
+        false,
+    );
+    let text = render(&plan, false);
+    assert!(text.contains(
+        "SHIPIT_BATCH_HOSTS=web1 sh -c 'lbctl drain web1'; \
+         then every 1s, with the same environment: sh -c 'lbctl idle web1' until it exits 0 (≤30s, then warn)\n"
+    ), "{text}");
+    // Exactly one warning left: no health check. The load balancer is set.
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+}
+
+#[test]
+fn driver_none_warns_that_requests_fail() {
+    let plan = deploy_plan(1, "[lb]\ndriver = \"none\"\ndrain = \"ignored\"", false);
+    assert!(kinds(&plan.batches[0][0]).iter().all(|k| *k != "drain"));
+    let text = render(&plan, false);
+    assert!(text.contains(
+        "warning: no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail"
+    ), "{text}");
 }

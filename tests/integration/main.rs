@@ -10,3 +10,4 @@ mod fleet_smoke;
 mod hooks;
 mod output;
 mod ssh;
+mod zero_downtime;

@@ -139,7 +139,7 @@ fn plain_transcript_of_a_deploy() {
         normalize(&run.stderr, &[(&r1, "<r1>")]),
         "T packed ./dist: <size> (4 files)  (<t>)\n\
          T == connect: web1\n\
-         T warning: no load balancer configured ([lb]): requests sent to a host while it restarts will fail\n\
+         T warning: no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail\n\
          T deploy demo <r1> to test: 1 host, 1 batch\n\
          T == prepare: web1\n\
          T web1     upload       ok  (<t>)\n\
@@ -275,7 +275,7 @@ fn github_actions_gets_a_group_per_phase_and_error_annotations() {
         "{run}"
     );
     assert!(
-        lines.contains(&"::warning::no load balancer configured ([lb]): requests sent to a host while it restarts will fail"),
+        lines.contains(&"::warning::no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail"),
         "{run}"
     );
     let error = lines
