@@ -55,8 +55,9 @@ expect_body = "release={release}"
 timeout = "20s"
 
 [lb]
-drain = "echo 'set server app/{name} state drain' | socat stdio UNIX-CONNECT:$FLEET_HAPROXY_SOCKET"
-enable = "echo 'set server app/{name} state ready' | socat stdio UNIX-CONNECT:$FLEET_HAPROXY_SOCKET"
+driver = "haproxy"
+socket = "$FLEET_HAPROXY_SOCKET"
+backend = "app"
 
 [stages.production]
 $(grep -v '^#' "$FLEET_DIR/hosts.toml")
