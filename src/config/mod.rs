@@ -7,6 +7,8 @@
 
 mod load;
 pub mod raw;
+pub mod select;
+pub mod starter;
 pub mod template;
 mod validate;
 
@@ -58,6 +60,26 @@ pub struct Stage {
     pub health: Option<Health>,
     pub lb: Lb,
     pub hosts: Vec<Host>,
+}
+
+impl Stage {
+    /// The template values for `host` when it runs `release`.
+    pub fn vars(&self, host: &Host, release: &str) -> Vars {
+        Vars {
+            app: self.app.name.clone(),
+            name: host.name.clone(),
+            address: host.address.clone(),
+            port: host.port.or(self.ssh.port).unwrap_or(22),
+            user: host
+                .user
+                .clone()
+                .or_else(|| self.ssh.user.clone())
+                .unwrap_or_default(),
+            stage: self.name.clone(),
+            deploy_to: self.app.deploy_to.clone(),
+            release: release.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -478,20 +478,7 @@ impl<'a> HostContext<'a> {
         operation: Operation,
     ) -> Self {
         let layout = Layout::new(&stage.app.deploy_to);
-        let vars = Vars {
-            app: stage.app.name.clone(),
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: host.port.or(stage.ssh.port).unwrap_or(22),
-            user: host
-                .user
-                .clone()
-                .or_else(|| stage.ssh.user.clone())
-                .unwrap_or_default(),
-            stage: stage.name.clone(),
-            deploy_to: stage.app.deploy_to.clone(),
-            release: release.to_string(),
-        };
+        let vars = stage.vars(host, release.as_str());
         let mut env: Vec<(String, Word)> = vec![
             ("SHIPIT_OPERATION".into(), operation.as_str().into()),
             ("SHIPIT_APP".into(), vars.app.clone().into()),
