@@ -70,8 +70,46 @@ pub enum TopCommand {
 pub struct StageCli {
     #[command(flatten)]
     pub global: Global,
+    #[command(flatten)]
+    pub select: Select,
     #[command(subcommand)]
     pub command: StageCommand,
+}
+
+/// Which hosts of the stage a command works on. Comma = union within one
+/// flag (repeating the flag adds to it); both flags = intersection (see
+/// `config::select`). Given both before and after the command, the later
+/// one wins, as with every option.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Select {
+    /// Only these hosts (their deploy.toml names), comma-separated.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "Host selection"
+    )]
+    pub hosts: Vec<String>,
+    /// Only hosts with any of these roles, comma-separated. With --hosts:
+    /// the hosts that match both.
+    #[arg(
+        long,
+        value_name = "ROLES",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "Host selection"
+    )]
+    pub roles: Vec<String>,
+}
+
+impl Select {
+    pub fn filter(&self) -> crate::config::select::Filter {
+        crate::config::select::Filter {
+            hosts: self.hosts.clone(),
+            roles: self.roles.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +202,7 @@ pub enum Invocation {
     Stage {
         stage: String,
         global: Global,
+        select: Select,
         command: StageCommand,
     },
 }
@@ -187,6 +226,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
             Ok(Invocation::Stage {
                 stage,
                 global: cli.global.merge(parsed.global),
+                select: parsed.select,
                 command: parsed.command,
             })
         }
@@ -212,6 +252,7 @@ mod tests {
             stage,
             global,
             command,
+            ..
         }) = parse(args("-c a.toml production deploy --dry-run -v"))
         else {
             panic!()
@@ -233,6 +274,25 @@ mod tests {
             command,
             StageCommand::Rollback(RollbackArgs { to: Some(_), .. })
         ));
+    }
+
+    #[test]
+    fn host_filters() {
+        let Ok(Invocation::Stage { select, .. }) = parse(args(
+            "test --roles db deploy --hosts web1,web2 --dry-run --hosts web3",
+        )) else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web1", "web2", "web3"]);
+        assert_eq!(select.roles, ["db"]);
+
+        // Like every option: given before and after the command, the later wins.
+        let Ok(Invocation::Stage { select, .. }) =
+            parse(args("test --hosts web1 status --hosts web2"))
+        else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web2"]);
     }
 
     #[test]

@@ -63,9 +63,13 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
         Invocation::Stage {
             stage,
             global,
+            select,
             command,
         } => {
-            let ctx = commands::Context::load(&stage, global)?;
+            let ctx = commands::Context::load(&stage, global, select.filter())?;
+            if let Some(selection) = ctx.selection() {
+                ctx.note(None, &selection);
+            }
             let signals = watch_signals();
             match command {
                 StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, &signals).await,

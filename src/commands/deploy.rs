@@ -33,7 +33,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
     if args.dry_run {
         let plan = plan::deploy(&DeployInput {
             stage,
-            hosts: &stage.hosts,
+            hosts: &ctx.hosts,
             release: ReleaseId::at(now),
             revision,
             facts: None,
@@ -65,7 +65,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         );
     }
 
-    let transport = fleet::connect(stage, &stage.hosts).await?;
+    let transport = fleet::connect(stage, &ctx.hosts).await?;
     let result = locked(
         ctx,
         args,
@@ -100,7 +100,7 @@ async fn locked(
     signals: &Signals,
 ) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let hosts = &stage.hosts;
+    let hosts = &ctx.hosts;
     let mut resuming = None;
     if args.resume {
         // Which run to continue, read before taking the lock: resuming
@@ -221,7 +221,7 @@ pub async fn release<T: crate::transport::Transport>(ctx: &Context, held: lock::
 /// drained, when their release answers its health check; reports the rest.
 pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
     let stage = &ctx.stage;
-    let pipelines = plan::repair(stage, &stage.hosts, facts);
+    let pipelines = plan::repair(stage, &ctx.hosts, facts);
     if pipelines.is_empty() {
         return;
     }

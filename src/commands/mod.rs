@@ -12,7 +12,8 @@ pub mod status;
 use std::path::PathBuf;
 
 use crate::cli::Global;
-use crate::config::{self, Config, Stage};
+use crate::config::select::{self, Filter};
+use crate::config::{self, Config, Host, Stage};
 use crate::error::Error;
 use crate::report::Reporter;
 use crate::report::plain::{Plain, Verbosity};
@@ -21,6 +22,12 @@ use crate::report::plain::{Plain, Verbosity};
 pub struct Context {
     pub config: Config,
     pub stage: Stage,
+    /// The hosts this run works on: the stage's hosts, narrowed by
+    /// `--hosts`/`--roles`, in deploy.toml order. Commands use these, never
+    /// `stage.hosts`.
+    pub hosts: Vec<Host>,
+    /// `--hosts`/`--roles` as given (empty: every host).
+    pub filter: Filter,
     pub global: Global,
     reporter: Box<dyn Reporter>,
 }
@@ -34,20 +41,47 @@ pub struct Signals {
 }
 
 impl Context {
-    pub fn load(stage: &str, global: Global) -> Result<Context, Error> {
-        let path = global
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("deploy.toml"));
+    pub fn load(stage: &str, global: Global, filter: Filter) -> Result<Context, Error> {
+        let path = config_path(&global);
         let config = config::load(&path)?;
         let stage = config.stage(stage)?.clone();
+        let hosts = select::select(&stage, &filter).map_err(Error::Usage)?;
         let reporter = Box::new(Plain::new(std::io::stderr(), verbosity(&global)));
         Ok(Context {
             config,
             stage,
+            hosts,
+            filter,
             global,
             reporter,
         })
+    }
+
+    /// With `--hosts`/`--roles`: which hosts were picked and which are left
+    /// alone, in one line.
+    pub fn selection(&self) -> Option<String> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        let names = |hosts: &mut dyn Iterator<Item = &Host>| {
+            hosts
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let picked = names(&mut self.hosts.iter());
+        let left = names(&mut self.stage.hosts.iter().filter(|h| !self.hosts.contains(h)));
+        let mut line = format!(
+            "{} selects {} of {} hosts of stage {}: {picked}",
+            self.filter.describe(),
+            self.hosts.len(),
+            self.stage.hosts.len(),
+            self.stage.name
+        );
+        if !left.is_empty() {
+            line.push_str(&format!(" (left alone: {left})"));
+        }
+        Some(line)
     }
 
     /// The directory relative paths in deploy.toml are relative to; the
@@ -72,6 +106,14 @@ impl Context {
             message: message.to_string(),
         });
     }
+}
+
+/// The deploy file: `-c FILE`, `SHIPIT_CONFIG`, or `./deploy.toml`.
+pub fn config_path(global: &Global) -> PathBuf {
+    global
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("deploy.toml"))
 }
 
 fn verbosity(global: &Global) -> Verbosity {

@@ -959,6 +959,7 @@ mod example {
         let config = super::super::from_str(std::path::Path::new("deploy.toml.example"), text)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.stages.len(), 2);
+        assert_eq!(config.stages["production"].hosts[1].roles, ["web", "db"]);
         let staging = &config.stages["staging"];
         assert_eq!(
             staging.health.as_ref().unwrap().timeout,
