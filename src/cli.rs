@@ -43,8 +43,8 @@ impl Global {
     name = "shipit",
     version,
     about = "Agentless SSH deploys: rolling, health-gated, load-balancer aware",
-    subcommand_value_name = "STAGE",
-    subcommand_help_heading = "Stages and commands",
+    override_usage = "shipit [OPTIONS] STAGE COMMAND [ARGS]\n       shipit init | completions SHELL | man",
+    subcommand_help_heading = "Commands without a stage",
     after_help = "Run `shipit STAGE --help` for what a stage can do, e.g. `shipit production --help`.\n\
                   Exit codes: 0 ok, 1 failed with no host changed, 2 usage or config error, \
                   3 cannot connect, 4 failed and rolled back, 5 failed and hosts left changed, \
@@ -59,6 +59,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum TopCommand {
+    /// Write a commented starter deploy.toml for the project in this
+    /// directory (or -c FILE); never overwrites.
+    Init,
+    /// Print a completion script for SHELL, e.g. `shipit completions bash`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `shipit man | man -l -`.
+    Man,
     /// STAGE COMMAND: deploy, rollback, releases… on one stage of deploy.toml.
     #[command(external_subcommand)]
     Stage(Vec<OsString>),
@@ -66,7 +76,13 @@ pub enum TopCommand {
 
 /// `shipit STAGE …`, parsed once the stage name is known.
 #[derive(Debug, Parser)]
-#[command(no_binary_name = true)]
+#[command(
+    no_binary_name = true,
+    about = "What shipit can do on this stage of deploy.toml",
+    after_help = "Exit codes: 0 ok, 1 failed with no host changed, 2 usage or config error, \
+                  3 cannot connect, 4 failed and rolled back, 5 failed and hosts left changed, \
+                  6 lock held, 130 interrupted."
+)]
 pub struct StageCli {
     #[command(flatten)]
     pub global: Global,
@@ -199,6 +215,13 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// The parsed command line.
 pub enum Invocation {
+    Init {
+        global: Global,
+    },
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    Man,
     Stage {
         stage: String,
         global: Global,
@@ -212,6 +235,9 @@ pub enum Invocation {
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
     let cli = Cli::try_parse_from(std::iter::once(OsString::from("shipit")).chain(args))?;
     match cli.command {
+        TopCommand::Init => Ok(Invocation::Init { global: cli.global }),
+        TopCommand::Completions { shell } => Ok(Invocation::Completions { shell }),
+        TopCommand::Man => Ok(Invocation::Man),
         TopCommand::Stage(rest) => {
             let mut rest = rest.into_iter();
             let stage = rest
@@ -219,10 +245,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let parsed = StageCli::try_parse_from(rest).map_err(|e| {
-                // Make clap's usage lines say `shipit STAGE …`.
-                e.with_cmd(&stage_command(&stage))
-            })?;
+            // Parsed by a command named `shipit STAGE`, so that usage lines
+            // and `--help` of the stage and its commands say so.
+            let parsed = stage_command(&stage)
+                .try_get_matches_from(rest)
+                .and_then(|m| <StageCli as clap::FromArgMatches>::from_arg_matches(&m))?;
             Ok(Invocation::Stage {
                 stage,
                 global: cli.global.merge(parsed.global),
@@ -231,6 +258,46 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
             })
         }
     }
+}
+
+/// The whole command line as one clap tree, for completions and the man
+/// page: the real parser splits `shipit [GLOBAL] STAGE COMMAND` in two (the
+/// stage is an external subcommand, then `StageCli` parses the rest), which
+/// generators cannot follow. Here `STAGE` is a positional and the stage
+/// commands are subcommands next to `init`, `completions` and `man`. Only
+/// for generation: never used to parse.
+pub fn reference() -> clap::Command {
+    use clap::CommandFactory;
+    let stage = StageCli::command();
+    let top = Cli::command();
+    let own: Vec<clap::Id> = top.get_arguments().map(|a| a.get_id().clone()).collect();
+    // --hosts/--roles: documented once, at the top, like the global options.
+    let select: Vec<clap::Arg> = stage
+        .get_arguments()
+        .filter(|a| !own.contains(a.get_id()))
+        .cloned()
+        .collect();
+    top.allow_external_subcommands(false)
+        .subcommand_help_heading("Commands")
+        .long_about(
+            "shipit deploys web services to fleets of Linux hosts over SSH, with no agent on the \
+             hosts. It reads deploy.toml (or -c FILE); STAGE is one of its [stages.NAME] tables, \
+             such as production.\n\n\
+             -c, -v and -q may be given anywhere. --hosts and --roles, given after the stage, \
+             select hosts of the stage: a comma is a union within one flag, both flags together \
+             are an intersection, and an unknown name or a selection matching no host is a usage \
+             error (exit 2).",
+        )
+        .arg(
+            clap::Arg::new("STAGE")
+                .value_name("STAGE")
+                .help("A stage of deploy.toml, such as production")
+                // Completion cannot know the stages; hiding it keeps a
+                // literal `STAGE` out of the candidates.
+                .hide(true),
+        )
+        .args(select)
+        .subcommands(stage.get_subcommands().cloned())
 }
 
 fn stage_command(stage: &str) -> clap::Command {
@@ -293,6 +360,54 @@ mod tests {
             panic!()
         };
         assert_eq!(select.hosts, ["web2"]);
+    }
+
+    #[test]
+    fn commands_without_a_stage() {
+        assert!(matches!(parse(args("init")), Ok(Invocation::Init { .. })));
+        assert!(matches!(
+            parse(args("init -c x/ship.toml")),
+            Ok(Invocation::Init {
+                global: Global {
+                    config: Some(_),
+                    ..
+                }
+            })
+        ));
+        assert!(matches!(parse(args("man")), Ok(Invocation::Man)));
+        assert!(matches!(
+            parse(args("completions fish")),
+            Ok(Invocation::Completions {
+                shell: clap_complete::Shell::Fish
+            })
+        ));
+        assert!(parse(args("completions tcsh")).is_err());
+    }
+
+    #[test]
+    fn the_reference_command_is_valid_and_complete() {
+        let cmd = reference();
+        cmd.clone().debug_assert();
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for name in [
+            "init",
+            "completions",
+            "man",
+            "deploy",
+            "rollback",
+            "releases",
+            "status",
+            "lock",
+            "unlock",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        for arg in ["hosts", "roles", "config", "verbose", "quiet"] {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_id() == arg),
+                "--{arg} missing"
+            );
+        }
     }
 
     #[test]

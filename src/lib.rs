@@ -60,6 +60,9 @@ pub fn run(args: Vec<OsString>) -> u8 {
 
 async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
     match invocation {
+        Invocation::Init { global } => commands::init::run(&global),
+        Invocation::Completions { shell } => commands::completions::run(shell),
+        Invocation::Man => commands::man::run(),
         Invocation::Stage {
             stage,
             global,

@@ -2,9 +2,12 @@
 //! together (config → plan → execute → report). Nothing here quotes
 //! commands, retries, or draws output.
 
+pub mod completions;
 pub mod deploy;
 pub mod fleet;
+pub mod init;
 pub mod lock;
+pub mod man;
 pub mod releases;
 pub mod rollback;
 pub mod status;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
-pub use validate::parse_duration;
+pub use validate::{RESERVED_STAGE_NAMES, parse_duration};
 
 /// Every stage of one deploy.toml, all validated.
 #[derive(Debug, Clone)]

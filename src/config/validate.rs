@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_CONCURRENT_CONNECTS: usize = 32;
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands that take no stage: `shipit init` must never mean a stage.
+pub const RESERVED_STAGE_NAMES: [&str; 4] = ["init", "completions", "man", "help"];
 
 pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors> {
     let base = file
@@ -58,6 +60,15 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                     stage.errors.add(
                         &format!("stages.{name}"),
                         "a stage name may contain only letters, digits, `-` and `_`",
+                    );
+                } else if RESERVED_STAGE_NAMES.contains(&name.as_str()) {
+                    stage.errors.add(
+                        &format!("stages.{name}"),
+                        format!(
+                            "`{name}` is a shipit command (`shipit {name}`), so it cannot name a stage; \
+                             reserved: {}",
+                            RESERVED_STAGE_NAMES.join(", ")
+                        ),
                     );
                 }
                 let hosts = stage.hosts(raw_stage.hosts.as_deref());
@@ -880,6 +891,10 @@ rolling_batch_size = "50%"
             (
                 "[stages.production.app]\nkeep_releases = 0",
                 "/p/deploy.toml: stages.production.app.keep_releases: 0 is too small; keep at least 1 release (the current and the previous one are never deleted)",
+            ),
+            (
+                "[stages.init]\nhosts = [ { name = \"a\" } ]",
+                "/p/deploy.toml: stages.init: `init` is a shipit command (`shipit init`), so it cannot name a stage; reserved: init, completions, man, help",
             ),
             (
                 "[stages.staging]\nhosts = []",
