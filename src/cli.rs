@@ -142,6 +142,15 @@ pub enum StageCommand {
     Lock(LockArgs),
     /// Remove the deploy lock.
     Unlock(UnlockArgs),
+    /// Check every host is ready for a deploy: a table of results. Changes
+    /// nothing. Exit 1 if a check fails, 3 if a host cannot be reached.
+    Check,
+    /// Run a shell command on the hosts, in deploy_to/current when it
+    /// exists, and print each host's output prefixed by its name.
+    Exec(ExecArgs),
+    /// Remove old releases now, keeping `app.keep_releases` (under the
+    /// deploy lock).
+    Cleanup(CleanupArgs),
 }
 
 /// Options about the deploy lock, shared by deploy and rollback.
@@ -205,6 +214,41 @@ pub struct UnlockArgs {
     /// Also remove a lock held by a run that is still alive.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// One batch after another (rollout.rolling_batch_size), stopping after
+    /// a batch in which a host failed. Default: all hosts at once.
+    #[arg(long)]
+    pub rolling: bool,
+    /// Hold the deploy lock while the command runs (by default exec does
+    /// not take it).
+    #[arg(long)]
+    pub lock: bool,
+    /// Print where what would run; connects to nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// The command. Its words are joined with spaces into one line run by
+    /// `sh -c` on each host, as ssh does: quote for your local shell what
+    /// the remote shell should see, e.g. `-- 'tail -n 5 log/*.log'`.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Print what would be removed; reads the hosts but changes nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockWaitArgs,
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
@@ -385,6 +429,42 @@ mod tests {
     }
 
     #[test]
+    fn exec_and_cleanup() {
+        let Ok(Invocation::Stage {
+            select, command, ..
+        }) = parse(args("test exec --hosts web1 --rolling -- ls -la"))
+        else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web1"]);
+        let StageCommand::Exec(exec) = command else {
+            panic!()
+        };
+        assert!(exec.rolling && !exec.lock);
+        assert_eq!(exec.command, ["ls", "-la"]);
+
+        // Without `--`, and words that look like options belong to the command.
+        let Ok(Invocation::Stage { command, .. }) = parse(args("test exec uptime -p --rolling"))
+        else {
+            panic!()
+        };
+        let StageCommand::Exec(exec) = command else {
+            panic!()
+        };
+        assert!(!exec.rolling);
+        assert_eq!(exec.command, ["uptime", "-p", "--rolling"]);
+        assert!(parse(args("test exec")).is_err());
+
+        assert!(matches!(
+            parse(args("test cleanup -n")),
+            Ok(Invocation::Stage {
+                command: StageCommand::Cleanup(CleanupArgs { dry_run: true, .. }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn the_reference_command_is_valid_and_complete() {
         let cmd = reference();
         cmd.clone().debug_assert();
@@ -399,6 +479,9 @@ mod tests {
             "status",
             "lock",
             "unlock",
+            "check",
+            "exec",
+            "cleanup",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }

@@ -73,7 +73,16 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
             if let Some(selection) = ctx.selection() {
                 ctx.note(None, &selection);
             }
-            let signals = watch_signals();
+            let stopping = match &command {
+                StageCommand::Exec(_) => {
+                    "stopping the command on every host and waiting for it to end (again to stop waiting)"
+                }
+                _ => {
+                    "stopping: no new step starts; running steps finish, drained hosts go back \
+                     into the load balancer and the lock is released (again to hurry)"
+                }
+            };
+            let signals = watch_signals(stopping);
             match command {
                 StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, &signals).await,
                 StageCommand::Rollback(args) => {
@@ -85,15 +94,19 @@ async fn dispatch(invocation: Invocation) -> Result<Exit, error::Error> {
                 StageCommand::Unlock(args) => {
                     commands::lock::unlock_command(&ctx, args.force).await
                 }
+                StageCommand::Check => commands::check::run(&ctx).await,
+                StageCommand::Exec(args) => commands::exec::run(&ctx, &args, &signals).await,
+                StageCommand::Cleanup(args) => commands::cleanup::run(&ctx, &args, &signals).await,
             }
         }
     }
 }
 
 /// Ctrl-C and SIGTERM: the first stops the run at the next step (running
-/// steps finish, drained hosts go back, the lock is released); the second
-/// cuts waits short and keeps only those essentials; the third quits.
-fn watch_signals() -> commands::Signals {
+/// steps finish, drained hosts go back, the lock is released; `exec` stops
+/// its command on the hosts), saying so with `stopping`; the second cuts
+/// waits short and keeps only those essentials; the third quits.
+fn watch_signals(stopping: &'static str) -> commands::Signals {
     let signals = commands::Signals::default();
     let (cancel, hurry) = (signals.cancel.clone(), signals.hurry.clone());
     tokio::spawn(async move {
@@ -111,10 +124,7 @@ fn watch_signals() -> commands::Signals {
             }
             match count {
                 0 => {
-                    eprintln!(
-                        "\nshipit: stopping: no new step starts; running steps finish, drained hosts go back \
-                         into the load balancer and the lock is released (again to hurry)"
-                    );
+                    eprintln!("\nshipit: {stopping}");
                     cancel.cancel();
                 }
                 1 => {

@@ -35,7 +35,8 @@ mod tests {
             for word in [
                 "deploy",
                 "rollback",
-                "releases",
+                "cleanup",
+                "exec",
                 "init",
                 "--hosts",
                 "--dry-run",

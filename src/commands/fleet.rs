@@ -11,10 +11,22 @@ use crate::host::{HostFacts, Layout};
 use crate::transport::ssh::{
     ConnectOptions, HostKeyChecking, SshConfigSource, SshOverrides, SshTarget, SshTransport,
 };
-use crate::transport::{ExecRequest, Quiet, Transport};
+use crate::transport::{ExecRequest, Quiet, Transport, TransportError};
 
 /// Connects to every host; any failure is an error before anything changed.
 pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
+    let (transport, errors) = connect_each(stage, hosts).await;
+    if errors.is_empty() {
+        Ok(transport)
+    } else {
+        transport.close().await;
+        Err(Error::Connect(errors))
+    }
+}
+
+/// Connects to every host it can; the transport holds those that answered,
+/// the errors say why the others did not.
+pub async fn connect_each(stage: &Stage, hosts: &[Host]) -> (SshTransport, Vec<TransportError>) {
     let ssh = &stage.ssh;
     let overrides = SshOverrides {
         user: ssh.user.clone(),
@@ -47,13 +59,7 @@ pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Erro
             user: h.user.clone(),
         })
         .collect();
-    let (transport, errors) = SshTransport::connect(&targets, &overrides, &options).await;
-    if errors.is_empty() {
-        Ok(transport)
-    } else {
-        transport.close().await;
-        Err(Error::Connect(errors))
-    }
+    SshTransport::connect(&targets, &overrides, &options).await
 }
 
 /// Reads what every host has under `deploy_to`. Changes nothing.
@@ -62,41 +68,20 @@ pub async fn probe(
     stage: &Stage,
     hosts: &[Host],
 ) -> Result<BTreeMap<String, HostFacts>, Error> {
-    let layout = Layout::new(&stage.app.deploy_to);
-    let cmd = layout.probe(&stage.app.shared_files);
-    let results = join_all(hosts.iter().map(|h| {
-        let request = ExecRequest {
-            command: cmd.render(),
-            stdin: None,
-            timeout: Some(stage.ssh.connect_timeout * 3),
-        };
-        async move {
-            (
-                h.name.clone(),
-                transport.exec(&h.name, request, &Quiet).await,
-            )
-        }
-    }))
+    let results = join_all(
+        hosts
+            .iter()
+            .map(|h| async move { (h.name.clone(), probe_host(transport, stage, &h.name).await) }),
+    )
     .await;
     let mut facts = BTreeMap::new();
     let mut problems = Vec::new();
     for (host, result) in results {
         match result {
-            Ok(out) if out.exit.success() => {
-                match HostFacts::parse(layout.deploy_to(), &out.stdout_text()) {
-                    Ok(f) => {
-                        facts.insert(host, f);
-                    }
-                    Err(e) => problems.push(format!("{host}: {e}")),
-                }
+            Ok(f) => {
+                facts.insert(host, f);
             }
-            Ok(out) => problems.push(format!(
-                "{host}: reading {} failed ({}): {}",
-                layout.deploy_to(),
-                out.exit,
-                out.stderr_tail(3)
-            )),
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() {
@@ -106,5 +91,30 @@ pub async fn probe(
             "cannot read the hosts' state; nothing was changed:\n  {}",
             problems.join("\n  ")
         )))
+    }
+}
+
+/// Reads what one host has under `deploy_to`. The error names the host.
+pub async fn probe_host<T: Transport>(
+    transport: &T,
+    stage: &Stage,
+    host: &str,
+) -> Result<HostFacts, String> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    let request = ExecRequest {
+        command: layout.probe(&stage.app.shared_files).render(),
+        stdin: None,
+        timeout: Some(stage.ssh.connect_timeout * 3),
+    };
+    match transport.exec(host, request, &Quiet).await {
+        Ok(out) if out.exit.success() => HostFacts::parse(layout.deploy_to(), &out.stdout_text())
+            .map_err(|e| format!("{host}: {e}")),
+        Ok(out) => Err(format!(
+            "{host}: reading {} failed ({}): {}",
+            layout.deploy_to(),
+            out.exit,
+            out.stderr_tail(3)
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -58,7 +58,7 @@ pub fn run(global: &Global) -> Result<Exit, Error> {
     };
     eprintln!(
         "wrote {} for app {}{source}.\nNext: put your hosts in [stages.production], then run \
-         `shipit production deploy --dry-run`.",
+         `shipit production check` and `shipit production deploy --dry-run`.",
         path.display(),
         guess.app
     );

@@ -357,3 +357,35 @@ pub async fn unlock_command(ctx: &Context, force: bool) -> Result<Exit, Error> {
     transport.close().await;
     result
 }
+
+/// Runs `work` holding the deploy lock on the context's hosts (refreshing
+/// it meanwhile), then gives the lock back. For the short commands that
+/// need it (`cleanup`, `exec --lock`); deploy and rollback hold it their
+/// own way because their run id names the lock.
+pub async fn holding<T, F>(
+    ctx: &Context,
+    transport: &T,
+    kind: LockKind,
+    options: &LockOptions,
+    message: Option<String>,
+    cancel: &CancellationToken,
+    work: F,
+) -> Result<Exit, Error>
+where
+    T: Transport,
+    F: Future<Output = Result<Exit, Error>>,
+{
+    let stage = &ctx.stage;
+    let info = lock_info(stage, &run_id(), kind, message, stage.rollout.lock_lease);
+    let held = acquire(transport, stage, &ctx.hosts, &info, options, |m| {
+        ctx.note(None, m)
+    })
+    .await?;
+    let result = held
+        .keep_while(cancel, work, |why| {
+            ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
+        })
+        .await;
+    super::deploy::release(ctx, held).await;
+    result
+}

@@ -100,11 +100,14 @@ mod tests {
         for text in [
             ".TH shipit 1",
             "shipit STAGE deploy",
-            "shipit STAGE rollback",
+            "shipit STAGE exec",
+            "shipit STAGE cleanup",
+            "shipit STAGE check",
             "shipit init",
             "shipit completions",
             "\\-\\-hosts",
             "\\-\\-roles",
+            "\\-\\-rolling",
             "\\-\\-dry\\-run",
             "Exit codes",
         ] {

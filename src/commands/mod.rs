@@ -2,8 +2,11 @@
 //! together (config → plan → execute → report). Nothing here quotes
 //! commands, retries, or draws output.
 
+pub mod check;
+pub mod cleanup;
 pub mod completions;
 pub mod deploy;
+pub mod exec;
 pub mod fleet;
 pub mod init;
 pub mod lock;

@@ -93,6 +93,7 @@ pub fn render(guess: &Guess) -> String {
         r#"# deploy.toml for {app}, written by `shipit init`.
 #
 # A starter: fill in the TODOs, then try it without changing anything:
+#   shipit production check             # can every host be deployed to?
 #   shipit production deploy --dry-run  # the exact plan
 # Every key, with its default, is in deploy.toml.example in shipit's
 # repository; docs/configuration.md explains them.
