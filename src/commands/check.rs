@@ -111,10 +111,7 @@ async fn check_host(
             .find(|e| e.starts_with(&prefix))
             .map(|e| e[prefix.len()..].to_string())
             .unwrap_or_else(|| "cannot connect".into());
-        let mut row = vec![Verdict::fail(why)];
-        row.extend((1..CHECKS.len()).map(|_| Verdict::skip("not connected")));
-        row[5] = lb.await;
-        return row;
+        return partial_row(vec![Verdict::fail(why)], "not connected", lb.await);
     }
 
     let layout = Layout::new(&stage.app.deploy_to);
@@ -129,13 +126,11 @@ async fn check_host(
     let (facts, readiness) = match (facts, readiness) {
         (Ok(f), Ok(r)) => (f, r),
         (Err(e), _) | (_, Err(e)) => {
-            let mut row = vec![
+            let known = vec![
                 Verdict::ok("connected"),
                 Verdict::fail(format!("cannot read the host: {e}")),
             ];
-            row.extend((2..CHECKS.len()).map(|_| Verdict::skip("the host could not be read")));
-            row[5] = lb;
-            return row;
+            return partial_row(known, "the host could not be read", lb);
         }
     };
     vec![
@@ -147,6 +142,20 @@ async fn check_host(
         lb,
         check::lock(&stage.name, &facts, is_stale),
     ]
+}
+
+/// A row of which only the first checks (`known`) and the local `lb`
+/// check could run; the others are skipped for `why_not`.
+fn partial_row(known: Vec<Verdict>, why_not: &str, lb: Verdict) -> Vec<Verdict> {
+    let mut known = known.into_iter();
+    CHECKS
+        .iter()
+        .map(|name| match known.next() {
+            Some(v) => v,
+            None if *name == "lb" => lb.clone(),
+            None => Verdict::skip(why_not),
+        })
+        .collect()
 }
 
 async fn read_readiness(
@@ -205,7 +214,7 @@ async fn check_health(
         (Some(_), health::Probe::Healthy) => Verdict::ok(format!("{}: healthy", http.url)),
         (Some(_), _) => Verdict::fail(format!("{}: {answer}", http.url)),
         (None, _) => Verdict::skip(format!(
-            "no release deployed yet; {} answers: {answer}",
+            "no shipit release is current; {} answers: {answer}",
             http.url
         )),
     }
@@ -349,6 +358,21 @@ mod tests {
              (all)  lb            skip  no [lb]\n"
         );
         assert!(render(&rows, true).contains("(all)  lock          ok    free\n"));
+    }
+
+    #[test]
+    fn rows_of_hosts_that_could_not_be_read() {
+        let row = partial_row(
+            vec![Verdict::fail("refused")],
+            "not connected",
+            Verdict::ok("lb"),
+        );
+        let statuses: Vec<&str> = row.iter().map(|v| v.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            ["FAIL", "skip", "skip", "skip", "skip", "ok", "skip"]
+        );
+        assert_eq!(row[6], Verdict::skip("not connected"));
     }
 
     #[tokio::test]
