@@ -48,8 +48,8 @@ impl Global {
     name = "shipit",
     version,
     about = "Agentless SSH deploys: rolling, health-gated, load-balancer aware",
-    subcommand_value_name = "STAGE",
-    subcommand_help_heading = "Stages and commands",
+    override_usage = "shipit [OPTIONS] STAGE COMMAND [ARGS]\n       shipit init | completions SHELL | man",
+    subcommand_help_heading = "Commands without a stage",
     after_help = "Run `shipit STAGE --help` for what a stage can do, e.g. `shipit production --help`.\n\
                   Exit codes: 0 ok, 1 failed with no host changed, 2 usage or config error, \
                   3 cannot connect, 4 failed and rolled back, 5 failed and hosts left changed, \
@@ -64,6 +64,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum TopCommand {
+    /// Write a commented starter deploy.toml for the project in this
+    /// directory (or -c FILE); never overwrites.
+    Init,
+    /// Print a completion script for SHELL, e.g. `shipit completions bash`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `shipit man | man -l -`.
+    Man,
     /// STAGE COMMAND: deploy, rollback, releases… on one stage of deploy.toml.
     #[command(external_subcommand)]
     Stage(Vec<OsString>),
@@ -71,12 +81,56 @@ pub enum TopCommand {
 
 /// `shipit STAGE …`, parsed once the stage name is known.
 #[derive(Debug, Parser)]
-#[command(no_binary_name = true)]
+#[command(
+    no_binary_name = true,
+    about = "What shipit can do on this stage of deploy.toml",
+    after_help = "Exit codes: 0 ok, 1 failed with no host changed, 2 usage or config error, \
+                  3 cannot connect, 4 failed and rolled back, 5 failed and hosts left changed, \
+                  6 lock held, 130 interrupted."
+)]
 pub struct StageCli {
     #[command(flatten)]
     pub global: Global,
+    #[command(flatten)]
+    pub select: Select,
     #[command(subcommand)]
     pub command: StageCommand,
+}
+
+/// Which hosts of the stage a command works on. Comma = union within one
+/// flag (repeating the flag adds to it); both flags = intersection (see
+/// `config::select`). Given both before and after the command, the later
+/// one wins, as with every option.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Select {
+    /// Only these hosts (their deploy.toml names), comma-separated.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "Host selection"
+    )]
+    pub hosts: Vec<String>,
+    /// Only hosts with any of these roles, comma-separated. With --hosts:
+    /// the hosts that match both.
+    #[arg(
+        long,
+        value_name = "ROLES",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "Host selection"
+    )]
+    pub roles: Vec<String>,
+}
+
+impl Select {
+    pub fn filter(&self) -> crate::config::select::Filter {
+        crate::config::select::Filter {
+            hosts: self.hosts.clone(),
+            roles: self.roles.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +147,15 @@ pub enum StageCommand {
     Lock(LockArgs),
     /// Remove the deploy lock.
     Unlock(UnlockArgs),
+    /// Check every host is ready for a deploy: a table of results. Changes
+    /// nothing. Exit 1 if a check fails, 3 if a host cannot be reached.
+    Check,
+    /// Run a shell command on the hosts, in deploy_to/current when it
+    /// exists, and print each host's output prefixed by its name.
+    Exec(ExecArgs),
+    /// Remove old releases now, keeping `app.keep_releases` (under the
+    /// deploy lock).
+    Cleanup(CleanupArgs),
 }
 
 /// Options about the deploy lock, shared by deploy and rollback.
@@ -158,6 +221,41 @@ pub struct UnlockArgs {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// One batch after another (rollout.rolling_batch_size), stopping after
+    /// a batch in which a host failed. Default: all hosts at once.
+    #[arg(long)]
+    pub rolling: bool,
+    /// Hold the deploy lock while the command runs (by default exec does
+    /// not take it).
+    #[arg(long)]
+    pub lock: bool,
+    /// Print where what would run; connects to nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// The command. Its words are joined with spaces into one line run by
+    /// `sh -c` on each host, as ssh does: quote for your local shell what
+    /// the remote shell should see, e.g. `-- 'tail -n 5 log/*.log'`.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Print what would be removed; reads the hosts but changes nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub lock: LockWaitArgs,
+}
+
 fn duration(text: &str) -> Result<std::time::Duration, String> {
     crate::config::parse_duration(text).ok_or_else(|| {
         format!("{text:?} is not a duration; write a number and a unit, such as 30s or 10m")
@@ -166,9 +264,17 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
 
 /// The parsed command line.
 pub enum Invocation {
+    Init {
+        global: Global,
+    },
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    Man,
     Stage {
         stage: String,
         global: Global,
+        select: Select,
         command: StageCommand,
     },
 }
@@ -178,6 +284,9 @@ pub enum Invocation {
 pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
     let cli = Cli::try_parse_from(std::iter::once(OsString::from("shipit")).chain(args))?;
     match cli.command {
+        TopCommand::Init => Ok(Invocation::Init { global: cli.global }),
+        TopCommand::Completions { shell } => Ok(Invocation::Completions { shell }),
+        TopCommand::Man => Ok(Invocation::Man),
         TopCommand::Stage(rest) => {
             let mut rest = rest.into_iter();
             let stage = rest
@@ -185,17 +294,59 @@ pub fn parse(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let parsed = StageCli::try_parse_from(rest).map_err(|e| {
-                // Make clap's usage lines say `shipit STAGE …`.
-                e.with_cmd(&stage_command(&stage))
-            })?;
+            // Parsed by a command named `shipit STAGE`, so that usage lines
+            // and `--help` of the stage and its commands say so.
+            let parsed = stage_command(&stage)
+                .try_get_matches_from(rest)
+                .and_then(|m| <StageCli as clap::FromArgMatches>::from_arg_matches(&m))?;
             Ok(Invocation::Stage {
                 stage,
                 global: cli.global.merge(parsed.global),
+                select: parsed.select,
                 command: parsed.command,
             })
         }
     }
+}
+
+/// The whole command line as one clap tree, for completions and the man
+/// page: the real parser splits `shipit [GLOBAL] STAGE COMMAND` in two (the
+/// stage is an external subcommand, then `StageCli` parses the rest), which
+/// generators cannot follow. Here `STAGE` is a positional and the stage
+/// commands are subcommands next to `init`, `completions` and `man`. Only
+/// for generation: never used to parse.
+pub fn reference() -> clap::Command {
+    use clap::CommandFactory;
+    let stage = StageCli::command();
+    let top = Cli::command();
+    let own: Vec<clap::Id> = top.get_arguments().map(|a| a.get_id().clone()).collect();
+    // --hosts/--roles: documented once, at the top, like the global options.
+    let select: Vec<clap::Arg> = stage
+        .get_arguments()
+        .filter(|a| !own.contains(a.get_id()))
+        .cloned()
+        .collect();
+    top.allow_external_subcommands(false)
+        .subcommand_help_heading("Commands")
+        .long_about(
+            "shipit deploys web services to fleets of Linux hosts over SSH, with no agent on the \
+             hosts. It reads deploy.toml (or -c FILE); STAGE is one of its [stages.NAME] tables, \
+             such as production.\n\n\
+             -c, -v and -q may be given anywhere. --hosts and --roles, given after the stage, \
+             select hosts of the stage: a comma is a union within one flag, both flags together \
+             are an intersection, and an unknown name or a selection matching no host is a usage \
+             error (exit 2).",
+        )
+        .arg(
+            clap::Arg::new("STAGE")
+                .value_name("STAGE")
+                .help("A stage of deploy.toml, such as production")
+                // Completion cannot know the stages; hiding it keeps a
+                // literal `STAGE` out of the candidates.
+                .hide(true),
+        )
+        .args(select)
+        .subcommands(stage.get_subcommands().cloned())
 }
 
 fn stage_command(stage: &str) -> clap::Command {
@@ -217,6 +368,7 @@ mod tests {
             stage,
             global,
             command,
+            ..
         }) = parse(args("-c a.toml production deploy --dry-run -v --json"))
         else {
             panic!()
@@ -239,6 +391,112 @@ mod tests {
             command,
             StageCommand::Rollback(RollbackArgs { to: Some(_), .. })
         ));
+    }
+
+    #[test]
+    fn host_filters() {
+        let Ok(Invocation::Stage { select, .. }) = parse(args(
+            "test --roles db deploy --hosts web1,web2 --dry-run --hosts web3",
+        )) else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web1", "web2", "web3"]);
+        assert_eq!(select.roles, ["db"]);
+
+        // Like every option: given before and after the command, the later wins.
+        let Ok(Invocation::Stage { select, .. }) =
+            parse(args("test --hosts web1 status --hosts web2"))
+        else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web2"]);
+    }
+
+    #[test]
+    fn commands_without_a_stage() {
+        assert!(matches!(parse(args("init")), Ok(Invocation::Init { .. })));
+        assert!(matches!(
+            parse(args("init -c x/ship.toml")),
+            Ok(Invocation::Init {
+                global: Global {
+                    config: Some(_),
+                    ..
+                }
+            })
+        ));
+        assert!(matches!(parse(args("man")), Ok(Invocation::Man)));
+        assert!(matches!(
+            parse(args("completions fish")),
+            Ok(Invocation::Completions {
+                shell: clap_complete::Shell::Fish
+            })
+        ));
+        assert!(parse(args("completions tcsh")).is_err());
+    }
+
+    #[test]
+    fn exec_and_cleanup() {
+        let Ok(Invocation::Stage {
+            select, command, ..
+        }) = parse(args("test exec --hosts web1 --rolling -- ls -la"))
+        else {
+            panic!()
+        };
+        assert_eq!(select.hosts, ["web1"]);
+        let StageCommand::Exec(exec) = command else {
+            panic!()
+        };
+        assert!(exec.rolling && !exec.lock);
+        assert_eq!(exec.command, ["ls", "-la"]);
+
+        // Without `--`, and words that look like options belong to the command.
+        let Ok(Invocation::Stage { command, .. }) = parse(args("test exec uptime -p --rolling"))
+        else {
+            panic!()
+        };
+        let StageCommand::Exec(exec) = command else {
+            panic!()
+        };
+        assert!(!exec.rolling);
+        assert_eq!(exec.command, ["uptime", "-p", "--rolling"]);
+        assert!(parse(args("test exec")).is_err());
+
+        assert!(matches!(
+            parse(args("test cleanup -n")),
+            Ok(Invocation::Stage {
+                command: StageCommand::Cleanup(CleanupArgs { dry_run: true, .. }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_reference_command_is_valid_and_complete() {
+        let cmd = reference();
+        cmd.clone().debug_assert();
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for name in [
+            "init",
+            "completions",
+            "man",
+            "deploy",
+            "rollback",
+            "releases",
+            "status",
+            "lock",
+            "unlock",
+            "check",
+            "exec",
+            "cleanup",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        for arg in ["hosts", "roles", "config", "verbose", "quiet"] {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_id() == arg),
+                "--{arg} missing"
+            );
+        }
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub fn run(args: Vec<OsString>) -> u8 {
         }
     };
     let global = match &invocation {
-        Invocation::Stage { global, .. } => global.clone(),
+        Invocation::Stage { global, .. } | Invocation::Init { global } => global.clone(),
+        Invocation::Completions { .. } | Invocation::Man => cli::Global::default(),
     };
     let reporter = report::choose::build(report::choose::detect(
         global.json,
@@ -79,13 +80,29 @@ async fn dispatch(
     reporter: Arc<dyn Reporter>,
 ) -> Result<Exit, error::Error> {
     match invocation {
+        Invocation::Init { global } => commands::init::run(&global),
+        Invocation::Completions { shell } => commands::completions::run(shell),
+        Invocation::Man => commands::man::run(),
         Invocation::Stage {
             stage,
             global,
+            select,
             command,
         } => {
-            let ctx = commands::Context::load(&stage, global, reporter.clone())?;
-            let signals = watch_signals(reporter);
+            let ctx = commands::Context::load(&stage, global, select.filter(), reporter.clone())?;
+            if let Some(selection) = ctx.selection() {
+                ctx.note(None, &selection);
+            }
+            let stopping = match &command {
+                StageCommand::Exec(_) => {
+                    "stopping the command on every host and waiting for it to end (signal again to stop waiting)"
+                }
+                _ => {
+                    "stopping: no new step starts; running steps finish, drained hosts go back into the \
+                     load balancer and the lock is released (signal again to hurry)"
+                }
+            };
+            let signals = watch_signals(reporter, stopping);
             match command {
                 StageCommand::Deploy(args) => commands::deploy::run(&ctx, &args, &signals).await,
                 StageCommand::Rollback(args) => {
@@ -97,15 +114,19 @@ async fn dispatch(
                 StageCommand::Unlock(args) => {
                     commands::lock::unlock_command(&ctx, args.force).await
                 }
+                StageCommand::Check => commands::check::run(&ctx).await,
+                StageCommand::Exec(args) => commands::exec::run(&ctx, &args, &signals).await,
+                StageCommand::Cleanup(args) => commands::cleanup::run(&ctx, &args, &signals).await,
             }
         }
     }
 }
 
 /// Ctrl-C and SIGTERM: the first stops the run at the next step (running
-/// steps finish, drained hosts go back, the lock is released); the second
-/// cuts waits short and keeps only those essentials; the third quits.
-fn watch_signals(reporter: Arc<dyn Reporter>) -> commands::Signals {
+/// steps finish, drained hosts go back, the lock is released; `exec` stops
+/// its command on the hosts), saying so with `stopping`; the second cuts
+/// waits short and keeps only those essentials; the third quits.
+fn watch_signals(reporter: Arc<dyn Reporter>, stopping: &'static str) -> commands::Signals {
     let signals = commands::Signals::default();
     let (cancel, hurry) = (signals.cancel.clone(), signals.hurry.clone());
     tokio::spawn(async move {
@@ -129,10 +150,7 @@ fn watch_signals(reporter: Arc<dyn Reporter>) -> commands::Signals {
             }
             match count {
                 0 => {
-                    note(
-                        "stopping: no new step starts; running steps finish, drained hosts go back into the \
-                         load balancer and the lock is released (signal again to hurry)",
-                    );
+                    note(stopping);
                     cancel.cancel();
                 }
                 1 => {

@@ -35,7 +35,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         let env = ctx.env(true)?;
         let plan = plan::deploy(&DeployInput {
             stage,
-            hosts: &stage.hosts,
+            hosts: &ctx.hosts,
             release: ReleaseId::at(now),
             revision,
             facts: None,
@@ -78,9 +78,9 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
 
     ctx.event(&Event::PhaseStarted {
         phase: Phase::Connect,
-        hosts: stage.hosts.iter().map(|h| h.name.clone()).collect(),
+        hosts: ctx.hosts.iter().map(|h| h.name.clone()).collect(),
     });
-    let transport = fleet::connect_for_run(stage, &stage.hosts).await?;
+    let transport = fleet::connect_for_run(stage, &ctx.hosts).await?;
     let result = locked(
         ctx,
         args,
@@ -117,7 +117,7 @@ async fn locked(
     signals: &Signals,
 ) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let hosts = &stage.hosts;
+    let hosts = &ctx.hosts;
     let mut resuming = None;
     if args.resume {
         // Which run to continue, read before taking the lock: resuming
@@ -243,7 +243,7 @@ pub async fn release<T: crate::transport::Transport>(ctx: &Context, held: lock::
 /// drained, when their release answers its health check; reports the rest.
 pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
     let stage = &ctx.stage;
-    let pipelines = plan::repair(stage, &stage.hosts, facts);
+    let pipelines = plan::repair(stage, &ctx.hosts, facts);
     if pipelines.is_empty() {
         return;
     }

@@ -12,18 +12,24 @@ use crate::lb::Via;
 use crate::transport::ssh::{
     ConnectOptions, HostKeyChecking, SshConfigSource, SshOverrides, SshTarget, SshTransport,
 };
-use crate::transport::{ExecRequest, Quiet, Transport};
+use crate::transport::{ExecRequest, Quiet, Transport, TransportError};
 
 /// Connects to every host; any failure is an error before anything changed.
 pub async fn connect(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
-    connect_targets(stage, hosts, &[]).await
+    all_or_nothing(connect_targets(stage, hosts, &[]).await).await
 }
 
 /// Connects to every host and to the machines outside the inventory that
 /// the stage's load balancer is reached through (`lb.via` or `lb.run_on`
 /// set to `user@host[:port]`); those connections are named as written.
 pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTransport, Error> {
-    let extra: Vec<SshTarget> = stage
+    all_or_nothing(connect_targets(stage, hosts, &lb_targets(stage, hosts)).await).await
+}
+
+/// The machines LB commands go through that are not among `hosts`: other
+/// machines (`user@host`), and inventory hosts left out by `--hosts`.
+fn lb_targets(stage: &Stage, hosts: &[Host]) -> Vec<SshTarget> {
+    stage
         .lb
         .ssh_hosts()
         .into_iter()
@@ -39,17 +45,44 @@ pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTranspo
                 port: *port,
                 user: Some(user.clone()),
             }),
+            Via::Host { name } if !hosts.iter().any(|h| &h.name == name) => stage
+                .hosts
+                .iter()
+                .find(|h| &h.name == name)
+                .map(|h| SshTarget {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    port: h.port,
+                    user: h.user.clone(),
+                }),
             _ => None,
         })
-        .collect();
-    connect_targets(stage, hosts, &extra).await
+        .collect()
+}
+
+async fn all_or_nothing(
+    (transport, errors): (SshTransport, Vec<TransportError>),
+) -> Result<SshTransport, Error> {
+    if errors.is_empty() {
+        Ok(transport)
+    } else {
+        transport.close().await;
+        Err(Error::Connect(errors))
+    }
+}
+
+/// Connects to every host it can, and to the load balancer machines; the
+/// transport holds those that answered, the errors say why the others did
+/// not.
+pub async fn connect_each(stage: &Stage, hosts: &[Host]) -> (SshTransport, Vec<TransportError>) {
+    connect_targets(stage, hosts, &lb_targets(stage, hosts)).await
 }
 
 async fn connect_targets(
     stage: &Stage,
     hosts: &[Host],
     extra: &[SshTarget],
-) -> Result<SshTransport, Error> {
+) -> (SshTransport, Vec<TransportError>) {
     let ssh = &stage.ssh;
     let overrides = SshOverrides {
         user: ssh.user.clone(),
@@ -83,13 +116,7 @@ async fn connect_targets(
         })
         .chain(extra.iter().cloned())
         .collect();
-    let (transport, errors) = SshTransport::connect(&targets, &overrides, &options).await;
-    if errors.is_empty() {
-        Ok(transport)
-    } else {
-        transport.close().await;
-        Err(Error::Connect(errors))
-    }
+    SshTransport::connect(&targets, &overrides, &options).await
 }
 
 /// Reads what every host has under `deploy_to`. Changes nothing.
@@ -98,41 +125,20 @@ pub async fn probe(
     stage: &Stage,
     hosts: &[Host],
 ) -> Result<BTreeMap<String, HostFacts>, Error> {
-    let layout = Layout::new(&stage.app.deploy_to);
-    let cmd = layout.probe(&stage.app.shared_files);
-    let results = join_all(hosts.iter().map(|h| {
-        let request = ExecRequest {
-            command: cmd.render(),
-            stdin: None,
-            timeout: Some(stage.ssh.connect_timeout * 3),
-        };
-        async move {
-            (
-                h.name.clone(),
-                transport.exec(&h.name, request, &Quiet).await,
-            )
-        }
-    }))
+    let results = join_all(
+        hosts
+            .iter()
+            .map(|h| async move { (h.name.clone(), probe_host(transport, stage, &h.name).await) }),
+    )
     .await;
     let mut facts = BTreeMap::new();
     let mut problems = Vec::new();
     for (host, result) in results {
         match result {
-            Ok(out) if out.exit.success() => {
-                match HostFacts::parse(layout.deploy_to(), &out.stdout_text()) {
-                    Ok(f) => {
-                        facts.insert(host, f);
-                    }
-                    Err(e) => problems.push(format!("{host}: {e}")),
-                }
+            Ok(f) => {
+                facts.insert(host, f);
             }
-            Ok(out) => problems.push(format!(
-                "{host}: reading {} failed ({}): {}",
-                layout.deploy_to(),
-                out.exit,
-                out.stderr_tail(3)
-            )),
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() {
@@ -142,5 +148,30 @@ pub async fn probe(
             "cannot read the hosts' state; nothing was changed:\n  {}",
             problems.join("\n  ")
         )))
+    }
+}
+
+/// Reads what one host has under `deploy_to`. The error names the host.
+pub async fn probe_host<T: Transport>(
+    transport: &T,
+    stage: &Stage,
+    host: &str,
+) -> Result<HostFacts, String> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    let request = ExecRequest {
+        command: layout.probe(&stage.app.shared_files).render(),
+        stdin: None,
+        timeout: Some(stage.ssh.connect_timeout * 3),
+    };
+    match transport.exec(host, request, &Quiet).await {
+        Ok(out) if out.exit.success() => HostFacts::parse(layout.deploy_to(), &out.stdout_text())
+            .map_err(|e| format!("{host}: {e}")),
+        Ok(out) => Err(format!(
+            "{host}: reading {} failed ({}): {}",
+            layout.deploy_to(),
+            out.exit,
+            out.stderr_tail(3)
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -283,12 +283,12 @@ impl<T: Transport> Held<'_, T> {
 /// `shipit STAGE lock`: a manual lock, held until `unlock`.
 pub async fn lock_command(ctx: &Context, message: Option<String>) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let transport = super::fleet::connect(stage, &stage.hosts).await?;
+    let transport = super::fleet::connect(stage, &ctx.hosts).await?;
     let info = lock_info(stage, &run_id(), LockKind::Manual, message, Duration::ZERO);
     let result = acquire(
         &transport,
         stage,
-        &stage.hosts,
+        &ctx.hosts,
         &info,
         &LockOptions::default(),
         |m| ctx.note(None, m),
@@ -313,9 +313,9 @@ pub async fn lock_command(ctx: &Context, message: Option<String>) -> Result<Exit
 /// run that is alive only with `--force`.
 pub async fn unlock_command(ctx: &Context, force: bool) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let transport = super::fleet::connect(stage, &stage.hosts).await?;
+    let transport = super::fleet::connect(stage, &ctx.hosts).await?;
     let result = async {
-        let facts = super::fleet::probe(&transport, stage, &stage.hosts).await?;
+        let facts = super::fleet::probe(&transport, stage, &ctx.hosts).await?;
         let layout = Layout::new(&stage.app.deploy_to);
         let mut removed = Vec::new();
         for (host, f) in &facts {
@@ -355,5 +355,37 @@ pub async fn unlock_command(ctx: &Context, force: bool) -> Result<Exit, Error> {
     }
     .await;
     transport.close().await;
+    result
+}
+
+/// Runs `work` holding the deploy lock on the context's hosts (refreshing
+/// it meanwhile), then gives the lock back. For the short commands that
+/// need it (`cleanup`, `exec --lock`); deploy and rollback hold it their
+/// own way because their run id names the lock.
+pub async fn holding<T, F>(
+    ctx: &Context,
+    transport: &T,
+    kind: LockKind,
+    options: &LockOptions,
+    message: Option<String>,
+    cancel: &CancellationToken,
+    work: F,
+) -> Result<Exit, Error>
+where
+    T: Transport,
+    F: Future<Output = Result<Exit, Error>>,
+{
+    let stage = &ctx.stage;
+    let info = lock_info(stage, &run_id(), kind, message, stage.rollout.lock_lease);
+    let held = acquire(transport, stage, &ctx.hosts, &info, options, |m| {
+        ctx.note(None, m)
+    })
+    .await?;
+    let result = held
+        .keep_while(cancel, work, |why| {
+            ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
+        })
+        .await;
+    super::deploy::release(ctx, held).await;
     result
 }

@@ -2,9 +2,15 @@
 //! together (config → plan → execute → report). Nothing here quotes
 //! commands, retries, or draws output.
 
+pub mod check;
+pub mod cleanup;
+pub mod completions;
 pub mod deploy;
+pub mod exec;
 pub mod fleet;
+pub mod init;
 pub mod lock;
+pub mod man;
 pub mod releases;
 pub mod rollback;
 pub mod status;
@@ -13,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cli::Global;
-use crate::config::{self, Config, Stage};
+use crate::config::select::{self, Filter};
+use crate::config::{self, Config, Host, Stage};
 use crate::error::Error;
 use crate::report::plain::Verbosity;
 use crate::report::{Event, Reporter};
@@ -22,6 +29,12 @@ use crate::report::{Event, Reporter};
 pub struct Context {
     pub config: Config,
     pub stage: Stage,
+    /// The hosts this run works on: the stage's hosts, narrowed by
+    /// `--hosts`/`--roles`, in deploy.toml order. Commands use these, never
+    /// `stage.hosts`.
+    pub hosts: Vec<Host>,
+    /// `--hosts`/`--roles` as given (empty: every host).
+    pub filter: Filter,
     pub global: Global,
     reporter: Arc<dyn Reporter>,
 }
@@ -49,20 +62,48 @@ impl Context {
     pub fn load(
         stage: &str,
         global: Global,
+        filter: Filter,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Context, Error> {
-        let path = global
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("deploy.toml"));
+        let path = config_path(&global);
         let config = config::load(&path)?;
         let stage = config.stage(stage)?.clone();
+        let hosts = select::select(&stage, &filter).map_err(Error::Usage)?;
         Ok(Context {
             config,
             stage,
+            hosts,
+            filter,
             global,
             reporter,
         })
+    }
+
+    /// With `--hosts`/`--roles`: which hosts were picked and which are left
+    /// alone, in one line.
+    pub fn selection(&self) -> Option<String> {
+        if self.filter.is_empty() {
+            return None;
+        }
+        let names = |hosts: &mut dyn Iterator<Item = &Host>| {
+            hosts
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let picked = names(&mut self.hosts.iter());
+        let left = names(&mut self.stage.hosts.iter().filter(|h| !self.hosts.contains(h)));
+        let mut line = format!(
+            "{} selects {} of {} hosts of stage {}: {picked}",
+            self.filter.describe(),
+            self.hosts.len(),
+            self.stage.hosts.len(),
+            self.stage.name
+        );
+        if !left.is_empty() {
+            line.push_str(&format!(" (left alone: {left})"));
+        }
+        Some(line)
     }
 
     /// The directory relative paths in deploy.toml are relative to; the
@@ -135,6 +176,14 @@ impl Context {
             eprint!("{text}");
         }
     }
+}
+
+/// The deploy file: `-c FILE`, `SHIPIT_CONFIG`, or `./deploy.toml`.
+pub fn config_path(global: &Global) -> PathBuf {
+    global
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("deploy.toml"))
 }
 
 use crate::execute::RunReport;

@@ -10,11 +10,11 @@ use crate::host::{Current, HostFacts};
 
 pub async fn run(ctx: &Context) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let transport = fleet::connect(stage, &stage.hosts).await?;
-    let facts = fleet::probe(&transport, stage, &stage.hosts).await;
+    let transport = fleet::connect(stage, &ctx.hosts).await?;
+    let facts = fleet::probe(&transport, stage, &ctx.hosts).await;
     transport.close().await;
     let facts = facts?;
-    let hosts: Vec<(&str, &HostFacts)> = stage
+    let hosts: Vec<(&str, &HostFacts)> = ctx
         .hosts
         .iter()
         .filter_map(|h| facts.get(&h.name).map(|f| (h.name.as_str(), f)))

@@ -17,7 +17,7 @@ use crate::who::who;
 
 pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Result<Exit, Error> {
     let stage = &ctx.stage;
-    let hosts = &stage.hosts;
+    let hosts = &ctx.hosts;
     let to = match &args.to {
         Some(id) => Some(
             id.parse::<ReleaseId>()

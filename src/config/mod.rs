@@ -7,6 +7,8 @@
 
 mod load;
 pub mod raw;
+pub mod select;
+pub mod starter;
 pub mod template;
 mod validate;
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
-pub use validate::parse_duration;
+pub use validate::{RESERVED_STAGE_NAMES, parse_duration};
 
 pub use crate::lb::{AdminSocket, Balancer, OnTimeout, Via};
 
@@ -230,14 +232,14 @@ pub struct HaproxyLb {
 }
 
 impl Lb {
-    /// Machines outside the inventory that LB commands reach over SSH.
+    /// Where LB commands run over SSH: inventory hosts and other machines.
     pub fn ssh_hosts(&self) -> Vec<&Via> {
         let mut out: Vec<&Via> = match self {
             Lb::None => Vec::new(),
             Lb::Command(c) => vec![&c.run_on],
             Lb::Haproxy(h) => h.balancers.iter().map(|b| &b.via).collect(),
         };
-        out.retain(|v| matches!(v, Via::Ssh { .. }));
+        out.retain(|v| !matches!(v, Via::Local));
         out.sort();
         out.dedup();
         out

@@ -27,6 +27,8 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Commands that take no stage: `shipit init` must never mean a stage.
+pub const RESERVED_STAGE_NAMES: [&str; 4] = ["init", "completions", "man", "help"];
 
 pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors> {
     let base = file
@@ -63,6 +65,15 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                     stage.errors.add(
                         &format!("stages.{name}"),
                         "a stage name may contain only letters, digits, `-` and `_`",
+                    );
+                } else if RESERVED_STAGE_NAMES.contains(&name.as_str()) {
+                    stage.errors.add(
+                        &format!("stages.{name}"),
+                        format!(
+                            "`{name}` is a shipit command (`shipit {name}`), so it cannot name a stage; \
+                             reserved: {}",
+                            RESERVED_STAGE_NAMES.join(", ")
+                        ),
                     );
                 }
                 // Every section is checked, so one run reports every problem.
@@ -1653,6 +1664,10 @@ rolling_batch_size = "50%"
                 "/p/deploy.toml: stages.production.app.keep_releases: 0 is too small; keep at least 1 release (the current and the previous one are never deleted)",
             ),
             (
+                "[stages.init]\nhosts = [ { name = \"a\" } ]",
+                "/p/deploy.toml: stages.init: `init` is a shipit command (`shipit init`), so it cannot name a stage; reserved: init, completions, man, help",
+            ),
+            (
                 "[stages.staging]\nhosts = []",
                 "/p/deploy.toml: stages.staging.hosts: is empty; list at least one host",
             ),
@@ -1904,6 +1919,7 @@ mod example {
         let config = super::super::from_str(std::path::Path::new("deploy.toml.example"), text)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.stages.len(), 2);
+        assert_eq!(config.stages["production"].hosts[1].roles, ["web", "db"]);
         let staging = &config.stages["staging"];
         assert_eq!(
             staging.health.as_ref().unwrap().timeout,

@@ -33,7 +33,7 @@ pub enum Probe {
 }
 
 impl Probe {
-    fn describe(&self, check: &HttpCheck) -> String {
+    pub fn describe(&self, check: &HttpCheck) -> String {
         match self {
             Probe::Healthy => "healthy".into(),
             Probe::Unexpected { status, body } => {
@@ -70,7 +70,8 @@ pub fn judge(check: &HttpCheck, status: u16, body: &str) -> Probe {
     }
 }
 
-async fn probe(client: &reqwest::Client, check: &HttpCheck) -> Probe {
+/// One request: what the endpoint answers now.
+pub async fn probe(client: &reqwest::Client, check: &HttpCheck) -> Probe {
     let response = client
         .get(&check.url)
         .timeout(check.request_timeout)

@@ -296,6 +296,25 @@ impl<T: Transport, L: Transport> LbRun<'_, T, L> {
     }
 }
 
+/// What one load balancer says about one server of a backend, for
+/// `shipit check`: its state, or why it cannot be asked or is unknown.
+pub async fn server_state<T: Transport>(
+    transport: &T,
+    balancer: &Balancer,
+    backend: &str,
+    server: &str,
+) -> Result<haproxy::ServerState, String> {
+    let request =
+        Request::servers_state(backend).map_err(|e| format!("haproxy {balancer}: {e}"))?;
+    let answer = ask(transport, balancer, &request).await?;
+    let known = haproxy::parse_servers_state(&answer)
+        .map_err(|e| format!("haproxy {balancer}: `{request}`: {e}"))?;
+    known
+        .into_iter()
+        .find(|k| k.server == server)
+        .ok_or_else(|| format!("haproxy {balancer}: backend {backend} has no server {server}"))
+}
+
 /// Sends one request to a load balancer and returns its answer.
 async fn ask<T: Transport>(
     transport: &T,

@@ -18,6 +18,7 @@
 use crate::shell::Cmd;
 
 use super::ReleaseId;
+use super::check::Program;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -112,6 +113,22 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Read-only, for `shipit STAGE check`: whether `deploy_to` is writable
+    /// (or, when missing, can be created) and whether `program` is there.
+    /// Parsed by `check::Readiness::parse`.
+    pub fn check(&self, program: &Program) -> Cmd {
+        let [kind, path] = program.args();
+        Cmd::script("check", CHECK, [self.deploy_to.clone(), kind, path])
+    }
+
+    /// A user's command line (`shipit STAGE exec`), run by `sh -c` in
+    /// `current` when it exists, else in the login directory.
+    pub fn exec(&self, line: &str) -> Cmd {
+        Cmd::script("exec", EXEC, [self.deploy_to.clone(), line.to_string()])
+    }
+}
+
 // The scripts below take every value as a positional argument; they are
 // never formatted. Exit status 3 means "refused, with a message on stderr".
 
@@ -142,6 +159,35 @@ if [ -d "$l" ]; then
 fi
 [ -f "$d/.shipit/journal" ] && tail -n 500 "$d/.shipit/journal" | sed 's/^/journal\t/'
 exit 0"#;
+
+const CHECK: &str = r#"d=$1 kind=$2 p=$3
+if [ -d "$d" ]; then
+  if [ -w "$d" ]; then printf 'deploy_to\twritable\n'; else printf 'deploy_to\tread-only\n'; fi
+elif [ -e "$d" ] || [ -L "$d" ]; then
+  printf 'deploy_to\tnot-a-directory\n'
+else
+  a=$(dirname "$d")
+  while [ ! -e "$a" ]; do a=$(dirname "$a"); done
+  if [ -d "$a" ] && [ -w "$a" ]; then printf 'deploy_to\tcreatable\t%s\n' "$a"
+  else printf 'deploy_to\tnot-creatable\t%s\n' "$a"; fi
+fi
+case $kind in
+  file) f=$p ;;
+  release)
+    if [ ! -d "$d/current" ]; then printf 'restart\tno-current\n'; exit 0; fi
+    f="$d/current/$p" ;;
+  command)
+    if w=$(command -v "$p" 2>/dev/null); then printf 'restart\tfound\t%s\n' "$w"
+    else printf 'restart\tmissing\n'; fi
+    exit 0 ;;
+  *) exit 0 ;;
+esac
+if [ -f "$f" ] && [ -x "$f" ]; then printf 'restart\tfound\t%s\n' "$f"
+elif [ -e "$f" ]; then printf 'restart\tnot-executable\n'
+else printf 'restart\tmissing\n'; fi"#;
+
+const EXEC: &str = r#"if [ -d "$1/current" ]; then cd "$1/current" || exit; fi
+exec sh -c "$2""#;
 
 const UNPACK: &str = r#"d=$1 id=$2 r="$1/releases/$2"
 mkdir -p "$d/releases" "$d/shared" "$d/.shipit/unfinished" "$d/.shipit/bad" || exit
@@ -332,6 +378,86 @@ mod tests {
         assert!(std::path::Path::new(&release).is_dir());
         assert!(!tmp.path().join("pwned").exists());
         assert!(!std::path::Path::new("pwned").exists());
+    }
+
+    #[test]
+    fn check_reports_deploy_to_and_the_restart_program() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_str().unwrap();
+        let deploy_to = format!("{root}/my app; $(touch pwned)");
+        let layout = Layout::new(&deploy_to);
+        let check = |program: &Program| {
+            let (code, out, err) = run(&layout.check(program), None);
+            assert_eq!(code, 0, "{err}");
+            out
+        };
+        // Missing, under a writable directory; nothing to look for.
+        assert_eq!(
+            check(&Program::Unclear),
+            format!("deploy_to\tcreatable\t{root}\n")
+        );
+        // A path in the release, before any release exists.
+        assert_eq!(
+            check(&Program::InRelease("bin/restart".into())),
+            format!("deploy_to\tcreatable\t{root}\nrestart\tno-current\n")
+        );
+        let r1 = id("20261122101500");
+        let tgz = archive(&[("bin/restart", "#!/bin/sh\n"), ("README", "x")]);
+        assert_eq!(run(&layout.unpack(&r1), Some(&tgz)).0, 0);
+        assert_eq!(run(&layout.finish(&r1, "x"), None).0, 0);
+        assert_eq!(run(&layout.switch(&r1), None).0, 0);
+        let release = layout.release(&r1);
+        // The archive has no modes beyond 0644: not executable yet.
+        assert_eq!(
+            check(&Program::InRelease("bin/restart".into())),
+            "deploy_to\twritable\nrestart\tnot-executable\n"
+        );
+        let exe = format!("{release}/bin/restart");
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        assert_eq!(
+            check(&Program::InRelease("bin/restart".into())),
+            format!("deploy_to\twritable\nrestart\tfound\t{deploy_to}/current/bin/restart\n")
+        );
+        assert_eq!(
+            check(&Program::File(format!("{root}/nope"))),
+            "deploy_to\twritable\nrestart\tmissing\n"
+        );
+        assert!(check(&Program::Command("sh".into())).contains("restart\tfound\t/"));
+        assert!(
+            check(&Program::Command("no-such-program-here".into())).ends_with("restart\tmissing\n")
+        );
+
+        // A file where a directory should be, and under it.
+        let file = format!("{root}/plain-file");
+        std::fs::write(&file, "x").unwrap();
+        let out = run(&Layout::new(&file).check(&Program::Unclear), None).1;
+        assert_eq!(out, "deploy_to\tnot-a-directory\n");
+        let out = run(
+            &Layout::new(format!("{file}/app")).check(&Program::Unclear),
+            None,
+        )
+        .1;
+        assert_eq!(out, format!("deploy_to\tnot-creatable\t{file}\n"));
+        assert!(!tmp.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn exec_runs_the_line_in_current_when_there_is_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().join("app 'x'").to_str().unwrap());
+        let line = "printf '%s|' \"$(basename \"$PWD\")\" \"$1\"; exit 3";
+        let (code, out, _) = run(&layout.exec(line), None);
+        // No current: the command still runs, where the shell started.
+        assert_eq!(code, 3);
+        assert!(out.ends_with("||") && !out.contains("current"), "{out}");
+
+        let r1 = id("20261122101500");
+        assert_eq!(run(&layout.unpack(&r1), Some(&archive(&[("a", "1")]))).0, 0);
+        assert_eq!(run(&layout.finish(&r1, "x"), None).0, 0);
+        assert_eq!(run(&layout.switch(&r1), None).0, 0);
+        let (code, out, _) = run(&layout.exec(line), None);
+        assert_eq!((code, out.as_str()), (3, "current||"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum LockKind {
     Deploy,
     Rollback,
     Manual,
+    /// `shipit STAGE cleanup`.
+    Cleanup,
+    /// `shipit STAGE exec --lock`.
+    Exec,
 }
 
 /// What a lock says about its holder.
@@ -80,6 +84,8 @@ fn kind_name(kind: LockKind) -> &'static str {
         LockKind::Deploy => "deploy",
         LockKind::Rollback => "rollback",
         LockKind::Manual => "manual lock",
+        LockKind::Cleanup => "cleanup",
+        LockKind::Exec => "exec",
     }
 }
 

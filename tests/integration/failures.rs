@@ -53,9 +53,9 @@ fn all_serve_and_none_drained(fleet: &Fleet, release: &str) {
     assert_no_host_drained(fleet);
 }
 
-#[track_caller]
-fn assert_no_host_drained(fleet: &Fleet) {
-    // `show servers state`: srv_admin_state is a bit field; 0 = ready.
+/// `srv_admin_state` of every server of backend `app`: a bit field where 0
+/// means ready (neither drained nor in maintenance).
+fn admin_states(fleet: &Fleet) -> Vec<(String, String)> {
     let state = fleet.haproxy_cmd("show servers state app");
     let mut lines = state.lines().skip(1);
     let header: Vec<&str> = lines
@@ -66,13 +66,27 @@ fn assert_no_host_drained(fleet: &Fleet) {
         .collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (name, admin) = (col("srv_name"), col("srv_admin_state"));
-    for line in lines.filter(|l| !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split(' ').collect();
-        assert_eq!(
-            fields[admin], "0",
-            "{} is drained or in maintenance:\n{state}",
-            fields[name]
-        );
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields[name].to_string(), fields[admin].to_string())
+        })
+        .collect()
+}
+
+fn admin_state(fleet: &Fleet, server: &str) -> String {
+    admin_states(fleet)
+        .into_iter()
+        .find(|(n, _)| n == server)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn assert_no_host_drained(fleet: &Fleet) {
+    for (server, state) in admin_states(fleet) {
+        assert_eq!(state, "0", "{server} is drained or in maintenance");
     }
 }
 
@@ -342,23 +356,32 @@ fn a_killed_run_is_shown_repaired_and_resumed() {
 #[test]
 fn a_plain_deploy_after_a_killed_run_repairs_drained_hosts_first() {
     let fleet = fleet(2);
-    let slow = "[stages.test.app]\nrestart = \"sleep 1; bin/restart\"\n";
-    let project = Project::new(&config(&fleet, slow));
+    let project = Project::new(&config(&fleet, ""));
     deploy_v1(&project, &fleet);
+    // v2 takes 2 s to boot, so the run is sure to be waiting on web1's
+    // health check (web1 switched, restarted, drained) when it is killed.
     project.set_version("v2");
+    std::fs::write(project.path().join("dist/BOOT_DELAY"), "2").unwrap();
     let mut run = project.spawn(&["test", "deploy", "-v"]);
-    run.wait_for("web1     restart      $", Duration::from_secs(60));
+    run.wait_for("web1     health       $", Duration::from_secs(60));
     run.signal("KILL");
     run.finish();
+    let r2 = current(&fleet, "web1").unwrap();
     wait_for(
         Duration::from_secs(10),
-        "web1 to come up after its restart",
+        "web1's v2 to finish booting",
         || {
-            fleet
-                .haproxy_server_status("web1")
-                .is_some_and(|s| s.starts_with("MAINT") || s.starts_with("DRAIN"))
+            host_state(&fleet, "web1", DEPLOY_TO)
+                .health
+                .is_some_and(|(_, body)| body.contains(&format!("release={r2}")))
         },
     );
+    assert_ne!(
+        admin_state(&fleet, "web1"),
+        "0",
+        "the killed run left web1 drained"
+    );
+    std::fs::remove_file(project.path().join("dist/BOOT_DELAY")).unwrap();
     project.set_version("v3");
     project
         .shipit(&["test", "deploy", "--break-stale-lock"])

@@ -3,6 +3,7 @@
 //! They need root (network and mount namespaces) and fail, never skip, without it.
 mod support;
 
+mod commands;
 mod deploy;
 mod exit_codes;
 mod failures;

@@ -64,6 +64,8 @@ impl Default for ConnectOptions {
 struct HostEntry {
     connection: Arc<Connection>,
     channels: Arc<Semaphore>,
+    /// The size of `channels`: all of it free means no command is running.
+    capacity: u32,
 }
 
 /// Connections to a set of hosts, opened by [`SshTransport::connect`].
@@ -132,6 +134,7 @@ impl SshTransport {
                         HostEntry {
                             connection: Arc::new(connection),
                             channels: Arc::new(Semaphore::new(options.channels_per_host.max(1))),
+                            capacity: options.channels_per_host.max(1) as u32,
                         },
                     );
                 }
@@ -162,6 +165,18 @@ impl SshTransport {
     /// Jump host connections opened (each shared by all targets behind it).
     pub fn jump_connections(&self) -> usize {
         self.shared.jump_connections().len()
+    }
+
+    /// Waits, at most `limit`, until no command holds a channel on any host.
+    /// Commands a caller gave up on are stopped in the background (see
+    /// `Running`); a caller about to close the transport and exit (after
+    /// Ctrl-C, say) waits here first, or they would keep running.
+    pub async fn settle(&self, limit: Duration) {
+        let all = self
+            .hosts
+            .values()
+            .map(|h| h.channels.acquire_many(h.capacity));
+        let _ = tokio::time::timeout(limit, futures::future::join_all(all)).await;
     }
 
     /// Politely disconnects every host, then the jump hosts.

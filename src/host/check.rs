@@ -1,0 +1,415 @@
+//! What `shipit STAGE check` asks a host beyond the probe: can `deploy_to`
+//! be written (or created), and is the program `app.restart` starts there.
+//! Pure: the script is `Layout::check`; this picks its input and parses its
+//! output.
+
+use super::lock::HeldLock;
+use super::{Current, HostFacts, Layout};
+use crate::shell::valid_env_name;
+
+/// The program a command line starts, as far as its first word tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// An absolute path.
+    File(String),
+    /// A path inside the release (relative, or under `deploy_to/current/`):
+    /// checked in the release `current` points to.
+    InRelease(String),
+    /// A bare name, looked up on the PATH of the shell that will run it.
+    Command(String),
+    /// Shell syntax, a variable, unbalanced quotes…: not checked.
+    Unclear,
+}
+
+impl Program {
+    /// Classifies the first word of `line` (after `NAME=value` assignments).
+    /// `deploy_to` turns `/srv/app/current/bin/x` into a path in the release.
+    pub fn of(line: &str, deploy_to: &str) -> Program {
+        let Some(words) = shlex::split(line) else {
+            return Program::Unclear;
+        };
+        let Some(word) = words.into_iter().find(|w| !is_assignment(w)) else {
+            return Program::Unclear;
+        };
+        if word.is_empty()
+            || word.contains([
+                '$', '`', ';', '|', '&', '<', '>', '(', ')', '{', '}', '*', '?', '[', ']', '~',
+                '\\', '\n',
+            ])
+        {
+            return Program::Unclear;
+        }
+        let current = format!("{deploy_to}/current/");
+        if let Some(rest) = word.strip_prefix(&current) {
+            return Program::InRelease(rest.to_string());
+        }
+        if word.starts_with('/') {
+            Program::File(word)
+        } else if word.contains('/') {
+            Program::InRelease(word.trim_start_matches("./").to_string())
+        } else {
+            Program::Command(word)
+        }
+    }
+
+    /// The script's two arguments: kind and path.
+    pub fn args(&self) -> [String; 2] {
+        let (kind, path) = match self {
+            Program::File(p) => ("file", p.as_str()),
+            Program::InRelease(p) => ("release", p.as_str()),
+            Program::Command(p) => ("command", p.as_str()),
+            Program::Unclear => ("none", ""),
+        };
+        [kind.to_string(), path.to_string()]
+    }
+}
+
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=')
+        .is_some_and(|(name, _)| valid_env_name(name))
+}
+
+/// What the check script found on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Readiness {
+    pub deploy_to: DeployTo,
+    pub restart: Found,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeployTo {
+    #[default]
+    Writable,
+    ReadOnly,
+    NotADirectory,
+    /// Missing; its nearest existing ancestor (named) is a writable directory.
+    Creatable(String),
+    /// Missing, and the nearest existing ancestor (named) cannot take it.
+    NotCreatable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Found {
+    /// Nothing to look for.
+    #[default]
+    NotChecked,
+    /// There (for a command: where the shell finds it).
+    Yes(String),
+    Missing,
+    NotExecutable,
+    /// A path in the release, on a host without a current release.
+    NoCurrent,
+}
+
+impl Readiness {
+    pub fn parse(output: &str) -> Result<Readiness, String> {
+        let mut out = Readiness::default();
+        let mut saw_deploy_to = false;
+        for line in output.lines() {
+            let fields: Vec<&str> = line.split('\t').collect();
+            match fields.as_slice() {
+                ["deploy_to", state, rest @ ..] => {
+                    saw_deploy_to = true;
+                    let at = rest.join("\t");
+                    out.deploy_to = match *state {
+                        "writable" => DeployTo::Writable,
+                        "read-only" => DeployTo::ReadOnly,
+                        "not-a-directory" => DeployTo::NotADirectory,
+                        "creatable" => DeployTo::Creatable(at),
+                        "not-creatable" => DeployTo::NotCreatable(at),
+                        _ => return Err(format!("unexpected check output line: {line:?}")),
+                    };
+                }
+                ["restart", state, rest @ ..] => {
+                    out.restart = match *state {
+                        "found" => Found::Yes(rest.join("\t")),
+                        "missing" => Found::Missing,
+                        "not-executable" => Found::NotExecutable,
+                        "no-current" => Found::NoCurrent,
+                        _ => return Err(format!("unexpected check output line: {line:?}")),
+                    };
+                }
+                _ => return Err(format!("unexpected check output line: {line:?}")),
+            }
+        }
+        if saw_deploy_to {
+            Ok(out)
+        } else {
+            Err("the check script reported nothing".into())
+        }
+    }
+}
+
+/// One cell of the check table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Fail,
+    /// Not applicable or not checkable; never fails the check.
+    Skip,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub reason: String,
+}
+
+impl Verdict {
+    pub fn ok(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::Ok,
+            reason: reason.into(),
+        }
+    }
+    pub fn fail(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::Fail,
+            reason: reason.into(),
+        }
+    }
+    pub fn skip(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::Skip,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Can a deploy write its releases, and switch `current`?
+pub fn deploy_to(layout: &Layout, found: &DeployTo, facts: &HostFacts) -> Verdict {
+    let d = layout.deploy_to();
+    if facts.current == Current::NotALink {
+        return Verdict::fail(format!(
+            "{} is a real directory, not a symlink; move it away (shipit will not delete it)",
+            layout.current()
+        ));
+    }
+    match found {
+        DeployTo::Writable => Verdict::ok(format!("{d} is writable")),
+        DeployTo::ReadOnly => Verdict::fail(format!(
+            "{d} is not writable by the SSH user; fix its owner or permissions"
+        )),
+        DeployTo::NotADirectory => Verdict::fail(format!("{d} exists but is not a directory")),
+        DeployTo::Creatable(at) => Verdict::ok(format!(
+            "{d} does not exist yet; the first deploy creates it ({at} is writable)"
+        )),
+        DeployTo::NotCreatable(at) => Verdict::fail(format!(
+            "{d} does not exist and cannot be created: {at} is not a writable directory"
+        )),
+    }
+}
+
+/// Are the shared files a deploy links in already there?
+pub fn shared_files(layout: &Layout, shared_files: &[String], facts: &HostFacts) -> Verdict {
+    if shared_files.is_empty() {
+        return Verdict::skip("no app.shared_files");
+    }
+    if facts.missing_shared.is_empty() {
+        return Verdict::ok(format!("all {} present", shared_files.len()));
+    }
+    Verdict::fail(format!(
+        "missing in {}: {}; create them on the host (shipit never creates shared files)",
+        layout.shared(),
+        facts.missing_shared.join(", ")
+    ))
+}
+
+/// Is the program `app.restart` starts there? Best effort: its first word.
+pub fn restart(layout: &Layout, program: Option<&Program>, found: &Found) -> Verdict {
+    let Some(program) = program else {
+        return Verdict::skip("no app.restart");
+    };
+    let name = match program {
+        Program::Unclear => {
+            return Verdict::skip("app.restart does not start with a plain command; not checked");
+        }
+        Program::File(p) => p.clone(),
+        Program::InRelease(p) => format!("{}/{p}", layout.current()),
+        Program::Command(p) => format!("`{p}`"),
+    };
+    match found {
+        Found::Yes(path) => Verdict::ok(format!("{path} found")),
+        Found::Missing => match program {
+            Program::Command(_) => {
+                Verdict::fail(format!("{name} is not on the PATH of the SSH user's shell"))
+            }
+            _ => Verdict::fail(format!("{name} does not exist")),
+        },
+        Found::NotExecutable => Verdict::fail(format!("{name} is not an executable file")),
+        Found::NoCurrent => Verdict::skip(format!(
+            "{name} is in the release, and no release is current yet"
+        )),
+        Found::NotChecked => Verdict::skip("not checked"),
+    }
+}
+
+/// Would a deploy get the lock now?
+pub fn lock(stage: &str, facts: &HostFacts, stale: impl Fn(&HeldLock) -> bool) -> Verdict {
+    use super::lock::LockKind;
+    let Some(held) = &facts.lock else {
+        return Verdict::ok("free");
+    };
+    let what = held.describe();
+    if held
+        .info
+        .as_ref()
+        .is_some_and(|i| i.kind == LockKind::Manual)
+    {
+        Verdict::fail(format!(
+            "{what}; deploys are held until `shipit {stage} unlock`"
+        ))
+    } else if stale(held) {
+        Verdict::fail(format!(
+            "stale: {what}; a deploy with --break-stale-lock takes it over"
+        ))
+    } else {
+        Verdict::fail(format!("held: {what}; a deploy now would wait or exit 6"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_by_their_first_word() {
+        let d = "/srv/shop";
+        assert_eq!(
+            Program::of("/srv/shop/current/bin/restart --hard", d),
+            Program::InRelease("bin/restart".into())
+        );
+        assert_eq!(
+            Program::of("'/usr/local/bin/my tool' x", d),
+            Program::File("/usr/local/bin/my tool".into())
+        );
+        assert_eq!(
+            Program::of("RAILS_ENV=production ./bin/puma-restart", d),
+            Program::InRelease("bin/puma-restart".into())
+        );
+        assert_eq!(
+            Program::of("sudo systemctl restart shop", d),
+            Program::Command("sudo".into())
+        );
+        for unclear in [
+            "$HOME/bin/restart",
+            "(cd x && y)",
+            "a;b",
+            "'unbalanced",
+            "",
+            "X=1",
+            "~/bin/x",
+        ] {
+            assert_eq!(Program::of(unclear, d), Program::Unclear, "{unclear}");
+        }
+    }
+
+    #[test]
+    fn parses_the_check_script() {
+        let r = Readiness::parse("deploy_to\tcreatable\t/srv\nrestart\tfound\t/usr/bin/sudo\n")
+            .unwrap();
+        assert_eq!(r.deploy_to, DeployTo::Creatable("/srv".into()));
+        assert_eq!(r.restart, Found::Yes("/usr/bin/sudo".into()));
+        let r = Readiness::parse("deploy_to\tread-only\n").unwrap();
+        assert_eq!(
+            (r.deploy_to, r.restart),
+            (DeployTo::ReadOnly, Found::NotChecked)
+        );
+        assert!(Readiness::parse("").is_err());
+        assert!(Readiness::parse("deploy_to\tmaybe\n").is_err());
+    }
+
+    #[test]
+    fn verdicts() {
+        let layout = Layout::new("/srv/shop");
+        let fresh = HostFacts::default();
+        assert_eq!(
+            deploy_to(&layout, &DeployTo::Creatable("/srv".into()), &fresh).status,
+            Status::Ok
+        );
+        assert_eq!(
+            deploy_to(&layout, &DeployTo::ReadOnly, &fresh),
+            Verdict::fail(
+                "/srv/shop is not writable by the SSH user; fix its owner or permissions"
+            )
+        );
+        let odd = HostFacts {
+            current: Current::NotALink,
+            ..HostFacts::default()
+        };
+        assert!(
+            deploy_to(&layout, &DeployTo::Writable, &odd)
+                .reason
+                .contains("/srv/shop/current is a real directory")
+        );
+
+        let missing = HostFacts {
+            missing_shared: vec![".env".into()],
+            ..HostFacts::default()
+        };
+        assert_eq!(shared_files(&layout, &[], &missing).status, Status::Skip);
+        assert_eq!(
+            shared_files(&layout, &[".env".into(), "k".into()], &missing),
+            Verdict::fail(
+                "missing in /srv/shop/shared: .env; create them on the host (shipit never creates shared files)"
+            )
+        );
+        assert_eq!(
+            shared_files(&layout, &["k".into()], &fresh),
+            Verdict::ok("all 1 present")
+        );
+
+        let bin = Program::InRelease("bin/restart".into());
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::Missing),
+            Verdict::fail("/srv/shop/current/bin/restart does not exist")
+        );
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::NoCurrent).status,
+            Status::Skip
+        );
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&Program::Command("pm2".into())),
+                &Found::Missing
+            ),
+            Verdict::fail("`pm2` is not on the PATH of the SSH user's shell")
+        );
+        assert_eq!(
+            restart(&layout, None, &Found::NotChecked).status,
+            Status::Skip
+        );
+        assert_eq!(
+            restart(&layout, Some(&Program::Unclear), &Found::NotChecked).status,
+            Status::Skip
+        );
+
+        assert_eq!(lock("production", &fresh, |_| false), Verdict::ok("free"));
+        let locked = HostFacts::parse(
+            "/srv/shop",
+            "deploy_to writable\nlock-run\tr1\nlock-age\t3\nlock-info\t\n",
+        )
+        .unwrap();
+        assert!(
+            lock("production", &locked, |_| false)
+                .reason
+                .starts_with("held: run r1")
+        );
+        assert!(
+            lock("production", &locked, |_| true)
+                .reason
+                .starts_with("stale: run r1")
+        );
+    }
+}
