@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sha2::Digest as _;
 
 use crate::config::Source;
 
@@ -16,6 +17,10 @@ pub struct Artifact {
     /// Files packed (0 for a ready archive).
     pub files: usize,
     pub packing: Duration,
+    /// SHA-256 of what is shipped: of the packed tree's paths, modes, link
+    /// targets and contents (not its times, so a fresh checkout of the same
+    /// commit has the same digest), or of a ready archive's bytes.
+    pub digest: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +149,12 @@ fn prepare_blocking(source: &Source) -> Result<Artifact, ArtifactError> {
                     "is not a gzip file; ship a .tar.gz, or point source at a directory".into(),
                 ));
             }
+            let digest = hex(&sha2::Sha256::digest(&bytes));
             Ok(Artifact {
                 bytes: Bytes::from(bytes),
                 files: 0,
                 packing: started.elapsed(),
+                digest,
             })
         }
         Source::Directory(path) => {
@@ -168,7 +175,7 @@ fn prepare_blocking(source: &Source) -> Result<Artifact, ArtifactError> {
                     "is neither a directory nor a .tar.gz/.tgz file".into(),
                 ));
             }
-            let (bytes, files) =
+            let (bytes, files, digest) =
                 pack(path).map_err(|e| problem(path, format!("cannot pack: {e}")))?;
             if files == 0 {
                 return Err(problem(path, "is empty; there is nothing to deploy".into()));
@@ -177,20 +184,20 @@ fn prepare_blocking(source: &Source) -> Result<Artifact, ArtifactError> {
                 bytes: Bytes::from(bytes),
                 files,
                 packing: started.elapsed(),
+                digest,
             })
         }
     }
 }
 
 /// Tars `dir`'s contents (not the directory itself), keeping symlinks as
-/// links, and gzips the result. Level 1 compression: packing is on the
-/// critical path of every deploy and most bytes are code and assets that
-/// compress well at any level.
-fn pack(dir: &Path) -> std::io::Result<(Vec<u8>, usize)> {
+/// links, and gzips the result; also returns the content digest. Level 1
+/// compression: packing is on the critical path of every deploy and most
+/// bytes are code and assets that compress well at any level.
+fn pack(dir: &Path) -> std::io::Result<(Vec<u8>, usize, String)> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
-    builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
+    let mut digest = sha2::Sha256::new();
     let mut files = 0;
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
@@ -200,18 +207,38 @@ fn pack(dir: &Path) -> std::io::Result<(Vec<u8>, usize)> {
         entries.sort_by_key(std::fs::DirEntry::file_name);
         for entry in entries {
             let name = relative.join(entry.file_name());
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                builder.append_dir(&name, entry.path())?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+            digest.update(name.as_os_str().as_encoded_bytes());
+            digest.update([0]);
+            if meta.is_dir() {
+                digest.update(format!("d{mode:o}\0"));
+                builder.append_data(&mut header, &name, std::io::empty())?;
                 stack.push(name);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                digest.update(format!("l{mode:o}\0"));
+                digest.update(target.as_os_str().as_encoded_bytes());
+                digest.update([0]);
+                builder.append_link(&mut header, &name, &target)?;
+                files += 1;
             } else {
-                builder.append_path_with_name(entry.path(), &name)?;
+                let content = std::fs::read(entry.path())?;
+                digest.update(format!("f{mode:o} {}\0", content.len()));
+                digest.update(&content);
+                builder.append_data(&mut header, &name, &content[..])?;
                 files += 1;
             }
         }
     }
     let bytes = builder.into_inner()?.finish()?;
-    Ok((bytes, files))
+    Ok((bytes, files, hex(&digest.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -245,6 +272,19 @@ mod tests {
             std::fs::read_link(out.join("link")).unwrap(),
             Path::new("app.py")
         );
+
+        // New times, same content: same digest. New content: new digest.
+        let dist = tmp.path().join("dist");
+        let app = std::fs::File::options()
+            .write(true)
+            .open(dist.join("app.py"))
+            .unwrap();
+        app.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        let again = prepare(&Source::Directory(dist.clone())).await.unwrap();
+        assert_eq!(again.digest, artifact.digest);
+        std::fs::write(dist.join("app.py"), "print(2)").unwrap();
+        let changed = prepare(&Source::Directory(dist)).await.unwrap();
+        assert_ne!(changed.digest, artifact.digest);
     }
 
     #[tokio::test]

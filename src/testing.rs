@@ -60,6 +60,7 @@ pub fn run() -> crate::plan::Run {
         id: "run-1".into(),
         by: "ana@laptop".into(),
         rollback_on_abort: false,
+        local_dir: None,
     }
 }
 

@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use sha2::Digest as _;
-
 use super::lock::{self, LockOptions};
 use super::{Context, Signals, check_load_balancers, fleet, run_result};
 use crate::artifact::{self, Artifact};
@@ -29,6 +27,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         id: lock::run_id(),
         by: who(),
         rollback_on_abort: args.rollback_on_abort,
+        local_dir: ctx.local_dir(),
     };
 
     if args.dry_run {
@@ -68,7 +67,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         built?;
     }
     let artifact = artifact::prepare(&stage.app.source).await?;
-    let digest = digest(&artifact);
+    let digest = artifact.digest.clone();
     ctx.event(&Event::Packed {
         source: stage.app.source.path().display().to_string(),
         bytes: artifact.bytes.len() as u64,
@@ -243,7 +242,7 @@ pub async fn release<T: crate::transport::Transport>(ctx: &Context, held: lock::
 /// drained, when their release answers its health check; reports the rest.
 pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
     let stage = &ctx.stage;
-    let pipelines = plan::repair(stage, &ctx.hosts, facts);
+    let pipelines = plan::repair(stage, &ctx.hosts, facts, ctx.local_dir().as_deref());
     if pipelines.is_empty() {
         return;
     }
@@ -313,11 +312,4 @@ fn interrupted_deploy(facts: &BTreeMap<String, HostFacts>) -> Result<Interrupted
         release,
         digest,
     })
-}
-
-fn digest(artifact: &Artifact) -> String {
-    sha2::Sha256::digest(&artifact.bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -115,6 +115,14 @@ impl Context {
         }
     }
 
+    /// deploy.toml's directory as an absolute path, where local commands
+    /// (LB commands, local hooks) run.
+    pub fn local_dir(&self) -> Option<String> {
+        std::path::absolute(self.base_dir())
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
     pub fn verbosity(&self) -> Verbosity {
         verbosity(&self.global)
     }

@@ -29,6 +29,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         id: lock::run_id(),
         by: who(),
         rollback_on_abort: false,
+        local_dir: ctx.local_dir(),
     };
     let env = ctx.env(args.dry_run)?;
     ctx.event(&Event::PhaseStarted {

@@ -50,6 +50,9 @@ pub struct Run {
     pub id: String,
     pub by: String,
     pub rollback_on_abort: bool,
+    /// Where commands for the machine running shipit run: deploy.toml's
+    /// directory, so relative paths in them mean what they mean there.
+    pub local_dir: Option<String>,
 }
 
 /// Why a plan cannot be made. Found before anything changes on any host.
@@ -115,6 +118,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         env: input.env,
         hosts: &names,
         revision: &input.revision,
+        local_dir: input.run.local_dir.as_deref(),
     };
     let rolling_hosts: Vec<&Host> = input.hosts.iter().filter(|h| !done(h)).collect();
     let per_batch = stage
@@ -338,12 +342,18 @@ fn policy(stage: &Stage, run: &Run, per_batch: usize) -> FailurePolicy {
 
 /// Puts back hosts that an interrupted run left drained, if the release
 /// they run answers its health check: one quick check, then enable.
-pub fn repair(stage: &Stage, hosts: &[Host], facts: &BTreeMap<String, HostFacts>) -> Vec<Pipeline> {
+pub fn repair(
+    stage: &Stage,
+    hosts: &[Host],
+    facts: &BTreeMap<String, HostFacts>,
+    local_dir: Option<&str>,
+) -> Vec<Pipeline> {
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let run = RunEnv {
         env: &[],
         hosts: &names,
         revision: "",
+        local_dir,
     };
     hosts
         .iter()
@@ -416,6 +426,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         env: input.env,
         hosts: &names,
         revision: &revision,
+        local_dir: input.run.local_dir.as_deref(),
     };
     let changing: Vec<&Host> = input
         .hosts

@@ -16,6 +16,8 @@ pub(super) struct RunEnv<'a> {
     pub env: &'a [(String, Word)],
     pub hosts: &'a [String],
     pub revision: &'a str,
+    /// Working directory of commands run on the machine running shipit.
+    pub local_dir: Option<&'a str>,
 }
 
 /// Builds the steps of one host for one target release.
@@ -28,6 +30,7 @@ pub(super) struct HostSteps<'a> {
     shipit_env: Vec<(String, Word)>,
     /// `[env]`, for commands on the host (restart, host hooks).
     user_env: &'a [(String, Word)],
+    local_dir: Option<&'a str>,
 }
 
 impl<'a> HostSteps<'a> {
@@ -85,6 +88,7 @@ impl<'a> HostSteps<'a> {
             vars,
             shipit_env,
             user_env: run.env,
+            local_dir: run.local_dir,
         }
     }
 
@@ -95,10 +99,19 @@ impl<'a> HostSteps<'a> {
         self
     }
 
-    /// A command the user wrote, run on the machine running shipit.
+    /// A command the user wrote, run on the machine running shipit, in
+    /// deploy.toml's directory.
     fn local(&self, template: &Template) -> Action {
         Action::Local {
-            cmd: Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone()),
+            cmd: self.local_cmd(template),
+        }
+    }
+
+    fn local_cmd(&self, template: &Template) -> Cmd {
+        let cmd = Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone());
+        match self.local_dir {
+            Some(dir) => cmd.cwd(dir),
+            None => cmd,
         }
     }
 
@@ -213,8 +226,11 @@ impl<'a> HostSteps<'a> {
         match &self.stage.lb {
             Lb::None => None,
             Lb::Command(c) => {
-                let shell = |template: &Template| {
-                    Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone())
+                let shell = |template: &Template| match c.run_on {
+                    crate::lb::Via::Local => self.local_cmd(template),
+                    _ => {
+                        Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone())
+                    }
                 };
                 let (cmd, wait) = match op {
                     LbOp::Drain => (

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::support::fleet::{Fleet, FleetOptions, Haproxy, wait_for};
+use crate::support::load::Load;
 use crate::support::shipit::{DEPLOY_TO, Project, host_state, standard_config};
 
 fn fleet(hosts: usize) -> Fleet {
@@ -16,17 +17,37 @@ fn fleet(hosts: usize) -> Fleet {
     })
 }
 
-/// The standard config behind HAProxy (driven through its admin socket),
+/// The standard config behind HAProxy, driven through its runtime API,
 /// plus `extra` TOML.
 fn config(fleet: &Fleet, extra: &str) -> String {
-    let socket = fleet.haproxy_socket();
     let lb = format!(
-        "[stages.test.lb]\n\
-         drain = \"echo 'set server app/{{name}} state drain' | socat stdio UNIX-CONNECT:{s}\"\n\
-         enable = \"echo 'set server app/{{name}} state ready' | socat stdio UNIX-CONNECT:{s}\"\n",
-        s = socket.display()
+        "[stages.test.lb]\ndriver = \"haproxy\"\nsocket = \"{}\"\nbackend = \"app\"\n",
+        fleet.haproxy_socket().display()
     );
     standard_config(fleet, &format!("{lb}\n{extra}"))
+}
+
+/// Requests through HAProxy while `f` runs: none may fail, whatever went
+/// wrong with the deploy itself.
+fn no_request_fails<T>(fleet: &Fleet, what: &str, f: impl FnOnce() -> T) -> T {
+    let load = Load::start(&fleet.lb_url(), 4, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    println!("{what}: {}", report.summary());
+    assert!(
+        report.total() > 100,
+        "{what}: the load did not run: {}",
+        report.summary()
+    );
+    assert!(
+        report.failures().is_empty(),
+        "{what}: {} request(s) failed:\n{}",
+        report.failures().len(),
+        report.failure_list(10)
+    );
+    out
 }
 
 fn names(fleet: &Fleet) -> Vec<String> {
@@ -124,11 +145,12 @@ fn health_failing_on_host_3_of_4_rolls_everything_back() {
     let r1 = deploy_v1(&project, &fleet);
     fleet.exec_ok("web3", &format!("echo v2 > {DEPLOY_TO}/shared/health-fail"));
     project.set_version("v2");
-    project
-        .shipit(&["test", "deploy"])
-        .code(4)
-        .stderr_has("web3     health       FAILED")
-        .stderr_has("and was rolled back");
+    no_request_fails(&fleet, "health failing on web3, rolled back", || {
+        project.shipit(&["test", "deploy"])
+    })
+    .code(4)
+    .stderr_has("web3     health       FAILED")
+    .stderr_has("and was rolled back");
     all_serve_and_none_drained(&fleet, &r1);
     assert_unlocked(&fleet);
     for host in names(&fleet) {
@@ -152,11 +174,12 @@ fn a_failing_restart_is_rolled_back() {
         &format!("restart = {restart:?}"),
     ));
     fleet.exec_ok("web2", &format!("touch {DEPLOY_TO}/shared/no-restart"));
-    project
-        .shipit(&["test", "deploy"])
-        .code(4)
-        .stderr_has("ended with exit status 9; stderr:")
-        .stderr_has("    cannot start");
+    no_request_fails(&fleet, "restart failing on web2, rolled back", || {
+        project.shipit(&["test", "deploy"])
+    })
+    .code(4)
+    .stderr_has("ended with exit status 9; stderr:")
+    .stderr_has("    cannot start");
     all_serve_and_none_drained(&fleet, &r1);
     assert_unlocked(&fleet);
 }
@@ -290,11 +313,13 @@ fn ctrl_c_mid_batch_puts_every_host_back_and_releases_the_lock() {
         if rollback_on_abort {
             args.push("--rollback-on-abort");
         }
-        let mut run = project.spawn(&args);
-        // web2 is drained and restarting when the signal arrives.
-        run.wait_for("web2     restart      $", Duration::from_secs(60));
-        run.signal(signal);
-        let run = run.finish();
+        let run = no_request_fails(&fleet, &format!("SIG{signal} mid-batch"), || {
+            let mut run = project.spawn(&args);
+            // web2 is drained and restarting when the signal arrives.
+            run.wait_for("web2     restart      $", Duration::from_secs(60));
+            run.signal(signal);
+            run.finish()
+        });
         run.code(130).stderr_has("interrupted");
         assert_no_host_drained(&fleet);
         assert_unlocked(&fleet);
