@@ -8,9 +8,12 @@
 # once, then roll out two hosts at a time (switch `current` by rename,
 # restart, poll /health until the new release answers), then keep the newest
 # 3 releases. The OpenSSH script multiplexes one ControlMaster connection per
-# host, as a careful shell deployer would. shipit additionally takes its
-# deploy lock, reads each host's state, journals every step and appends to
-# revisions.log. hyperfine prints the medians and the ratio.
+# host, as a careful shell deployer would, in two variants: "cold" opens its
+# connections in the run and closes them at the end (a CI job), "warm" keeps
+# them open between runs (ControlPersist on a laptop; it pays no connection
+# at all). shipit always connects afresh, and additionally takes its deploy
+# lock, reads each host's state, journals every step and appends to
+# revisions.log. hyperfine prints the means and the ratios.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 hosts=${1:-8}
@@ -63,8 +66,11 @@ cat >"$work/openssh-deploy.sh" <<'SH'
 set -euo pipefail
 . "$1/fleet/fleet.env"
 d=/srv/bench
-ssh_() { ssh -F "$FLEET_SSH_CONFIG" -o ControlMaster=auto -o "ControlPath=$1/cm-%h" -o ControlPersist=60 "${@:2}"; }
 work=$1
+mode=$2
+if [ "$mode" = warm ]; then sockets=$work/warm; else sockets=$(mktemp -d "$work/cold.XXXXXX"); fi
+mkdir -p "$sockets"
+ssh_() { ssh -F "$FLEET_SSH_CONFIG" -o ControlMaster=auto -o "ControlPath=$sockets/%h" -o ControlPersist=60 "${@:2}"; }
 set -- $FLEET_HOSTS
 newest=$(ssh_ "$work" "$1" "ls -1 $d/releases 2>/dev/null | tail -n 1")
 r=$(date -u +%Y%m%d%H%M%S)
@@ -93,10 +99,16 @@ for h in $FLEET_HOSTS; do
 	ssh_ "$work" "$h" "cd $d/releases && ls -1 | head -n -3 | xargs -r rm -rf" &
 done
 wait
+if [ "$mode" = cold ]; then
+	for h in $FLEET_HOSTS; do ssh_ "$work" "$h" -O exit 2>/dev/null & done
+	wait
+	rm -rf "$sockets"
+fi
 SH
 chmod +x "$work/openssh-deploy.sh"
 
 echo "== $hosts hosts, batches of 2, $runs runs each"
 hyperfine --runs "$runs" --warmup 1 \
 	-n shipit "cd $work/project && $shipit bench deploy -q" \
-	-n openssh "$work/openssh-deploy.sh $work"
+	-n openssh-cold "$work/openssh-deploy.sh $work cold" \
+	-n openssh-warm "$work/openssh-deploy.sh $work warm"

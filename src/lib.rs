@@ -36,6 +36,7 @@ use report::{Event, Reporter};
 /// process exit code. Errors are reported here, once, as the final
 /// `result` event (`error: …` on stderr, and a JSON line with `--json`).
 pub fn run(args: Vec<OsString>) -> u8 {
+    init_debug_log();
     let invocation = match cli::parse(args) {
         Ok(invocation) => invocation,
         Err(e) => {
@@ -90,6 +91,8 @@ async fn dispatch(
             command,
         } => {
             let ctx = commands::Context::load(&stage, global, select.filter(), reporter.clone())?;
+            // Ready by the time a health check needs it.
+            execute::health::prepare_client();
             if let Some(selection) = ctx.selection() {
                 ctx.note(None, &selection);
             }
@@ -177,4 +180,17 @@ fn watch_signals(reporter: Arc<dyn Reporter>, stopping: &'static str) -> command
         }
     });
     signals
+}
+
+/// `SHIPIT_LOG=debug` (or any tracing filter, e.g. `shipit=debug,russh=info`)
+/// writes shipit's internal debug log to stderr: for bug reports, not for
+/// everyday output.
+fn init_debug_log() {
+    let Ok(filter) = std::env::var("SHIPIT_LOG") else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }

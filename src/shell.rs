@@ -96,6 +96,11 @@ pub struct Cmd {
     pub env: Vec<(String, Word)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Run after this one if it succeeds (`A && B`), in the same shell: one
+    /// round trip for what belongs together, such as a step and its journal
+    /// entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then: Option<Box<Cmd>>,
 }
 
 impl Cmd {
@@ -109,6 +114,7 @@ impl Cmd {
             argv: argv.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             cwd: None,
+            then: None,
         }
     }
 
@@ -140,6 +146,7 @@ impl Cmd {
             argv,
             env: Vec::new(),
             cwd: None,
+            then: None,
         }
     }
 
@@ -153,14 +160,28 @@ impl Cmd {
         self
     }
 
+    /// `self && next`; chains append at the end.
+    pub fn then(mut self, next: Cmd) -> Self {
+        self.then = Some(Box::new(match self.then.take() {
+            Some(rest) => rest.then(next),
+            None => next,
+        }));
+        self
+    }
+
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.cwd = Some(dir.into());
         self
     }
 
-    /// The exact line handed to the shell.
+    /// The exact line handed to the shell. A chained command runs in a
+    /// subshell so that this one's `cd` and environment stay its own.
     pub fn render(&self) -> String {
-        self.join(|w| quote(w.value()))
+        let line = self.join(|w| quote(w.value()));
+        match &self.then {
+            Some(next) => format!("( {line} ) && {}", next.render()),
+            None => line,
+        }
     }
 
     /// The line as shown to people: secrets redacted, shipit's own scripts
@@ -185,21 +206,25 @@ impl Cmd {
     /// True if any word is a secret; such commands should travel over stdin
     /// rather than the command line, where `ps` on the host would show them.
     pub fn has_secrets(&self) -> bool {
-        self.argv
-            .iter()
-            .chain(self.env.iter().map(|(_, v)| v))
-            .any(|w| matches!(w, Word::Secret(_)))
+        !self.secrets().is_empty()
     }
 
-    /// The values of the secret words, for masking them in output.
-    pub fn secrets(&self) -> impl Iterator<Item = &str> {
-        self.argv
+    /// The values of the secret words, chained commands included, for
+    /// masking them in output.
+    pub fn secrets(&self) -> Vec<&str> {
+        let mut found: Vec<&str> = self
+            .argv
             .iter()
             .chain(self.env.iter().map(|(_, v)| v))
             .filter_map(|w| match w {
                 Word::Secret(v) => Some(v.as_str()),
                 Word::Plain(_) => None,
             })
+            .collect();
+        if let Some(next) = &self.then {
+            found.extend(next.secrets());
+        }
+        found
     }
 
     fn join<'a>(&'a self, word: impl Fn(&'a Word) -> Cow<'a, str>) -> String {
@@ -293,6 +318,23 @@ mod tests {
     }
 
     #[test]
+    fn chained_commands_keep_their_own_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let cmd = Cmd::shell("pwd")
+            .cwd(dir)
+            .then(Cmd::new(["printf", "%s|", "after"]));
+        assert_eq!(sh(&cmd.render()), format!("{dir}\nafter|"));
+        let failing = Cmd::shell("exit 3").then(Cmd::new(["echo", "never"]));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(failing.render())
+            .output()
+            .unwrap();
+        assert_eq!((out.status.code(), out.stdout.is_empty()), (Some(3), true));
+    }
+
+    #[test]
     fn user_lines_run_as_written() {
         let cmd = Cmd::shell("echo one; echo two | tr a-z A-Z").env("Y", "1");
         assert_eq!(sh(&cmd.render()), "one\nTWO\n");
@@ -308,7 +350,7 @@ mod tests {
         let json = serde_json::to_string(&cmd).unwrap();
         assert!(!json.contains("s3cr3t"), "{json}");
         assert!(!format!("{cmd:?}").contains("s3cr3t"));
-        assert_eq!(cmd.secrets().collect::<Vec<_>>(), ["s3cr3t v"]);
+        assert_eq!(cmd.secrets(), ["s3cr3t v"]);
     }
 
     #[test]

@@ -104,8 +104,22 @@ pub async fn acquire<'t, T: Transport>(
     names.sort();
     let deadline = options.wait.map(|w| Instant::now() + w);
     let mut said_waiting = false;
+    // Usually nobody else holds it: ask every host at once. If one refuses,
+    // give back what was taken and go host by host in name order, which is
+    // what makes two runs unable to split the fleet between them.
+    let mut at_once = true;
     loop {
-        let (taken, refused) = try_all(transport, &layout, &names, info).await?;
+        let (taken, refused) = if std::mem::take(&mut at_once) {
+            let (taken, refused) = try_together(transport, &layout, &names, info).await?;
+            if refused.is_none() {
+                (taken, refused)
+            } else {
+                release_on(transport, &layout, &taken, &info.run).await;
+                try_all(transport, &layout, &names, info).await?
+            }
+        } else {
+            try_all(transport, &layout, &names, info).await?
+        };
         let Some((host, held)) = refused else {
             return Ok(Held {
                 transport,
@@ -154,6 +168,66 @@ pub async fn acquire<'t, T: Transport>(
     }
 }
 
+/// Tries every host at once. Returns the hosts taken and the first refusal
+/// (in name order), if any.
+#[allow(clippy::type_complexity)]
+async fn try_together<T: Transport>(
+    transport: &T,
+    layout: &Layout,
+    names: &[String],
+    info: &LockInfo,
+) -> Result<(Vec<String>, Option<(String, HeldLock)>), Error> {
+    let attempts = join_all(
+        names
+            .iter()
+            .map(|host| attempt(transport, layout, host, info)),
+    )
+    .await;
+    let mut taken = Vec::new();
+    let mut refused = None;
+    let mut problems = Vec::new();
+    for (host, result) in names.iter().zip(attempts) {
+        match result {
+            Ok(Attempt::Acquired) => taken.push(host.clone()),
+            Ok(Attempt::Held(held)) => {
+                refused.get_or_insert((host.clone(), *held));
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        release_on(transport, layout, &taken, &info.run).await;
+        return Err(Error::Unchanged(format!(
+            "{}; nothing was changed",
+            problems.join("; ")
+        )));
+    }
+    Ok((taken, refused))
+}
+
+async fn attempt<T: Transport>(
+    transport: &T,
+    layout: &Layout,
+    host: &str,
+    info: &LockInfo,
+) -> Result<Attempt, String> {
+    let request = ExecRequest {
+        command: layout.lock_acquire(info).render(),
+        stdin: None,
+        timeout: Some(Duration::from_secs(30)),
+    };
+    match transport.exec(host, request, &Quiet).await {
+        Ok(out) => Attempt::parse(&out.stdout_text()).map_err(|e| {
+            format!(
+                "{host}: taking the deploy lock failed ({}): {e} {}",
+                out.exit,
+                out.stderr_tail(3)
+            )
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Tries every host in order; stops at the first refusal.
 #[allow(clippy::type_complexity)]
 async fn try_all<T: Transport>(
@@ -164,22 +238,7 @@ async fn try_all<T: Transport>(
 ) -> Result<(Vec<String>, Option<(String, HeldLock)>), Error> {
     let mut taken = Vec::new();
     for host in names {
-        let request = ExecRequest {
-            command: layout.lock_acquire(info).render(),
-            stdin: None,
-            timeout: Some(Duration::from_secs(30)),
-        };
-        let result = transport.exec(host, request, &Quiet).await;
-        let attempt = match result {
-            Ok(out) => Attempt::parse(&out.stdout_text()).map_err(|e| {
-                format!(
-                    "{host}: taking the deploy lock failed ({}): {e} {}",
-                    out.exit,
-                    out.stderr_tail(3)
-                )
-            }),
-            Err(e) => Err(e.to_string()),
-        };
+        let attempt = attempt(transport, layout, host, info).await;
         match attempt {
             Ok(Attempt::Acquired) => taken.push(host.clone()),
             Ok(Attempt::Held(held)) => return Ok((taken, Some((host.clone(), *held)))),

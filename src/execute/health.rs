@@ -8,14 +8,28 @@ use tokio::time::Instant;
 
 use crate::plan::HttpCheck;
 
-/// The HTTP client for health checks, shared by every host of a run.
+/// The HTTP client for health checks, shared by every host and command of
+/// a run. Building it loads the system's TLS roots, a few milliseconds of
+/// file reading that [`prepare_client`] moves off the critical path.
 pub fn client() -> reqwest::Client {
+    CLIENT.get_or_init(build_client).clone()
+}
+
+/// Starts building the client in the background, while shipit connects.
+pub fn prepare_client() {
+    if CLIENT.get().is_none() {
+        std::thread::spawn(|| {
+            CLIENT.get_or_init(build_client);
+        });
+    }
+}
+
+static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+
+fn build_client() -> reqwest::Client {
     // reqwest is built without a bundled TLS provider so that only one
     // crypto library (ring, also used by SSH) is compiled in.
-    static PROVIDER: std::sync::Once = std::sync::Once::new();
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .user_agent(concat!("shipit/", env!("CARGO_PKG_VERSION")))
         // Each probe must see the host as it is now, on a fresh connection.

@@ -560,6 +560,9 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
 
         let mut failed: Option<(StepKind, Failure)> = None;
         let (mut switched, mut drained, mut restarted) = (false, false, false);
+        // Journal entries not yet on the host: they ride along with the next
+        // command sent there, or go in one write when the pipeline ends.
+        let mut pending: Vec<journal::Entry> = Vec::new();
         for step in &pipeline.steps {
             if stop.is_cancelled() {
                 failed = Some((
@@ -568,7 +571,24 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 ));
                 break;
             }
-            match self.step(host, step).await {
+            if step.kind == StepKind::Drain {
+                // Written before draining: a run that dies from here on
+                // leaves a journal saying the host may be out.
+                pending.push(self.journal_entry(plan, "drained", None));
+                self.flush_journal(plan, host, &mut pending).await;
+            }
+            let event = journal_event(step.kind).filter(|_| step.kind != StepKind::Drain);
+            let on_host = matches!(step.action, Action::Remote { .. } | Action::Upload { .. });
+            let chained = match (event, on_host) {
+                (Some(event), true) => {
+                    let mut entries = std::mem::take(&mut pending);
+                    entries.push(self.journal_entry(plan, event, None));
+                    Some(plan.bookkeeping.layout.journal(&entries))
+                }
+                _ => None,
+            };
+            let chained_now = chained.is_some();
+            match self.step_then(host, step, chained).await {
                 Err(failure) if step.kind == StepKind::Drain => {
                     // A drain that failed may have taken the host out of
                     // some load balancers already: put it back below.
@@ -594,8 +614,8 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                         }
                         _ => {}
                     }
-                    if let Some(event) = journal_event(step.kind) {
-                        self.journal(plan, host, event, None).await;
+                    if let (Some(event), false) = (event, chained_now) {
+                        pending.push(self.journal_entry(plan, event, None));
                     }
                 }
                 Err(failure) => {
@@ -613,6 +633,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             };
             if self.put_back(pipeline, progress, target.as_ref()).await {
                 update(&mut |run| run.drained = false);
+                pending.push(self.journal_entry(plan, "enabled", None));
             }
         }
         if failed.is_none() && role == Role::Rolling {
@@ -620,8 +641,9 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 Direction::Forward => "rolled-out",
                 Direction::Undo => "rolled-back",
             };
-            self.journal(plan, host, event, None).await;
+            pending.push(self.journal_entry(plan, event, None));
         }
+        self.flush_journal(plan, host, &mut pending).await;
 
         let elapsed = started.elapsed();
         let ok = failed.is_none();
@@ -735,6 +757,17 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 
     async fn step(&self, host: &str, step: &Step) -> Result<(), Failure> {
+        self.step_then(host, step, None).await
+    }
+
+    /// Runs a step; `then` (bookkeeping on the same host) is chained to its
+    /// command when it has one, so both take one round trip.
+    async fn step_then(
+        &self,
+        host: &str,
+        step: &Step,
+        then: Option<crate::shell::Cmd>,
+    ) -> Result<(), Failure> {
         let started = Instant::now();
         let shown = match &step.action {
             Action::Remote { cmd } | Action::Upload { cmd } => cmd.display(),
@@ -748,7 +781,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             step: step.kind,
             action: shown.clone(),
         });
-        let result = self.perform(host, step, &shown).await;
+        let result = self.perform(host, step, &shown, then).await;
         let duration = started.elapsed();
         let event = match &result {
             Ok(success) => Event::StepFinished {
@@ -776,7 +809,13 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         result.map(|_| ())
     }
 
-    async fn perform(&self, host: &str, step: &Step, shown: &str) -> Result<Success, Failure> {
+    async fn perform(
+        &self,
+        host: &str,
+        step: &Step,
+        shown: &str,
+        then: Option<crate::shell::Cmd>,
+    ) -> Result<Success, Failure> {
         let observer = StepObserver {
             reporter: self.reporter,
             host,
@@ -838,14 +877,16 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
                 });
             }
             Action::Remote { cmd } => {
+                let cmd = chain(cmd, then);
                 self.transport
-                    .exec(host, request(cmd, None), &observer)
+                    .exec(host, request(&cmd, None), &observer)
                     .await
             }
             Action::Upload { cmd } => {
                 let archive = self.archive.clone().unwrap_or_default();
+                let cmd = chain(cmd, then);
                 self.transport
-                    .exec(host, request(cmd, Some(archive)), &observer)
+                    .exec(host, request(&cmd, Some(archive)), &observer)
                     .await
             }
             Action::Local { cmd } => {
@@ -875,8 +916,17 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 
     async fn journal(&self, plan: &Plan, host: &str, event: &str, detail: Option<String>) {
-        let entry = self.journal_entry(plan, event, detail);
-        self.quiet_exec(host, plan.bookkeeping.layout.journal(&entry), "journal")
+        let mut entries = vec![self.journal_entry(plan, event, detail)];
+        self.flush_journal(plan, host, &mut entries).await;
+    }
+
+    /// Writes `pending` entries to the host's journal in one command.
+    async fn flush_journal(&self, plan: &Plan, host: &str, pending: &mut Vec<journal::Entry>) {
+        if pending.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(pending);
+        self.quiet_exec(host, plan.bookkeeping.layout.journal(&entries), "journal")
             .await;
     }
 
@@ -1021,6 +1071,14 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             host: host.map(ToString::to_string),
             message: message.to_string(),
         });
+    }
+}
+
+/// `cmd`, followed by `then` if there is one.
+fn chain(cmd: &crate::shell::Cmd, then: Option<crate::shell::Cmd>) -> crate::shell::Cmd {
+    match then {
+        Some(next) => cmd.clone().then(next),
+        None => cmd.clone(),
     }
 }
 

@@ -333,18 +333,32 @@ async fn every_transition_goes_to_the_journal() {
     let remote = FakeTransport::default();
     let (report, _) = run(&plan(1), &remote, &FakeTransport::default()).await;
     assert!(report.ok);
-    let events: Vec<String> = remote
-        .log
-        .lock()
-        .unwrap()
+    let log = remote.log.lock().unwrap().clone();
+    let journal_lines = |c: &str| -> Vec<String> {
+        shlex::split(c)
+            .unwrap()
+            .iter()
+            .filter_map(|w| serde_json::from_str::<serde_json::Value>(w).ok())
+            .filter_map(|v| v["event"].as_str().map(str::to_string))
+            .collect()
+    };
+    let events: Vec<String> = log
         .iter()
         .filter(|(_, c)| c.contains("shipit:journal"))
-        .map(|(_, c)| {
-            let words = shlex::split(c).unwrap();
-            let entry: serde_json::Value = serde_json::from_str(words.last().unwrap()).unwrap();
-            entry["event"].as_str().unwrap().to_string()
-        })
+        .flat_map(|(_, c)| journal_lines(c))
         .collect();
+    // Entries ride along with the step they record where there is one:
+    // switch and restart each take one round trip, their entry included.
+    let switch = log
+        .iter()
+        .find(|(_, c)| c.contains("shipit:switch"))
+        .unwrap();
+    assert_eq!(journal_lines(&switch.1), ["switched"]);
+    let round_trips = log
+        .iter()
+        .filter(|(_, c)| c.contains("shipit:journal"))
+        .count();
+    assert_eq!(round_trips, 7, "{log:#?}");
     assert_eq!(
         events,
         [

@@ -121,21 +121,17 @@ impl Layout {
         )
     }
 
-    pub fn journal(&self, entry: &Entry) -> Cmd {
-        Cmd::script(
-            "journal",
-            JOURNAL,
-            [
-                self.deploy_to().to_string(),
-                "append".to_string(),
-                entry.to_line(),
-            ],
-        )
+    /// Appends entries, in order, in one command.
+    pub fn journal(&self, entries: &[Entry]) -> Cmd {
+        let mut args = vec![self.deploy_to().to_string(), "append".to_string()];
+        args.extend(entries.iter().map(Entry::to_line));
+        Cmd::script("journal", JOURNAL, args)
     }
 }
 
-const JOURNAL: &str = r#"mkdir -p "$1/.shipit" || exit
-if [ "$2" = start ]; then printf '%s\n' "$3" > "$1/.shipit/journal"; else printf '%s\n' "$3" >> "$1/.shipit/journal"; fi"#;
+const JOURNAL: &str = r#"d=$1 mode=$2; shift 2
+mkdir -p "$d/.shipit" || exit
+if [ "$mode" = start ]; then printf '%s\n' "$@" > "$d/.shipit/journal"; else printf '%s\n' "$@" >> "$d/.shipit/journal"; fi"#;
 
 #[cfg(test)]
 mod tests {
@@ -201,7 +197,9 @@ mod tests {
             )
         };
         sh(layout.journal_start(&entry("r1", "started"), false));
-        sh(layout.journal(&entry("r1", "uploaded")));
+        sh(layout.journal(&[entry("r1", "uploaded"), entry("r1", "drained")]));
+        let text = std::fs::read_to_string(tmp.path().join(".shipit/journal")).unwrap();
+        assert_eq!(text.lines().count(), 3, "entries are appended in order");
         sh(layout.journal_start(&entry("r2", "started"), false));
         let text = std::fs::read_to_string(tmp.path().join(".shipit/journal")).unwrap();
         assert_eq!(

@@ -160,7 +160,7 @@ pub struct CommandAction {
     pub cmd: Cmd,
     /// Drain only: polled after `cmd` until it exits 0.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait: Option<WaitUntil>,
+    pub wait: Option<Box<WaitUntil>>,
 }
 
 /// A command polled until it exits 0.
@@ -328,12 +328,12 @@ mod tests {
             op: LbOp::Drain,
             run_on: Via::Host { name: "lb1".into() },
             cmd: Cmd::shell("lbctl drain web1"),
-            wait: Some(WaitUntil {
+            wait: Some(Box::new(WaitUntil {
                 cmd: Cmd::shell("lbctl idle web1"),
                 timeout: Duration::from_secs(30),
                 interval: Duration::from_secs(1),
                 on_timeout: OnTimeout::Fail,
-            }),
+            })),
         });
         assert_eq!(
             action.to_string(),

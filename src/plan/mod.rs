@@ -294,7 +294,7 @@ impl Plan {
                     .collect(),
                 Action::Lb { .. } | Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
             })
-            .flat_map(|cmd| cmd.secrets().map(str::to_string))
+            .flat_map(|cmd| cmd.secrets().into_iter().map(str::to_string))
             .collect();
         all.sort();
         all.dedup();

@@ -235,11 +235,13 @@ impl<'a> HostSteps<'a> {
                 let (cmd, wait) = match op {
                     LbOp::Drain => (
                         shell(&c.drain),
-                        c.wait_drained.as_ref().map(|w| WaitUntil {
-                            cmd: shell(w),
-                            timeout: c.drain_timeout,
-                            interval: super::WAIT_DRAINED_INTERVAL,
-                            on_timeout: c.drain_timeout_action,
+                        c.wait_drained.as_ref().map(|w| {
+                            Box::new(WaitUntil {
+                                cmd: shell(w),
+                                timeout: c.drain_timeout,
+                                interval: super::WAIT_DRAINED_INTERVAL,
+                                on_timeout: c.drain_timeout_action,
+                            })
                         }),
                     ),
                     LbOp::Enable => (shell(&c.enable), None),
