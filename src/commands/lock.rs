@@ -88,9 +88,9 @@ pub fn is_stale(lock: &HeldLock) -> bool {
     lock.is_stale(&who::machine(), pid_alive)
 }
 
-/// Takes the lock on every host, one after another in name order, all or
-/// nothing. A run that finds the lock taken gives back what it took, so
-/// two runs can never each hold part of the fleet.
+/// Takes the lock on every host, all or nothing. A run that finds the lock
+/// taken gives back what it took, so two runs can never each hold part of
+/// the fleet.
 pub async fn acquire<'t, T: Transport>(
     transport: &'t T,
     stage: &Stage,
@@ -105,15 +105,21 @@ pub async fn acquire<'t, T: Transport>(
     let deadline = options.wait.map(|w| Instant::now() + w);
     let mut said_waiting = false;
     // Usually nobody else holds it: ask every host at once. If one refuses,
-    // give back what was taken and go host by host in name order, which is
-    // what makes two runs unable to split the fleet between them.
+    // give back what was taken and go host by host in name order: ordered
+    // taking guarantees that of two runs racing, one gets every host.
     let mut at_once = true;
+    // Until then, a refusal may come from another run's at-once attempt
+    // that is about to be given back: try again shortly instead of failing.
+    let mut race_until: Option<Instant> = None;
     loop {
         let (taken, refused) = if std::mem::take(&mut at_once) {
             let (taken, refused) = try_together(transport, &layout, &names, info).await?;
             if refused.is_none() {
                 (taken, refused)
             } else {
+                if !taken.is_empty() {
+                    race_until = Some(Instant::now() + RACE_WINDOW);
+                }
                 release_on(transport, &layout, &taken, &info.run).await;
                 try_all(transport, &layout, &names, info).await?
             }
@@ -154,6 +160,9 @@ pub async fn acquire<'t, T: Transport>(
                 }
                 tokio::time::sleep(Duration::from_secs(2).min(deadline - Instant::now())).await;
             }
+            _ if !stale && race_until.is_some_and(|until| Instant::now() < until) => {
+                tokio::time::sleep(jitter()).await;
+            }
             _ => {
                 return Err(Error::LockHeld {
                     stage: stage.name.clone(),
@@ -166,6 +175,21 @@ pub async fn acquire<'t, T: Transport>(
             }
         }
     }
+}
+
+/// How long a run that collided with another one's at-once attempt keeps
+/// trying, one host after another, before it reports the lock as held.
+const RACE_WINDOW: Duration = Duration::from_secs(2);
+
+/// 50 to 250 ms, different in every process, so racing runs do not retry
+/// in step.
+fn jitter() -> Duration {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    Duration::from_millis(50 + u64::from(seed % 200))
 }
 
 /// Tries every host at once. Returns the hosts taken and the first refusal

@@ -8,9 +8,9 @@
 //!   heartbeat                    the host's clock (epoch seconds) at the last refresh
 //! ```
 //!
-//! A run takes the lock on every host it touches, one host after another in
-//! name order, and gives back what it took if one host refuses: two runs can
-//! never each hold half a fleet. The holder refreshes the heartbeat while it
+//! A run takes the lock on every host it touches, all or nothing: at once
+//! first, then, if a host refused, one host after another in name order
+//! (`commands::lock::acquire`): two runs can never each hold half a fleet. The holder refreshes the heartbeat while it
 //! runs; a lock whose heartbeat is older than its lease, by the *host's*
 //! clock, belongs to a run that died and may be broken with
 //! `--break-stale-lock`. Manual locks (`shipit STAGE lock`) have no lease.

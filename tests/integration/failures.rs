@@ -461,3 +461,70 @@ fn manual_lock_blocks_deploys_until_unlock() {
     project.shipit(&["test", "deploy", "-q"]).success();
     assert_unlocked(&fleet);
 }
+
+/// Two runs asking for the lock in the same instant, over and over, with
+/// the same hosts and with overlapping `--hosts` selections: each time one
+/// gets it (on every host it asked for) and the other is told who holds it,
+/// never both refused, never both holding part of the fleet.
+#[test]
+fn racing_runs_never_both_lose_or_split_the_lock() {
+    let fleet = fleet(4);
+    let project = Project::new(&config(&fleet, ""));
+    let rounds: [(&[&str], &[&str]); 6] = [
+        (&[], &[]),
+        (&[], &[]),
+        (&[], &[]),
+        (
+            &["--hosts", "web2,web3,web4"],
+            &["--hosts", "web1,web2,web3"],
+        ),
+        (&["--hosts", "web3,web4"], &[]),
+        (&["--hosts", "web1,web4"], &["--hosts", "web2,web4"]),
+    ];
+    for (round, (a, b)) in rounds.iter().enumerate() {
+        let args = |who: &str, select: &[&str]| -> Vec<String> {
+            let mut args = vec!["test".to_string(), "lock".into(), "-m".into(), who.into()];
+            args.extend(select.iter().map(|s| s.to_string()));
+            args
+        };
+        let (args_a, args_b) = (args("racer a", a), args("racer b", b));
+        let first = project.spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+        let second = project.spawn(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+        let (first, second) = (first.finish(), second.finish());
+        let codes = [first.code, second.code];
+        let (winner, loser, winner_hosts) = match codes {
+            [0, 6] => (&first, &second, *a),
+            [6, 0] => (&second, &first, *b),
+            _ => panic!("round {round}: want one 0 and one 6, got {codes:?}\n{first}\n{second}"),
+        };
+        winner.stderr_has("locked stage test");
+        loser.stderr_has("stage test is locked");
+        // The winner holds the lock on every host it asked for and on no
+        // other; nothing of the loser's attempt is left behind.
+        let wanted: Vec<String> = match winner_hosts {
+            [] => names(&fleet),
+            [_, list] => list.split(',').map(str::to_string).collect(),
+            other => panic!("unexpected selection {other:?}"),
+        };
+        for host in names(&fleet) {
+            let held = fleet
+                .read_file(&host, &format!("{DEPLOY_TO}/.shipit/lock/info"))
+                .unwrap_or_default();
+            if wanted.contains(&host) {
+                let who = if std::ptr::eq(winner, &first) {
+                    "racer a"
+                } else {
+                    "racer b"
+                };
+                assert!(held.contains(who), "round {round}: {host} lock: {held:?}");
+            } else {
+                assert!(
+                    held.is_empty(),
+                    "round {round}: {host} should be free: {held:?}"
+                );
+            }
+        }
+        project.shipit(&["test", "unlock"]).success();
+        assert_unlocked(&fleet);
+    }
+}
