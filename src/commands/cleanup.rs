@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(removals(&stage.hosts, &facts, 1)[0].remove, [id(2)]);
         let f = facts.get_mut("web1").unwrap();
         let journal = format!(
-            "deploy_to writable\njournal\t{{\"run\":\"r1\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"{}\",\"event\":\"started\"}}\n",
+            "deploy_to writable\njournal follows\n{{\"run\":\"r1\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"{}\",\"event\":\"started\"}}\n",
             id(2)
         );
         f.last_run = HostFacts::parse("/srv/shop", &journal).unwrap().last_run;

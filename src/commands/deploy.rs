@@ -80,6 +80,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         hosts: ctx.hosts.iter().map(|h| h.name.clone()).collect(),
     });
     let transport = fleet::connect_for_run(stage, &ctx.hosts).await?;
+    tracing::debug!("connected to {} host(s)", ctx.hosts.len());
     let result = locked(
         ctx,
         args,
@@ -154,8 +155,10 @@ async fn locked(
         ctx.note(None, m)
     })
     .await?;
+    tracing::debug!("deploy lock taken");
     let work = async {
         let facts = fleet::probe(transport, stage, hosts).await?;
+        tracing::debug!("hosts probed");
         if resuming.is_none() {
             repair(ctx, transport, &facts).await;
         }
@@ -204,7 +207,9 @@ async fn locked(
                 message: warning.clone(),
             });
         }
+        tracing::debug!("planned");
         check_load_balancers(ctx, &plan, transport).await?;
+        tracing::debug!("load balancers checked");
         let reporter = ctx.reporter();
         let report = Executor::new(transport, reporter.as_ref())
             .archive(prepared.artifact.bytes.clone())

@@ -64,7 +64,11 @@ impl HostFacts {
         let releases_dir = format!("{deploy_to}/releases/");
         let mut lock_lines = Vec::new();
         let mut journal = Vec::new();
-        for line in output.lines() {
+        let mut lines = output.lines();
+        for line in lines.by_ref() {
+            if line == "journal follows" {
+                break;
+            }
             let fields: Vec<&str> = line.split('\t').collect();
             match fields.as_slice() {
                 ["deploy_to missing"] => {}
@@ -94,13 +98,13 @@ impl HostFacts {
                 },
                 ["missing-shared", path] => facts.missing_shared.push(path.to_string()),
                 ["lock-run" | "lock-age" | "lock-info", ..] => lock_lines.push(line),
-                ["journal", rest @ ..] => {
-                    // A torn last line (host died mid-write) is skipped.
-                    if let Ok(entry) = serde_json::from_str::<journal::Entry>(&rest.join("\t")) {
-                        journal.push(entry);
-                    }
-                }
                 _ => return Err(format!("unexpected probe output line: {line:?}")),
+            }
+        }
+        for line in lines {
+            // A torn last line (host died mid-write) is skipped.
+            if let Ok(entry) = serde_json::from_str::<journal::Entry>(line) {
+                journal.push(entry);
             }
         }
         if !lock_lines.is_empty() {
@@ -143,8 +147,9 @@ mod tests {
     #[test]
     fn lock_and_journal() {
         let out = "deploy_to writable\nlock-run\tr9\nlock-age\t12\nlock-info\t\n\
-                   journal\t{\"run\":\"r9\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101500\",\"event\":\"started\"}\n\
-                   journal\t{\"run\":\"r9\",\"ti\n";
+                   journal follows\n\
+                   {\"run\":\"r9\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101500\",\"event\":\"started\"}\n\
+                   {\"run\":\"r9\",\"ti\n";
         let facts = HostFacts::parse("/srv/a", out).unwrap();
         let lock = facts.lock.unwrap();
         assert_eq!(

@@ -146,18 +146,20 @@ for r in "$d"/releases/*; do
   id=${r##*/}
   state=finished; [ -e "$d/.shipit/unfinished/$id" ] && state=unfinished
   bad=good; [ -e "$d/.shipit/bad/$id" ] && bad=bad
-  rev=$(head -n 1 "$r/REVISION" 2>/dev/null | cut -c1-200)
-  printf 'release\t%s\t%s\t%s\t%s\n' "$id" "$state" "$bad" "$rev"
+  rev=; [ -f "$r/REVISION" ] && { IFS= read -r rev <"$r/REVISION" || :; }
+  printf 'release\t%s\t%s\t%s\t%.200s\n' "$id" "$state" "$bad" "$rev"
 done
 for f in "$@"; do [ -e "$d/shared/$f" ] || printf 'missing-shared\t%s\n' "$f"; done
 l="$d/.shipit/lock"
 if [ -d "$l" ]; then
-  printf 'lock-run\t%s\n' "$(cat "$l/run" 2>/dev/null)"
-  hb=$(cat "$l/heartbeat" 2>/dev/null)
-  printf 'lock-age\t%s\n' "$(( $(date +%s) - ${hb:-0} ))"
-  printf 'lock-info\t%s\n' "$(head -n 1 "$l/info" 2>/dev/null)"
+  run= hb= info=
+  { IFS= read -r run <"$l/run"; } 2>/dev/null
+  { IFS= read -r hb <"$l/heartbeat"; } 2>/dev/null
+  { IFS= read -r info <"$l/info"; } 2>/dev/null
+  printf 'lock-run\t%s\nlock-age\t%s\nlock-info\t%s\n' "$run" "$(( $(date +%s) - ${hb:-0} ))" "$info"
 fi
-[ -f "$d/.shipit/journal" ] && tail -n 500 "$d/.shipit/journal" | sed 's/^/journal\t/'
+# Last, as everything after this line is the journal.
+if [ -f "$d/.shipit/journal" ]; then echo 'journal follows'; tail -n 500 "$d/.shipit/journal"; fi
 exit 0"#;
 
 const CHECK: &str = r#"d=$1 kind=$2 p=$3
@@ -285,6 +287,49 @@ mod tests {
 
     fn id(s: &str) -> ReleaseId {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn probe_reads_revisions_the_lock_and_the_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deploy_to = tmp.path().join("a b");
+        let d = deploy_to.to_str().unwrap();
+        let release = format!("{d}/releases/20261122101500");
+        std::fs::create_dir_all(&release).unwrap();
+        // First line only, at most 200 bytes, even without a final newline.
+        let long = "x".repeat(300);
+        std::fs::write(format!("{release}/REVISION"), format!("{long}\nsecond")).unwrap();
+        std::fs::create_dir_all(format!("{d}/releases/20261122101600")).unwrap();
+        std::fs::write(format!("{d}/releases/20261122101600/REVISION"), "abc").unwrap();
+        std::fs::create_dir_all(format!("{d}/.shipit/lock")).unwrap();
+        std::fs::write(format!("{d}/.shipit/lock/run"), "r9\n").unwrap();
+        std::fs::write(format!("{d}/.shipit/lock/info"), "{\"kind\":\"deploy\"}\n").unwrap();
+        std::fs::write(
+            format!("{d}/.shipit/journal"),
+            "{\"run\":\"r9\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101600\",\"event\":\"started\"}\n",
+        )
+        .unwrap();
+
+        let (code, out, err) = run(&Layout::new(d).probe(&[]), None);
+        assert_eq!(code, 0, "{err}");
+        let x200 = "x".repeat(200);
+        assert!(
+            out.contains(&format!(
+                "release\t20261122101500\tfinished\tgood\t{x200}\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("release\t20261122101600\tfinished\tgood\tabc\n"),
+            "{out}"
+        );
+        assert!(out.contains("lock-run\tr9\nlock-age\t"), "{out}");
+        assert!(out.contains("lock-info\t{\"kind\":\"deploy\"}\n"), "{out}");
+        assert!(out.ends_with("journal follows\n{\"run\":\"r9\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101600\",\"event\":\"started\"}\n"), "{out}");
+        let facts = crate::host::HostFacts::parse(d, &out).unwrap();
+        assert_eq!(facts.releases[1].revision, "abc");
+        assert_eq!(facts.lock.unwrap().run, "r9");
+        assert_eq!(facts.last_run.unwrap().run, "r9");
     }
 
     #[test]

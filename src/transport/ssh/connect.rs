@@ -19,6 +19,8 @@ use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::{Algorithm, HashAlg, PublicKey};
 use russh::{Preferred, client::Config};
 use tokio::net::TcpStream;
+
+use super::quick_ack::QuickAck;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::ConnectOptions;
@@ -357,7 +359,7 @@ impl Shared {
                         .map_err(connect_error)?;
                     tokio::time::timeout(
                         timeout,
-                        client::connect_stream(config.clone(), stream, handler),
+                        client::connect_stream(config.clone(), QuickAck::new(stream), handler),
                     )
                     .await
                 }

@@ -11,6 +11,7 @@
 mod auth;
 mod connect;
 mod known_hosts;
+mod quick_ack;
 mod settings;
 
 use std::collections::HashMap;
