@@ -1,0 +1,117 @@
+//! `stages.NAME.hosts`: the inventory of one stage.
+
+use std::collections::BTreeSet;
+
+use super::super::Host;
+use super::super::raw::RawHost;
+use super::{At, StageCheck, is_name};
+
+impl StageCheck<'_> {
+    pub(super) fn hosts(&mut self, raw: Option<&[RawHost]>) -> Option<Vec<Host>> {
+        let stage = self.stage.to_string();
+        let Some(raw) = raw else {
+            return self.fail(
+                &format!("stages.{stage}.hosts"),
+                "missing; list the hosts, e.g. hosts = [{ name = \"web1\", address = \"10.0.0.11\" }]",
+            );
+        };
+        if raw.is_empty() {
+            return self.fail(
+                &format!("stages.{stage}.hosts"),
+                "is empty; list at least one host",
+            );
+        }
+        let mut hosts = Vec::new();
+        let mut names = BTreeSet::new();
+        let mut ok = true;
+        for (i, h) in raw.iter().enumerate() {
+            let key = |field: &str| format!("stages.{stage}.hosts[{i}].{field}");
+            let Some(name) = h.name.clone().or_else(|| h.address.clone()) else {
+                self.errors.add(
+                    &key("name"),
+                    "missing; every host needs a name (and an address)",
+                );
+                ok = false;
+                continue;
+            };
+            if !is_name(&name) {
+                self.errors.add(
+                    &key("name"),
+                    format!("{name:?}: use letters, digits, `.`, `-` and `_`"),
+                );
+                ok = false;
+            }
+            if !names.insert(name.clone()) {
+                self.errors.add(
+                    &key("name"),
+                    format!("{name:?} is listed twice in this stage; host names must be unique"),
+                );
+                ok = false;
+            }
+            let address = h.address.clone().unwrap_or_else(|| name.clone());
+            if address.trim().is_empty()
+                || address.contains(char::is_whitespace)
+                || address.contains('/')
+            {
+                self.errors.add(
+                    &key("address"),
+                    format!("{address:?} is not a host name or IP address"),
+                );
+                ok = false;
+            }
+            let port = match h.port {
+                Some(p) => self.port(At {
+                    value: p,
+                    key: key("port"),
+                }),
+                None => Some(0),
+            };
+            let user = match &h.user {
+                Some(u) => self.user_name(At {
+                    value: u.clone(),
+                    key: key("user"),
+                }),
+                None => Some(String::new()),
+            };
+            let roles = h.roles.clone().unwrap_or_default();
+            if let Some(bad) = roles.iter().find(|r| !is_name(r)) {
+                self.errors.add(
+                    &key("roles"),
+                    format!("{bad:?}: a role may contain only letters, digits, `.`, `-` and `_`"),
+                );
+                ok = false;
+            }
+            let (Some(port), Some(user)) = (port, user) else {
+                ok = false;
+                continue;
+            };
+            hosts.push(Host {
+                name,
+                address,
+                port: (port != 0).then_some(port),
+                user: (!user.is_empty()).then_some(user),
+                roles,
+            });
+        }
+        ok.then_some(hosts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    #[test]
+    fn bad_values_and_their_messages() {
+        assert_messages(&[
+            (
+                "[stages.staging]\nhosts = []",
+                "/p/deploy.toml: stages.staging.hosts: is empty; list at least one host",
+            ),
+            (
+                "[stages.staging]\nhosts = [ { name = \"a\" }, { name = \"a\" } ]",
+                "/p/deploy.toml: stages.staging.hosts[1].name: \"a\" is listed twice in this stage; host names must be unique",
+            ),
+        ]);
+    }
+}
