@@ -12,17 +12,28 @@ use crate::host::{Current, HostFacts, ReleaseId, ReleaseInfo};
 
 /// A stage named `production` with `hosts` hosts (web1…), plus `extra` TOML.
 pub fn stage(hosts: usize, extra: &str) -> Stage {
+    let config = config::from_str(Path::new("/p/deploy.toml"), &stage_file(hosts, extra))
+        .unwrap_or_else(|e| panic!("{e}"));
+    config.stages["production"].clone()
+}
+
+/// The message deploy.toml gets for the same file, which must be bad.
+pub fn config_error(hosts: usize, extra: &str) -> String {
+    match config::from_str(Path::new("/p/deploy.toml"), &stage_file(hosts, extra)) {
+        Ok(_) => panic!("expected an error for:\n{extra}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn stage_file(hosts: usize, extra: &str) -> String {
     let list: Vec<String> = (1..=hosts)
         .map(|i| format!("{{ name = \"web{i}\", address = \"10.0.0.{}\" }}", 10 + i))
         .collect();
-    let text = format!(
+    format!(
         "[app]\nname = \"shop\"\ndeploy_to = \"/srv/shop\"\nsource = \"dist\"\n{extra}\n\
          [stages.production]\nhosts = [{}]\n",
         list.join(", ")
-    );
-    let config =
-        config::from_str(Path::new("/p/deploy.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-    config.stages["production"].clone()
+    )
 }
 
 pub fn id(n: u32) -> ReleaseId {

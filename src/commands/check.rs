@@ -14,7 +14,6 @@ use futures::future::join_all;
 
 use super::lock::is_stale;
 use super::{Context, fleet};
-use crate::config::Lb;
 use crate::config::{Host, Stage};
 use crate::error::Error;
 use crate::execute::health;
@@ -22,9 +21,8 @@ use crate::exit::Exit;
 use crate::host::check::{self, Program, Readiness, Status, Verdict};
 use crate::host::{Current, HostFacts, Layout};
 use crate::plan::HttpCheck;
-use crate::shell::Cmd;
 use crate::transport::ssh::SshTransport;
-use crate::transport::{ExecRequest, Quiet, Transport, TransportError, local};
+use crate::transport::{ExecRequest, Quiet, Transport, TransportError};
 
 /// The columns of the table, in order.
 pub const CHECKS: [&str; 7] = [
@@ -221,89 +219,31 @@ async fn check_health(
     }
 }
 
-/// The load balancer, for this host. HAProxy: every load balancer knows
-/// the host's server (asked, never changed). Commands: valid `sh` syntax,
-/// and their first word exists where they run; never run.
+/// The load balancer, for this host, as its driver judges it (asked,
+/// never changed; commands are parsed, never run).
 async fn check_lb<T: Transport>(stage: &Stage, host: &Host, transport: &T) -> Verdict {
-    let command = match &stage.lb {
-        Lb::None => return Verdict::skip("no [lb]"),
-        Lb::Haproxy(h) => {
-            let server = h.server.render_plain(&stage.vars(host, ""));
-            let mut seen = Vec::new();
-            for balancer in &h.balancers {
-                match crate::execute::lb::server_state(transport, balancer, &h.backend, &server)
-                    .await
-                {
-                    Ok(state) => seen.push(format!(
-                        "{balancer}: {}/{server} {}",
-                        h.backend,
-                        if state.in_maint() {
-                            "in maint"
-                        } else if state.draining() {
-                            "draining"
-                        } else if state.op_state == 2 {
-                            "UP"
-                        } else {
-                            "DOWN"
-                        }
-                    )),
-                    Err(e) => return Verdict::fail(e),
-                }
-            }
-            return Verdict::ok(seen.join("; "));
-        }
-        Lb::Command(c) => c,
+    let Some(driver) = &stage.lb else {
+        return Verdict::skip("no [lb]");
     };
-    if command.run_on != crate::lb::Via::Local {
-        return Verdict::skip(format!(
-            "drain and enable run on {}; not checked from here",
-            command.run_on.connection().unwrap_or("local")
-        ));
-    }
-    let vars = stage.vars(host, "");
-    let mut found = Vec::new();
-    for (key, template) in [("lb.drain", &command.drain), ("lb.enable", &command.enable)] {
-        let line = template.render_shell(&vars);
-        let program = Program::of(&line, &stage.app.deploy_to);
-        let [kind, path] = program.args();
-        let cmd = Cmd::script("lb-check", LB_CHECK, [line, kind, path.clone()]);
-        let request = ExecRequest {
-            command: cmd.render(),
-            stdin: None,
-            timeout: Some(std::time::Duration::from_secs(10)),
-        };
-        let out = match local::run(request, &[], &Quiet).await {
-            Ok(out) => out.stdout_text(),
-            Err(e) => return Verdict::fail(format!("{key}: {e}")),
-        };
-        let out = out.trim_end();
-        if let Some(error) = out.strip_prefix("syntax\t") {
-            return Verdict::fail(format!("{key} is not valid sh: {error}"));
-        }
-        match out {
-            "found" => found.push(format!("`{path}`")),
-            "missing" => {
-                return Verdict::fail(format!("{key}: `{path}` not found on this machine"));
-            }
-            _ => {}
-        }
-    }
-    found.dedup();
-    let mut reason = "drain and enable parse".to_string();
-    if !found.is_empty() {
-        let _ = write!(reason, "; {} found", found.join(", "));
-    }
-    Verdict::ok(reason + " (not run)")
+    let Some(member) = crate::execute::lb::members(stage, std::slice::from_ref(host), None)
+        .into_iter()
+        .next()
+    else {
+        return Verdict::skip("no [lb]");
+    };
+    let reach = crate::execute::lb::Reach {
+        transport,
+        local: &crate::transport::local::LocalTransport,
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let ctx = crate::lb::LbCtx {
+        remote: &reach,
+        observer: &Quiet,
+        command_timeout: stage.ssh.command_timeout,
+        cancel: &never,
+    };
+    driver.check(&ctx, &member).await
 }
-
-/// `sh -n` on the line, then whether its first word exists here.
-const LB_CHECK: &str = r#"line=$1 kind=$2 p=$3
-if ! err=$(sh -n -c "$line" 2>&1); then printf 'syntax\t%s\n' "$(printf '%s' "$err" | tr '\n' ' ')"; exit 0; fi
-case $kind in
-  file) if [ -f "$p" ] && [ -x "$p" ]; then echo found; else echo missing; fi ;;
-  command|release) if command -v "$p" >/dev/null 2>&1; then echo found; else echo missing; fi ;;
-  *) echo unchecked ;;
-esac"#;
 
 /// The table, then one line per cell that is not ok (every cell with
 /// `verbose`). A reason shared by every host is printed once.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::lock::{self, LockOptions};
-use super::{Context, Signals, check_load_balancers, fleet, run_result};
+use super::run::{self, Locking};
+use super::{Context, Signals, fleet};
 use crate::artifact::{self, Artifact};
 use crate::cli::DeployArgs;
 use crate::error::Error;
@@ -42,6 +43,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
             resume: false,
             digest: String::new(),
             env: &env,
+            service: None,
         })?;
         if ctx.global.json {
             ctx.event(&Event::Plan {
@@ -139,29 +141,19 @@ async fn locked(
         prepared.run.id = interrupted.run.clone();
         resuming = Some(interrupted);
     }
-
-    let info = lock::lock_info(
-        stage,
-        &prepared.run.id,
-        LockKind::Deploy,
-        args.lock.message.clone(),
-        stage.rollout.lock_lease,
-    );
-    let options = LockOptions {
-        wait: args.lock.lock_wait,
-        break_stale: args.lock.break_stale_lock,
+    let locking = Locking {
+        kind: LockKind::Deploy,
+        run: &prepared.run.id.clone(),
+        message: args.lock.message.clone(),
+        options: LockOptions {
+            wait: args.lock.lock_wait,
+            break_stale: args.lock.break_stale_lock,
+        },
+        repair: resuming.is_none(),
     };
-    let held = lock::acquire(transport, stage, hosts, &info, &options, |m| {
-        ctx.note(None, m)
-    })
-    .await?;
-    tracing::debug!("deploy lock taken");
-    let work = async {
-        let facts = fleet::probe(transport, stage, hosts).await?;
-        tracing::debug!("hosts probed");
-        if resuming.is_none() {
-            repair(ctx, transport, &facts).await;
-        }
+    let archive = prepared.artifact.bytes.clone();
+    run::locked(ctx, transport, locking, signals, Some(archive), |found| {
+        let facts = &found.facts;
         let release = match &resuming {
             Some(interrupted) => {
                 let needs_upload = facts
@@ -191,41 +183,20 @@ async fn locked(
                 ReleaseId::next(prepared.now, existing)
             }
         };
-        let plan = plan::deploy(&DeployInput {
+        Ok(plan::deploy(&DeployInput {
             stage,
             hosts,
             release,
             revision: prepared.revision.clone(),
-            facts: Some(&facts),
+            facts: Some(facts),
             run: prepared.run.clone(),
             resume: resuming.is_some(),
             digest: prepared.digest.clone(),
             env: &prepared.env,
-        })?;
-        for warning in &plan.warnings {
-            ctx.event(&Event::Warning {
-                message: warning.clone(),
-            });
-        }
-        tracing::debug!("planned");
-        check_load_balancers(ctx, &plan, transport).await?;
-        tracing::debug!("load balancers checked");
-        let reporter = ctx.reporter();
-        let report = Executor::new(transport, reporter.as_ref())
-            .archive(prepared.artifact.bytes.clone())
-            .command_timeout(stage.ssh.command_timeout)
-            .cancel_on(signals.cancel.clone(), signals.hurry.clone())
-            .run(&plan)
-            .await;
-        run_result(&plan, &report)
-    };
-    let result = held
-        .keep_while(&signals.cancel, work, |why| {
-            ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
-        })
-        .await;
-    release(ctx, held).await;
-    result
+            service: Some(&found.service),
+        })?)
+    })
+    .await
 }
 
 /// Gives the lock back, saying where that was not possible.

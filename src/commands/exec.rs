@@ -8,6 +8,7 @@
 //! holds a manual lock. Commands that change what a deploy relies on
 //! should use `--lock`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Mutex;
 
@@ -18,9 +19,12 @@ use super::{Context, Signals, fleet};
 use crate::cli::ExecArgs;
 use crate::config::Host;
 use crate::error::Error;
+use crate::execute::Budget;
 use crate::exit::Exit;
 use crate::host::Layout;
 use crate::host::lock::LockKind;
+use crate::plan::shape::{self, Candidate};
+use crate::plan::{OutOfService, Service, rollout_shape};
 use crate::shell::Cmd;
 use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecObserver, ExecRequest, Stream, Transport};
@@ -32,38 +36,110 @@ pub async fn run(ctx: &Context, args: &ExecArgs, signals: &Signals) -> Result<Ex
         return Err(Error::Usage("exec: the command is empty".into()));
     }
     let cmd = Layout::new(&stage.app.deploy_to).exec(&line);
-    let per_batch = if args.rolling {
-        stage.rollout.batch_size.hosts_per_batch(ctx.hosts.len())
-    } else {
-        ctx.hosts.len()
-    };
-    let batches = crate::plan::batches(&ctx.hosts, per_batch);
 
     if args.dry_run {
-        print!("{}", render_plan(ctx, &line, &batches, args));
+        // Without connecting, every host counts as in service.
+        let rolling = Rolling::new(ctx, args.rolling, &Service::new())?;
+        print!("{}", render_plan(ctx, &line, &rolling.batches, args));
         return Ok(Exit::Success);
     }
     if ctx.global.verbose {
         ctx.note(None, &format!("exec: {}", cmd.display()));
     }
-    let transport = fleet::connect(stage, &ctx.hosts).await?;
-    let result = if args.lock {
-        let work = run_batches(ctx, &transport, &cmd, &batches, signals);
-        lock::holding(
-            ctx,
-            &transport,
-            LockKind::Exec,
-            &LockOptions::default(),
-            Some(format!("exec: {line}")),
-            &signals.cancel,
-            work,
-        )
-        .await
+    let transport = if args.rolling {
+        fleet::connect_for_run(stage, &ctx.hosts).await?
     } else {
-        run_batches(ctx, &transport, &cmd, &batches, signals).await
+        fleet::connect(stage, &ctx.hosts).await?
     };
+    let result = async {
+        // A rolling exec takes hosts out of service in turn, like a
+        // rollout: the same batches, within the same capacity budget.
+        let service = if args.rolling {
+            super::run::service(ctx, &transport, "running").await?
+        } else {
+            Service::new()
+        };
+        let rolling = Rolling::new(ctx, args.rolling, &service)?;
+        if args.lock {
+            let work = run_batches(ctx, &transport, &cmd, &rolling, signals);
+            lock::holding(
+                ctx,
+                &transport,
+                LockKind::Exec,
+                &LockOptions::default(),
+                Some(format!("exec: {line}")),
+                &signals.cancel,
+                work,
+            )
+            .await
+        } else {
+            run_batches(ctx, &transport, &cmd, &rolling, signals).await
+        }
+    }
+    .await;
     transport.close().await;
     result
+}
+
+/// The batches of a run, and the budget each host asks before its turn.
+struct Rolling {
+    batches: Vec<Vec<Host>>,
+    budget: Budget,
+}
+
+impl Rolling {
+    /// All hosts at once, or (`rolling`) batches cut by the stage's
+    /// rollout shape, counting the hosts `service` reports out.
+    fn new(ctx: &Context, rolling: bool, service: &Service) -> Result<Rolling, Error> {
+        let hosts = &ctx.hosts;
+        if !rolling {
+            return Ok(Rolling {
+                batches: vec![hosts.clone()],
+                budget: Budget::new(hosts.len().max(1), &BTreeMap::new()),
+            });
+        }
+        let stage = &ctx.stage;
+        let shape = rollout_shape(stage, hosts.len())?;
+        let out: BTreeMap<String, OutOfService> = service
+            .iter()
+            .filter(|(_, s)| s.is_out())
+            .map(|(h, s)| {
+                let out = OutOfService {
+                    state: *s,
+                    returns: false,
+                };
+                (h.clone(), out)
+            })
+            .collect();
+        let candidates: Vec<Candidate> = hosts
+            .iter()
+            .map(|h| Candidate {
+                host: h.name.clone(),
+                zone: h.zone.clone(),
+                out: out.contains_key(&h.name),
+                returns: false,
+            })
+            .collect();
+        let elsewhere: Vec<String> = out
+            .keys()
+            .filter(|h| !hosts.iter().any(|x| &x.name == *h))
+            .cloned()
+            .collect();
+        let batches = shape::batches(&candidates, &shape, &elsewhere)
+            .map_err(|e| Error::Unchanged(format!("not running; nothing was changed: {e}")))?
+            .into_iter()
+            .map(|b| {
+                b.hosts
+                    .iter()
+                    .filter_map(|name| hosts.iter().find(|h| &h.name == name).cloned())
+                    .collect()
+            })
+            .collect();
+        Ok(Rolling {
+            batches,
+            budget: Budget::new(shape.max_unavailable, &out),
+        })
+    }
 }
 
 /// How the command ended on one host.
@@ -77,18 +153,22 @@ async fn run_batches(
     ctx: &Context,
     transport: &SshTransport,
     cmd: &Cmd,
-    batches: &[Vec<Host>],
+    rolling: &Rolling,
     signals: &Signals,
 ) -> Result<Exit, Error> {
     let width = ctx.hosts.iter().map(|h| h.name.len()).max().unwrap_or(0);
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut stopped = false;
-    for batch in batches {
+    let budget = &rolling.budget;
+    for batch in &rolling.batches {
         if stopped || signals.cancel.is_cancelled() {
             outcomes.extend(batch.iter().map(|h| (h.name.clone(), Outcome::NotRun)));
             continue;
         }
         let runs = join_all(batch.iter().map(|host| async move {
+            if let Err(refused) = budget.take(&host.name).await {
+                return (host.name.clone(), Outcome::Failed(refused.to_string()));
+            }
             let observer = Prefixed::new(&host.name, width);
             let request = ExecRequest {
                 command: cmd.render(),
@@ -107,6 +187,12 @@ async fn run_batches(
                 Some(Err(e)) => Outcome::Failed(e.to_string()),
                 None => Outcome::Failed("interrupted".into()),
             };
+            // A host whose command failed may be out of service: it keeps
+            // its room.
+            match outcome {
+                Outcome::Ok => budget.put_back(&host.name),
+                _ => budget.stuck(&host.name),
+            }
             (host.name.clone(), outcome)
         }))
         .await;

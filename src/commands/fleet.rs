@@ -29,10 +29,10 @@ pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTranspo
 /// The machines LB commands go through that are not among `hosts`: other
 /// machines (`user@host`), and inventory hosts left out by `--hosts`.
 fn lb_targets(stage: &Stage, hosts: &[Host]) -> Vec<SshTarget> {
-    stage
-        .lb
-        .ssh_hosts()
-        .into_iter()
+    let mut vias: Vec<&Via> = stage.lb.as_ref().map(|d| d.ssh_hosts()).unwrap_or_default();
+    vias.sort();
+    vias.dedup();
+    vias.into_iter()
         .filter_map(|via| match via {
             Via::Ssh {
                 spec,

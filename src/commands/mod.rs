@@ -13,6 +13,7 @@ pub mod lock;
 pub mod man;
 pub mod releases;
 pub mod rollback;
+pub mod run;
 pub mod status;
 
 use std::path::PathBuf;
@@ -195,11 +196,9 @@ pub fn config_path(global: &Global) -> PathBuf {
 }
 
 use crate::execute::RunReport;
-use crate::execute::lb::preflight;
 use crate::exit::Exit;
-use crate::plan::{Operation, Plan};
+use crate::plan::Plan;
 use crate::report::HostResult;
-use crate::transport::Transport;
 
 /// Turns a finished run into the command's result. The report itself has
 /// already been shown; this adds the one-line verdict and what to do.
@@ -287,30 +286,4 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
         )
     };
     Err(Error::Run { exit, message })
-}
-
-/// The load balancer check of a plan, before it runs: warnings are
-/// printed, problems refuse the run with nothing changed.
-pub async fn check_load_balancers<T: Transport>(
-    ctx: &Context,
-    plan: &Plan,
-    transport: &T,
-) -> Result<(), Error> {
-    let found = preflight(plan, transport).await;
-    for warning in &found.warnings {
-        ctx.event(&Event::Warning {
-            message: warning.clone(),
-        });
-    }
-    if found.problems.is_empty() {
-        return Ok(());
-    }
-    let verb = match plan.operation {
-        Operation::Deploy => "deploying",
-        Operation::Rollback => "rolling back",
-    };
-    Err(Error::Unchanged(format!(
-        "not {verb}; nothing was changed on any host:\n  {}",
-        found.problems.join("\n  ")
-    )))
 }

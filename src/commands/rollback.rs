@@ -1,17 +1,16 @@
 //! `shipit STAGE rollback`: back to the release before the current one (or
-//! `--to ID`), through the same rolling pipeline as a deploy, under the
-//! deploy lock.
+//! `--to ID`), through the same rolling pipeline, capacity rules and
+//! coordinator (`run`) as a deploy, under the deploy lock.
 
-use super::deploy::{release, repair};
 use super::lock::{self, LockOptions};
-use super::{Context, Signals, check_load_balancers, fleet, run_result};
+use super::run::{self, Found, Locking};
+use super::{Context, Signals, fleet};
 use crate::cli::RollbackArgs;
 use crate::error::Error;
-use crate::execute::Executor;
 use crate::exit::Exit;
 use crate::host::ReleaseId;
 use crate::host::lock::LockKind;
-use crate::plan::{self, RollbackInput, Run};
+use crate::plan::{self, Plan, RollbackInput, Run};
 use crate::report::{Event, Phase};
 use crate::who::who;
 
@@ -37,76 +36,44 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
     });
     let transport = fleet::connect_for_run(stage, hosts).await?;
-    let result = async {
-        if args.dry_run {
-            let facts = fleet::probe(&transport, stage, hosts).await?;
-            let plan = plan::rollback(&RollbackInput {
-                stage,
-                hosts,
-                to,
-                facts: &facts,
-                run,
-                env: &env,
-            })?;
-            // Read-only, so a dry run checks too.
-            check_load_balancers(ctx, &plan, &transport).await?;
+    let plan_from = |found: &Found| -> Result<Plan, Error> {
+        Ok(plan::rollback(&RollbackInput {
+            stage,
+            hosts,
+            to: to.clone(),
+            facts: &found.facts,
+            run: run.clone(),
+            env: &env,
+            service: Some(&found.service),
+        })?)
+    };
+    let result = if args.dry_run {
+        // Read-only, so a dry run reads the hosts and the load balancer.
+        async {
+            let found = run::read(ctx, &transport, false, "rolling back").await?;
+            let plan = plan_from(&found)?;
             if ctx.global.json {
                 ctx.event(&Event::Plan {
                     plan: Box::new(plan.clone()),
                 });
             }
             ctx.print(&plan::render(&plan, args.full));
-            return Ok(Exit::Success);
+            Ok(Exit::Success)
         }
-        let info = lock::lock_info(
-            stage,
-            &run.id,
-            LockKind::Rollback,
-            args.lock.message.clone(),
-            stage.rollout.lock_lease,
-        );
-        let options = LockOptions {
-            wait: args.lock.lock_wait,
-            break_stale: args.lock.break_stale_lock,
+        .await
+    } else {
+        let locking = Locking {
+            kind: LockKind::Rollback,
+            run: &run.id,
+            message: args.lock.message.clone(),
+            options: LockOptions {
+                wait: args.lock.lock_wait,
+                break_stale: args.lock.break_stale_lock,
+            },
+            repair: true,
         };
-        let held = lock::acquire(&transport, stage, hosts, &info, &options, |m| {
-            ctx.note(None, m)
-        })
-        .await?;
-        let work = async {
-            let facts = fleet::probe(&transport, stage, hosts).await?;
-            repair(ctx, &transport, &facts).await;
-            let plan = plan::rollback(&RollbackInput {
-                stage,
-                hosts,
-                to,
-                facts: &facts,
-                run,
-                env: &env,
-            })?;
-            for warning in &plan.warnings {
-                ctx.event(&Event::Warning {
-                    message: warning.clone(),
-                });
-            }
-            check_load_balancers(ctx, &plan, &transport).await?;
-            let reporter = ctx.reporter();
-            let report = Executor::new(&transport, reporter.as_ref())
-                .command_timeout(stage.ssh.command_timeout)
-                .cancel_on(signals.cancel.clone(), signals.hurry.clone())
-                .run(&plan)
-                .await;
-            run_result(&plan, &report)
-        };
-        let result = held
-            .keep_while(&signals.cancel, work, |why| {
-                ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
-            })
-            .await;
-        release(ctx, held).await;
-        result
-    }
-    .await;
+        run::locked(ctx, &transport, locking, signals, None, plan_from).await
+    };
     transport.close().await;
     result
 }

@@ -19,9 +19,11 @@ use std::time::Duration;
 
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
+pub use validate::lb::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENABLE_TIMEOUT};
 pub use validate::{RESERVED_STAGE_NAMES, parse_duration};
 
-pub use crate::lb::{AdminSocket, Balancer, OnTimeout, Via};
+pub use crate::lb::{OnTimeout, Via};
+pub use validate::lb::{LbSettings, Setting, split_host_port};
 
 /// Every stage of one deploy.toml, all validated.
 #[derive(Debug, Clone)]
@@ -60,7 +62,9 @@ pub struct Stage {
     pub ssh: Ssh,
     pub rollout: Rollout,
     pub health: Option<Health>,
-    pub lb: Lb,
+    /// `[lb]`: how a host is taken out of the load balancer before its
+    /// restart and put back once healthy; `None`: no load balancer.
+    pub lb: Option<std::sync::Arc<dyn crate::lb::Driver>>,
     pub env: Vec<EnvVar>,
     pub hooks: Hooks,
     pub hosts: Vec<Host>,
@@ -131,7 +135,16 @@ pub struct Ssh {
 
 #[derive(Debug, Clone)]
 pub struct Rollout {
-    pub batch_size: BatchSize,
+    /// `rolling_batch_size`: a size per batch, the last repeating. Never empty.
+    pub ramp: Vec<BatchSize>,
+    /// `bake`: how long each batch is watched once back in service; the
+    /// last repeats. Empty: not watched.
+    pub bake: Vec<Duration>,
+    /// At most this many hosts of the stage out of service at any moment;
+    /// `None`: the largest batch of the ramp.
+    pub max_unavailable: Option<BatchSize>,
+    /// Batches never span two zones; zones go one after another.
+    pub by_zone: bool,
     pub on_failure: OnFailure,
     /// Share of a batch's hosts that may fail before `on_failure` applies
     /// (only with `OnFailure::Continue`; must be exceeded).
@@ -153,7 +166,8 @@ pub enum OnFailure {
     Continue,
 }
 
-/// `rolling_batch_size`: how many hosts change at once.
+/// A number of hosts, or a share of them: an entry of `rolling_batch_size`,
+/// or `max_unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchSize {
     Count(usize),
@@ -168,6 +182,24 @@ impl BatchSize {
             BatchSize::Percent(p) => hosts * usize::from(p) / 100,
         };
         n.clamp(1, hosts.max(1))
+    }
+
+    /// As a limit on `hosts`: a share rounds down and may be 0.
+    pub fn limit_of(self, hosts: usize) -> usize {
+        match self {
+            BatchSize::Count(n) => n,
+            BatchSize::Percent(p) => hosts * usize::from(p) / 100,
+        }
+    }
+}
+
+impl serde::Serialize for BatchSize {
+    /// `2` or `"50%"`, as written in deploy.toml.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BatchSize::Count(n) => s.serialize_u64(*n as u64),
+            BatchSize::Percent(_) => s.serialize_str(&self.to_string()),
+        }
     }
 }
 
@@ -189,61 +221,6 @@ pub struct Health {
     pub timeout: Duration,
     pub interval: Duration,
     pub request_timeout: Duration,
-}
-
-/// `[lb]`: how a host is taken out of the load balancer before its
-/// restart and put back once healthy (docs/load-balancers.md).
-#[derive(Debug, Clone, Default)]
-pub enum Lb {
-    /// No load balancer: requests to a restarting host fail.
-    #[default]
-    None,
-    /// The user's own drain / enable commands.
-    Command(CommandLb),
-    /// HAProxy's runtime API, spoken by shipit.
-    Haproxy(HaproxyLb),
-}
-
-/// `driver = "command"`.
-#[derive(Debug, Clone)]
-pub struct CommandLb {
-    pub drain: Template,
-    pub enable: Template,
-    /// Where both commands (and `wait_drained`) run.
-    pub run_on: Via,
-    /// Polled after `drain` until it exits 0.
-    pub wait_drained: Option<Template>,
-    pub drain_timeout: Duration,
-    pub drain_timeout_action: OnTimeout,
-}
-
-/// `driver = "haproxy"`.
-#[derive(Debug, Clone)]
-pub struct HaproxyLb {
-    /// One entry per HAProxy; every one is drained and enabled.
-    pub balancers: Vec<Balancer>,
-    pub backend: String,
-    /// The server's name in the backend; renders to a valid HAProxy name
-    /// for every host of the stage (checked when the file is loaded).
-    pub server: Template,
-    pub drain_timeout: Duration,
-    pub drain_timeout_action: OnTimeout,
-    pub enable_timeout: Duration,
-}
-
-impl Lb {
-    /// Where LB commands run over SSH: inventory hosts and other machines.
-    pub fn ssh_hosts(&self) -> Vec<&Via> {
-        let mut out: Vec<&Via> = match self {
-            Lb::None => Vec::new(),
-            Lb::Command(c) => vec![&c.run_on],
-            Lb::Haproxy(h) => h.balancers.iter().map(|b| &b.via).collect(),
-        };
-        out.retain(|v| !matches!(v, Via::Local));
-        out.sort();
-        out.dedup();
-        out
-    }
 }
 
 impl Stage {
@@ -359,6 +336,8 @@ pub struct Host {
     pub port: Option<u16>,
     pub user: Option<String>,
     pub roles: Vec<String>,
+    /// Failure domain (`zone = "eu-1a"`), for `rollout.by_zone`.
+    pub zone: Option<String>,
 }
 
 /// One problem in deploy.toml.

@@ -82,6 +82,7 @@ pub struct RawHost {
     pub port: Option<i64>,
     pub user: Option<String>,
     pub roles: Option<Vec<String>>,
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -119,8 +120,13 @@ pub struct RawSsh {
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawRollout {
-    /// A number or a percentage string such as `"25%"`.
+    /// A number, a percentage string such as `"25%"`, or a list of them.
     pub rolling_batch_size: Option<toml::Value>,
+    /// A duration, or a list of them.
+    pub bake: Option<toml::Value>,
+    /// A number or a percentage string.
+    pub max_unavailable: Option<toml::Value>,
+    pub by_zone: Option<bool>,
     pub on_failure: Option<String>,
     pub max_fail_percentage: Option<i64>,
     pub lock_lease: Option<String>,
@@ -137,28 +143,37 @@ pub struct RawHealth {
     pub request_timeout: Option<String>,
 }
 
+/// `[lb]`: `driver` and the keys of the drivers (each load balancer driver
+/// owns its keys, see `crate::lb`). A key that no driver knows is refused
+/// here, with its line; which keys the chosen driver takes is checked by
+/// `validate`.
 #[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct RawLb {
-    /// `"haproxy"`, `"command"` or `"none"`.
-    pub driver: Option<String>,
-    // driver = "command"
-    pub drain: Option<String>,
-    pub enable: Option<String>,
-    pub run_on: Option<String>,
-    pub wait_drained: Option<String>,
-    // driver = "haproxy"
-    /// A socket, or a list of sockets (one load balancer each).
-    pub socket: Option<toml::Value>,
-    /// Where sockets are reached from; a string or a list (one load
-    /// balancer each).
-    pub via: Option<toml::Value>,
-    pub backend: Option<String>,
-    pub server: Option<String>,
-    pub enable_timeout: Option<String>,
-    // both
-    pub drain_timeout: Option<String>,
-    pub drain_timeout_action: Option<String>,
+#[serde(try_from = "toml::Table")]
+pub struct RawLb(pub toml::Table);
+
+impl TryFrom<toml::Table> for RawLb {
+    type Error = String;
+
+    fn try_from(table: toml::Table) -> Result<Self, String> {
+        let known = crate::lb::all_keys();
+        if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field `{unknown}`, expected one of {}",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(RawLb(table))
+    }
+}
+
+impl RawLb {
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.0.get(key)
+    }
 }
 
 /// `[hooks]`: each a list of commands, each a string or a table
@@ -216,6 +231,9 @@ overlay_fields!(RawSsh {
 });
 overlay_fields!(RawRollout {
     rolling_batch_size,
+    bake,
+    max_unavailable,
+    by_zone,
     on_failure,
     max_fail_percentage,
     lock_lease,
@@ -237,20 +255,13 @@ overlay_fields!(RawHooks {
     after_rollback,
     on_failure,
 });
-overlay_fields!(RawLb {
-    driver,
-    drain,
-    enable,
-    run_on,
-    wait_drained,
-    socket,
-    via,
-    backend,
-    server,
-    enable_timeout,
-    drain_timeout,
-    drain_timeout_action,
-});
+impl Overlay for RawLb {
+    /// Key by key: a key set in the more specific table wins.
+    fn overlay(mut self, stage: Self) -> Self {
+        self.0.extend(stage.0);
+        self
+    }
+}
 
 impl<T: Overlay> Overlay for Option<T> {
     fn overlay(self, stage: Self) -> Self {

@@ -256,7 +256,7 @@ mod tests {
         let config = crate::config::from_str(Path::new("/p/deploy.toml"), &uncommented)
             .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         let stage = &config.stages["production"];
-        assert!(stage.health.is_some() && matches!(stage.lb, crate::config::Lb::Haproxy(_)));
+        assert!(stage.health.is_some() && stage.lb.as_ref().is_some_and(|d| d.name() == "haproxy"));
         assert_eq!(stage.app.build.as_deref(), Some("make"));
         assert_eq!(stage.app.shared_files, [".env"]);
         assert_eq!(stage.ssh.user.as_deref(), Some("deploy"));

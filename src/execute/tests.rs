@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::*;
-use crate::plan::{DeployInput, deploy};
+use crate::plan::{Action, DeployInput, Pipeline, Plan, Step, StepKind, deploy};
 use crate::report::Recording;
+use crate::report::{Event, HostResult, Phase};
 use crate::testing::{self, facts, id, stage};
 use crate::transport::fake::FakeTransport;
 
@@ -46,6 +49,7 @@ fn plan_with(hosts: usize, extra: &str) -> Plan {
         env: &[],
         resume: false,
         digest: String::new(),
+        service: None,
     })
     .unwrap()
 }
@@ -296,7 +300,11 @@ async fn continue_policy_goes_on_within_the_allowed_share() {
         .fail("web1", "restart-app", 1)
         .fail("web3", "restart-app", 1);
     let local = FakeTransport::default();
-    let plan = plan_with(4, "on_failure = \"continue\"\nmax_fail_percentage = 50");
+    // Failed hosts stay out of service: room for them, and for a batch.
+    let plan = plan_with(
+        4,
+        "on_failure = \"continue\"\nmax_fail_percentage = 50\nmax_unavailable = 4",
+    );
     let (report, _) = run(&plan, &remote, &local).await;
     assert!(!report.ok && !report.undo_ran);
     // 1 of 2 per batch is 50%: not exceeded, so batch 2 ran.
@@ -311,6 +319,25 @@ async fn continue_policy_goes_on_within_the_allowed_share() {
     };
     assert_eq!(result("web4"), HostResult::Done);
     assert!(matches!(result("web3"), HostResult::Failed { .. }));
+
+    // With the default room (the batch size), web1 stays out and fills a
+    // place: web3 goes out, then web4 finds no room once web3 failed
+    // too. It is never touched, and the run stops there.
+    let remote = FakeTransport::default()
+        .fail("web1", "restart-app", 1)
+        .fail("web3", "restart-app", 1);
+    let plan = plan_with(4, "on_failure = \"continue\"\nmax_fail_percentage = 50");
+    let (report, events) = run(&plan, &remote, &FakeTransport::default()).await;
+    let web4 = report.hosts.iter().find(|s| s.host == "web4").unwrap();
+    assert_eq!(web4.result, HostResult::NotReached);
+    assert!(
+        !remote
+            .steps(STEPS)
+            .iter()
+            .any(|s| s.starts_with("web4:switch"))
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Note { host: Some(h), message }
+        if h == "web4" && message.starts_with("not taken out of service: 2 hosts are already out (web1, web3)"))));
 
     // 25% allowed: the first failure stops the rollout.
     let remote = FakeTransport::default().fail("web1", "restart-app", 1);
@@ -392,6 +419,7 @@ async fn secrets_travel_on_stdin_never_on_the_command_line() {
         resume: false,
         digest: String::new(),
         env: &env,
+        service: None,
     })
     .unwrap();
     let remote = FakeTransport::default();
@@ -427,6 +455,7 @@ async fn hooks_run_at_their_points_and_a_failing_before_hook_changes_nothing() {
             resume: false,
             digest: String::new(),
             env: &[],
+            service: None,
         })
         .unwrap()
     };
@@ -543,6 +572,8 @@ async fn secrets_never_reach_any_output() {
         address: "127.0.0.1".into(),
         before: Some(id(2)),
         unchanged: false,
+        zone: None,
+        left_out: None,
     };
     let pipeline = |name: &str, steps: Vec<Step>| Pipeline {
         host: name.into(),
@@ -557,43 +588,54 @@ async fn secrets_never_reach_any_output() {
         revision: "abc".into(),
         hosts: vec![host("web1"), host("web2")],
         prepare: Vec::new(),
-        batches: vec![vec![
-            pipeline(
-                "web1",
-                vec![
-                    Step {
-                        kind: StepKind::Drain,
-                        action: Action::Local {
-                            cmd: Cmd::new([Word::from("echo"), token()]),
+        batches: vec![crate::plan::Batch {
+            bake: Duration::ZERO,
+            zone: None,
+            pipelines: vec![
+                pipeline(
+                    "web1",
+                    vec![
+                        Step {
+                            kind: StepKind::Drain,
+                            action: Action::Local {
+                                cmd: Cmd::new([Word::from("echo"), token()]),
+                            },
                         },
-                    },
-                    Step {
+                        Step {
+                            kind: StepKind::Restart,
+                            action: Action::Remote {
+                                cmd: Cmd::shell(
+                                    "echo \"token is $TOKEN\"; echo \"bad $TOKEN\" >&2; exit 3",
+                                )
+                                .env("TOKEN", token()),
+                            },
+                        },
+                    ],
+                ),
+                pipeline(
+                    "web2",
+                    vec![Step {
                         kind: StepKind::Restart,
                         action: Action::Remote {
-                            cmd: Cmd::shell(
-                                "echo \"token is $TOKEN\"; echo \"bad $TOKEN\" >&2; exit 3",
-                            )
-                            .env("TOKEN", token()),
+                            cmd: Cmd::shell("sleep 5").env("TOKEN", token()),
                         },
-                    },
-                ],
-            ),
-            pipeline(
-                "web2",
-                vec![Step {
-                    kind: StepKind::Restart,
-                    action: Action::Remote {
-                        cmd: Cmd::shell("sleep 5").env("TOKEN", token()),
-                    },
-                }],
-            ),
-        ]],
+                    }],
+                ),
+            ],
+        }],
+        shape: crate::plan::Shape {
+            ramp: vec![crate::config::BatchSize::Count(2)],
+            bake: Vec::new(),
+            by_zone: false,
+            max_unavailable: 2,
+            percent_of: 2,
+        },
+        out_at_start: Default::default(),
         finish: Vec::new(),
         on_failure: crate::plan::FailurePolicy {
             action: crate::config::OnFailure::Pause,
             max_fail_percentage: 0,
             rollback_on_abort: false,
-            batch_size: 2,
         },
         undo: Vec::new(),
         undo_finish: Vec::new(),
@@ -668,41 +710,6 @@ async fn secrets_never_reach_any_output() {
     assert!(outputs[0].1.contains("bad [REDACTED]"), "{}", outputs[0].1);
 }
 
-#[test]
-fn output_is_passed_on_in_whole_lines() {
-    let recording = Recording::default();
-    let observer = StepObserver {
-        reporter: &recording,
-        host: "web1",
-        step: StepKind::Restart,
-        total: 0,
-        partial: Mutex::default(),
-    };
-    observer.output(Stream::Stdout, b"one\ntw");
-    observer.output(Stream::Stderr, b"err\r\n");
-    observer.output(Stream::Stdout, b"o\n\nthr");
-    observer.output(Stream::Stdout, b"ee");
-    observer.flush();
-    let lines: Vec<(&str, String)> = recording
-        .events()
-        .into_iter()
-        .map(|e| match e {
-            Event::Output { stream, line, .. } => (stream, line),
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(
-        lines,
-        [
-            ("stdout", "one".to_string()),
-            ("stderr", "err".to_string()),
-            ("stdout", "two".to_string()),
-            ("stdout", String::new()),
-            ("stdout", "three".to_string()),
-        ]
-    );
-}
-
 fn plan_with_lb(hosts: usize, lb: &str) -> Plan {
     let stage = stage(hosts, &format!("restart = \"restart-app\"\n{lb}"));
     let f = facts(&stage, Some(2), &[1, 2]);
@@ -716,6 +723,7 @@ fn plan_with_lb(hosts: usize, lb: &str) -> Plan {
         resume: false,
         digest: String::new(),
         env: &[],
+        service: None,
     })
     .unwrap()
 }

@@ -1,30 +1,274 @@
-//! Load balancers, as plain data: where a load balancer is reached, and
-//! the drain / enable actions a plan holds for each host.
+//! Load balancers: one interface, [`Driver`], and one module per kind of
+//! balancer that implements it. A driver owns everything about its kind:
+//! its `[lb]` keys and their validation, the preflight that every host is
+//! known to the balancer (and in what state), the drain (take out, then
+//! wait until no request is left), the enable (put back, then wait until
+//! traffic flows), and what `--dry-run` and `check` show.
 //!
-//! Three drivers exist (`[lb] driver` in deploy.toml, see
-//! docs/load-balancers.md):
+//! Adding a driver means writing its module and adding one line to
+//! [`DRIVERS`]. The drivers today:
 //!
-//! - `haproxy`: shipit talks to HAProxy's runtime API itself. A drain sets
-//!   the server to `drain`, waits until HAProxy reports no session on it,
-//!   then sets `maint`; an enable sets `ready` and waits until HAProxy's own
-//!   health check reports the server `UP`. [`haproxy`] builds the runtime
-//!   API lines and reads the answers.
-//! - `command`: the user's `drain` / `enable` command lines, run locally or
-//!   on a host, optionally followed by a `wait_drained` command polled until
-//!   it exits 0.
-//! - `none`: no load balancer.
+//! - `haproxy`: HAProxy's runtime API over its admin socket;
+//! - `command`: the user's own drain / enable commands;
+//! - `none` (no `[lb]`): no load balancer; a restarting host drops requests.
 //!
-//! Nothing here does I/O: the planner puts [`LbAction`]s into plans,
-//! `--dry-run` prints them, and `execute::lb` performs them.
+//! The planner puts [`LbAction`]s (a driver, an operation and a
+//! [`Member`]: one host as the balancer knows it) into plans as plain
+//! data; the executor performs them through the driver with an [`LbCtx`].
 
+pub mod command;
 pub mod haproxy;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::shell::Cmd;
+use crate::config::LbSettings;
+use crate::host::check::Verdict;
+use crate::shell::{Cmd, Word};
+use crate::transport::{ExecObserver, ExecRequest, Output, TransportError};
+
+/// Every driver, by its `driver = "..."` name. A new driver is one line.
+pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC];
+
+/// `[lb]` keys every driver understands (besides its own).
+pub const SHARED_KEYS: &[&str] = &["driver", "drain_timeout", "drain_timeout_action"];
+
+/// How `[lb] driver = "NAME"` becomes a driver.
+pub struct DriverSpec {
+    pub name: &'static str,
+    /// The `[lb]` keys this driver reads, besides [`SHARED_KEYS`].
+    pub keys: &'static [&'static str],
+    /// Validates the driver's keys (errors name the key) and builds it.
+    pub parse: fn(&mut LbSettings<'_, '_>, Shared) -> Option<Arc<dyn Driver>>,
+}
+
+/// The values of [`SHARED_KEYS`], checked before a driver's own keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared {
+    pub drain_timeout: Duration,
+    pub drain_timeout_action: OnTimeout,
+}
+
+/// Every `[lb]` key some driver (or every driver) reads.
+pub fn all_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = SHARED_KEYS
+        .iter()
+        .chain(DRIVERS.iter().flat_map(|d| d.keys))
+        .copied()
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The spec of `driver = "NAME"`.
+pub fn spec(name: &str) -> Option<&'static DriverSpec> {
+    DRIVERS.iter().find(|d| d.name == name)
+}
+
+/// A kind of load balancer (see the module documentation).
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync + fmt::Debug {
+    /// The `driver = "..."` name.
+    fn name(&self) -> &'static str;
+
+    /// `host` as this balancer knows it, with what the driver needs to act
+    /// on it (its server name, its commands rendered for it).
+    fn member(&self, host: &HostRef<'_>) -> Member;
+
+    /// The machines the driver reaches over SSH; shipit connects to them up
+    /// front with the hosts.
+    fn ssh_hosts(&self) -> Vec<&Via>;
+
+    /// One line for logs and events: what `op` does to `member`, and where.
+    fn summary(&self, op: LbOp, member: &Member) -> String;
+
+    /// The dry-run text: every request or command, and what shipit waits for.
+    fn describe(&self, op: LbOp, member: &Member) -> String;
+
+    /// Before anything changes: each member is known to the balancer(s)
+    /// (else a problem naming it), and the state it is in.
+    async fn preflight(&self, ctx: &LbCtx<'_>, members: &[Member]) -> Preflight;
+
+    /// Takes `member` out, then waits until it has no request left (within
+    /// the driver's drain timeout, then warn or fail as configured).
+    async fn drain(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError>;
+
+    /// Puts `member` back, then waits until the balancer sends it traffic
+    /// again (within the driver's enable timeout).
+    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError>;
+
+    /// The state of each member now, as the balancer sees it; members it
+    /// cannot tell about are [`ServiceState::Unknown`].
+    async fn states(
+        &self,
+        ctx: &LbCtx<'_>,
+        members: &[Member],
+    ) -> Result<BTreeMap<String, ServiceState>, String>;
+
+    /// What `shipit STAGE check` says about `member`: whether the balancer
+    /// can be reached and knows it. The default asks [`Driver::preflight`].
+    async fn check(&self, ctx: &LbCtx<'_>, member: &Member) -> Verdict {
+        let found = self.preflight(ctx, std::slice::from_ref(member)).await;
+        if let Some(problem) = found.problems.into_iter().next() {
+            return Verdict::fail(problem);
+        }
+        let state = found
+            .states
+            .get(&member.host)
+            .copied()
+            .unwrap_or(ServiceState::Unknown);
+        Verdict::ok(format!(
+            "{} {}: {}",
+            self.name(),
+            member.server,
+            state.as_str()
+        ))
+    }
+
+    /// The driver's settings, for `--dry-run --json`.
+    fn settings(&self) -> serde_json::Value;
+}
+
+/// What a driver learns about a host to make a [`Member`] of it.
+pub struct HostRef<'a> {
+    pub vars: &'a crate::config::Vars,
+    /// SHIPIT_* variables for commands about this host.
+    pub env: &'a [(String, Word)],
+    /// Where commands for the machine running shipit run.
+    pub local_dir: Option<&'a str>,
+}
+
+/// One host as its load balancer knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub host: String,
+    /// The balancer's name or address for it (a server name, `addr:port`).
+    pub server: String,
+    /// Commands rendered for this host, by purpose (the command driver's
+    /// `drain`, `enable`, `wait_drained`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub commands: BTreeMap<&'static str, Cmd>,
+}
+
+/// A drain or an enable of one host, as a plan holds it.
+#[derive(Debug, Clone)]
+pub struct LbAction {
+    pub op: LbOp,
+    pub driver: Arc<dyn Driver>,
+    pub member: Member,
+}
+
+impl LbAction {
+    pub fn summary(&self) -> String {
+        self.driver.summary(self.op, &self.member)
+    }
+}
+
+impl fmt::Display for LbAction {
+    /// The dry-run text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.driver.describe(self.op, &self.member))
+    }
+}
+
+impl Serialize for LbAction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            driver: &'static str,
+            op: LbOp,
+            member: &'a Member,
+            settings: serde_json::Value,
+            text: String,
+        }
+        Shown {
+            driver: self.driver.name(),
+            op: self.op,
+            member: &self.member,
+            settings: self.driver.settings(),
+            text: self.to_string(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Everything an action needs from the run.
+pub struct LbCtx<'a> {
+    pub remote: &'a dyn Remote,
+    /// Sees the output of commands run for the action (`-v`).
+    pub observer: &'a dyn ExecObserver,
+    pub command_timeout: Option<Duration>,
+    /// Ends a drain's waiting early (a second Ctrl-C). An enable never
+    /// stops early: putting a host back must finish.
+    pub cancel: &'a CancellationToken,
+}
+
+/// Runs a command where a driver says: on this machine or over SSH.
+pub trait Remote: Send + Sync {
+    fn exec<'a>(
+        &'a self,
+        via: &'a Via,
+        request: ExecRequest,
+        observer: &'a dyn ExecObserver,
+    ) -> BoxFuture<'a, Result<Output, TransportError>>;
+}
+
+/// What a successful drain or enable reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Short: `ok`, `ok, sessions left`.
+    pub result: String,
+    /// Shown as notes: things that went on despite a problem.
+    pub warnings: Vec<String>,
+}
+
+impl Done {
+    pub fn ok() -> Done {
+        Done {
+            result: "ok".into(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Why a drain or enable failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbError {
+    /// Short: `failed`, `not drained`, `interrupted`.
+    pub result: String,
+    /// Everything the user needs: which balancer, what it said.
+    pub error: String,
+    /// Cut short by a second Ctrl-C rather than failed.
+    pub interrupted: bool,
+}
+
+impl LbError {
+    pub fn failed(error: impl Into<String>) -> LbError {
+        LbError {
+            result: "failed".into(),
+            error: error.into(),
+            interrupted: false,
+        }
+    }
+}
+
+/// What a preflight found.
+#[derive(Debug, Default, Clone)]
+pub struct Preflight {
+    /// Reasons not to start: each names the balancer and the servers.
+    pub problems: Vec<String>,
+    /// Worth knowing, not blocking.
+    pub warnings: Vec<String>,
+    /// Each member's state, by host name.
+    pub states: BTreeMap<String, ServiceState>,
+}
 
 /// Where a load balancer command runs, or its admin socket is reached from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -66,41 +310,6 @@ impl fmt::Display for Via {
     }
 }
 
-/// An HAProxy admin socket (`stats socket ... level admin`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum AdminSocket {
-    /// A UNIX socket path on the machine it is reached from.
-    Unix { path: String },
-    /// A TCP admin socket (`stats socket ipv4@10.0.0.5:9999 level admin`).
-    Tcp { host: String, port: u16 },
-}
-
-impl fmt::Display for AdminSocket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminSocket::Unix { path } => f.write_str(path),
-            AdminSocket::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            AdminSocket::Tcp { host, port } => write!(f, "{host}:{port}"),
-        }
-    }
-}
-
-/// One HAProxy instance: its admin socket and where it is reached from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Balancer {
-    pub via: Via,
-    pub socket: AdminSocket,
-}
-
-impl fmt::Display for Balancer {
-    /// `local:/run/haproxy/admin.sock`, `lb1:/run/haproxy/admin.sock`,
-    /// `local:10.0.0.5:9999`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.via, self.socket)
-    }
-}
-
 /// What happens when `drain_timeout` passes with sessions left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -121,6 +330,47 @@ impl OnTimeout {
     }
 }
 
+/// Whether a load balancer sends a host traffic, as the balancer reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// Taking traffic: ready, and its health check passes.
+    InService,
+    /// Set to drain by someone: finishing what it has, taking nothing new.
+    Draining,
+    /// Set to maintenance by someone: no traffic.
+    Maintenance,
+    /// Ready, but failing the balancer's own health check: no traffic.
+    Down,
+    /// The driver cannot tell (a `command` driver); counted as in service.
+    Unknown,
+}
+
+impl ServiceState {
+    /// Not taking traffic: it fills room under `max_unavailable`.
+    pub fn is_out(self) -> bool {
+        matches!(
+            self,
+            ServiceState::Draining | ServiceState::Maintenance | ServiceState::Down
+        )
+    }
+
+    /// Taken out on purpose, by someone: shipit leaves it out.
+    pub fn set_by_operator(self) -> bool {
+        matches!(self, ServiceState::Draining | ServiceState::Maintenance)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::InService => "in service",
+            ServiceState::Draining => "drain",
+            ServiceState::Maintenance => "maint",
+            ServiceState::Down => "DOWN",
+            ServiceState::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LbOp {
@@ -130,232 +380,11 @@ pub enum LbOp {
     Enable,
 }
 
-/// A drain or enable for one host, with everything resolved for it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "driver", rename_all = "kebab-case")]
-pub enum LbAction {
-    Haproxy(HaproxyAction),
-    Command(CommandAction),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct HaproxyAction {
-    pub op: LbOp,
-    /// Every load balancer the server must be drained on / enabled on.
-    pub balancers: Vec<Balancer>,
-    pub backend: String,
-    /// The server's name in the backend (`lb.server` rendered for the host).
-    pub server: String,
-    #[serde(serialize_with = "millis")]
-    pub drain_timeout: Duration,
-    pub on_drain_timeout: OnTimeout,
-    #[serde(serialize_with = "millis")]
-    pub enable_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CommandAction {
-    pub op: LbOp,
-    pub run_on: Via,
-    pub cmd: Cmd,
-    /// Drain only: polled after `cmd` until it exits 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait: Option<Box<WaitUntil>>,
-}
-
-/// A command polled until it exits 0.
-#[derive(Debug, Clone, Serialize)]
-pub struct WaitUntil {
-    pub cmd: Cmd,
-    #[serde(serialize_with = "millis")]
-    pub timeout: Duration,
-    #[serde(serialize_with = "millis")]
-    pub interval: Duration,
-    pub on_timeout: OnTimeout,
-}
-
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
 }
 
-fn human(d: Duration) -> humantime::FormattedDuration {
+/// A duration as people read it, to the millisecond.
+pub fn human(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
-}
-
-impl HaproxyAction {
-    /// `local:/run/haproxy/admin.sock` or `lb1:/run/a.sock, lb2:/run/a.sock`.
-    pub fn balancer_list(&self) -> String {
-        self.balancers
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl LbAction {
-    /// One line for logs and events: what is done to which server where.
-    pub fn summary(&self) -> String {
-        match self {
-            LbAction::Haproxy(a) => format!(
-                "haproxy {}: {} {}/{}",
-                a.balancer_list(),
-                match a.op {
-                    LbOp::Drain => "drain",
-                    LbOp::Enable => "enable",
-                },
-                a.backend,
-                a.server
-            ),
-            LbAction::Command(c) => match &c.run_on {
-                Via::Local => format!("local: {}", c.cmd.display()),
-                other => format!("on {other}: {}", c.cmd.display()),
-            },
-        }
-    }
-}
-
-impl fmt::Display for LbAction {
-    /// The dry-run text: every runtime API command or shell command, and
-    /// what shipit waits for.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LbAction::Haproxy(a) => {
-                write!(f, "haproxy {}: ", a.balancer_list())?;
-                let target = format!("{}/{}", a.backend, a.server);
-                match a.op {
-                    LbOp::Drain => write!(
-                        f,
-                        "set server {target} state drain; wait until 0 sessions (≤{}, then {}); set state maint",
-                        human(a.drain_timeout),
-                        a.on_drain_timeout.as_str()
-                    ),
-                    LbOp::Enable => write!(
-                        f,
-                        "set server {target} state ready; wait until HAProxy's check reports UP (≤{})",
-                        human(a.enable_timeout)
-                    ),
-                }
-            }
-            LbAction::Command(c) => {
-                f.write_str(&self.summary())?;
-                if let Some(wait) = &c.wait {
-                    // Its environment is the drain command's, shown just before.
-                    let bare = Cmd {
-                        env: Vec::new(),
-                        ..wait.cmd.clone()
-                    };
-                    write!(
-                        f,
-                        "; then every {}{}: {} until it exits 0 (≤{}, then {})",
-                        human(wait.interval),
-                        if wait.cmd.env.is_empty() {
-                            ""
-                        } else {
-                            ", with the same environment"
-                        },
-                        bare.display(),
-                        human(wait.timeout),
-                        wait.on_timeout.as_str()
-                    )?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn haproxy(op: LbOp, balancers: Vec<Balancer>) -> LbAction {
-        LbAction::Haproxy(HaproxyAction {
-            op,
-            balancers,
-            backend: "app".into(),
-            server: "web1".into(),
-            drain_timeout: Duration::from_secs(30),
-            on_drain_timeout: OnTimeout::Warn,
-            enable_timeout: Duration::from_secs(20),
-        })
-    }
-
-    fn unix(via: Via, path: &str) -> Balancer {
-        Balancer {
-            via,
-            socket: AdminSocket::Unix { path: path.into() },
-        }
-    }
-
-    #[test]
-    fn haproxy_actions_read_as_what_they_do() {
-        let local = unix(Via::Local, "/run/haproxy/admin.sock");
-        assert_eq!(
-            haproxy(LbOp::Drain, vec![local.clone()]).to_string(),
-            "haproxy local:/run/haproxy/admin.sock: set server app/web1 state drain; \
-             wait until 0 sessions (≤30s, then warn); set state maint"
-        );
-        assert_eq!(
-            haproxy(LbOp::Enable, vec![local]).to_string(),
-            "haproxy local:/run/haproxy/admin.sock: set server app/web1 state ready; \
-             wait until HAProxy's check reports UP (≤20s)"
-        );
-        let pair = vec![
-            unix(Via::Host { name: "lb1".into() }, "/run/a.sock"),
-            Balancer {
-                via: Via::Ssh {
-                    spec: "ops@lb2:2222".into(),
-                    user: "ops".into(),
-                    address: "lb2".into(),
-                    port: Some(2222),
-                },
-                socket: AdminSocket::Tcp {
-                    host: "::1".into(),
-                    port: 9999,
-                },
-            },
-        ];
-        assert_eq!(
-            haproxy(LbOp::Enable, pair.clone()).summary(),
-            "haproxy lb1:/run/a.sock, ops@lb2:2222:[::1]:9999: enable app/web1"
-        );
-    }
-
-    #[test]
-    fn command_actions_show_where_they_run_and_what_they_wait_for() {
-        let action = LbAction::Command(CommandAction {
-            op: LbOp::Drain,
-            run_on: Via::Host { name: "lb1".into() },
-            cmd: Cmd::shell("lbctl drain web1"),
-            wait: Some(Box::new(WaitUntil {
-                cmd: Cmd::shell("lbctl idle web1"),
-                timeout: Duration::from_secs(30),
-                interval: Duration::from_secs(1),
-                on_timeout: OnTimeout::Fail,
-            })),
-        });
-        assert_eq!(
-            action.to_string(),
-            "on lb1: sh -c 'lbctl drain web1'; then every 1s: sh -c 'lbctl idle web1' \
-             until it exits 0 (≤30s, then fail)"
-        );
-    }
-
-    #[test]
-    fn actions_serialize_as_plain_data() {
-        let json = serde_json::to_value(haproxy(
-            LbOp::Drain,
-            vec![unix(Via::Local, "/run/haproxy/admin.sock")],
-        ))
-        .unwrap();
-        assert_eq!(json["driver"], "haproxy");
-        assert_eq!(json["op"], "drain");
-        assert_eq!(json["balancers"][0]["via"]["type"], "local");
-        assert_eq!(
-            json["balancers"][0]["socket"]["path"],
-            "/run/haproxy/admin.sock"
-        );
-        assert_eq!(json["drain_timeout"], 30000);
-    }
 }

@@ -7,13 +7,19 @@ use std::fmt;
 use crate::config::{Host, OnFailure, Stage};
 use crate::host::releases::{self, RollbackChoice, RollbackError};
 use crate::host::{Current, HostFacts, Layout, ReleaseId};
+use crate::lb::ServiceState;
 use crate::shell::Word;
 
+use super::shape::{self, Candidate, NoRoom, Shape};
 use super::steps::{HostSteps, RunEnv};
 use super::{
-    Action, Bookkeeping, FailurePolicy, Operation, Pipeline, Plan, PlannedHost, RunHooks, Step,
-    StepKind,
+    Action, Batch, Bookkeeping, FailurePolicy, Operation, OutOfService, Pipeline, Plan,
+    PlannedHost, RunHooks, Step, StepKind,
 };
+
+/// What the load balancer said about each host of the stage before the
+/// run; hosts it does not list count as in service.
+pub type Service = BTreeMap<String, ServiceState>;
 
 pub struct DeployInput<'a> {
     pub stage: &'a Stage,
@@ -31,6 +37,8 @@ pub struct DeployInput<'a> {
     pub digest: String,
     /// `[env]`, resolved (secrets marked).
     pub env: &'a [(String, Word)],
+    /// The load balancer's view of the stage's hosts; `None` for a dry run.
+    pub service: Option<&'a Service>,
 }
 
 pub struct RollbackInput<'a> {
@@ -42,6 +50,8 @@ pub struct RollbackInput<'a> {
     pub run: Run,
     /// `[env]`, resolved (secrets marked).
     pub env: &'a [(String, Word)],
+    /// The load balancer's view of the stage's hosts.
+    pub service: Option<&'a Service>,
 }
 
 /// Who runs this and how, for every plan.
@@ -61,6 +71,8 @@ pub enum PlanError {
     /// Per-host problems, each naming the host and what to do.
     Hosts(Vec<String>),
     Rollback(RollbackError),
+    /// `max_unavailable` leaves no room to take any host out.
+    Capacity(String),
 }
 
 impl fmt::Display for PlanError {
@@ -74,18 +86,114 @@ impl fmt::Display for PlanError {
                 Ok(())
             }
             PlanError::Rollback(e) => write!(f, "{e}"),
+            PlanError::Capacity(why) => {
+                write!(f, "not starting; nothing was changed on any host: {why}")
+            }
         }
     }
 }
 
 impl std::error::Error for PlanError {}
 
-/// How often a `wait_drained` command is run while it exits non-zero.
-pub const WAIT_DRAINED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The stage's rollout settings resolved for a run that rolls `rolling`
+/// hosts. `max_unavailable` is of the stage's hosts and defaults to the
+/// largest batch; a share that rounds down to 0 is refused.
+pub fn rollout_shape(stage: &Stage, rolling: usize) -> Result<Shape, PlanError> {
+    let rollout = &stage.rollout;
+    let mut shape = Shape {
+        ramp: rollout.ramp.clone(),
+        bake: rollout.bake.clone(),
+        by_zone: rollout.by_zone,
+        max_unavailable: 0,
+        percent_of: rolling,
+    };
+    shape.max_unavailable = match rollout.max_unavailable {
+        None => shape.largest(),
+        Some(limit) => match limit.limit_of(stage.hosts.len()) {
+            0 => {
+                return Err(PlanError::Capacity(format!(
+                    "rollout.max_unavailable = {limit} of the {} hosts of stage {} is 0 hosts, so no host could \
+                     ever be taken out of service; raise it",
+                    stage.hosts.len(),
+                    stage.name
+                )));
+            }
+            n => n,
+        },
+    };
+    Ok(shape)
+}
 
-/// Splits hosts into rolling batches.
-pub fn batches<T: Clone>(hosts: &[T], per_batch: usize) -> Vec<Vec<T>> {
-    hosts.chunks(per_batch.max(1)).map(<[T]>::to_vec).collect()
+/// Hosts of the stage that the load balancer reported out of service;
+/// those an interrupted run of shipit's left out (`ours`) come back with
+/// this run.
+fn out_at_start(
+    stage: &Stage,
+    service: Option<&Service>,
+    ours: &dyn Fn(&Host) -> bool,
+) -> BTreeMap<String, OutOfService> {
+    let Some(service) = service else {
+        return BTreeMap::new();
+    };
+    stage
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let state = *service.get(&h.name)?;
+            state.is_out().then(|| {
+                let returns = ours(h);
+                (h.name.clone(), OutOfService { state, returns })
+            })
+        })
+        .collect()
+}
+
+/// Cuts the rolling hosts into batches by the stage's shape, in the order
+/// of `rolling`, counting hosts already out of service.
+fn cut(
+    shape: &Shape,
+    rolling: &[&Host],
+    out: &BTreeMap<String, OutOfService>,
+) -> Result<Vec<shape::BatchShape>, PlanError> {
+    let candidates: Vec<Candidate> = rolling
+        .iter()
+        .map(|h| Candidate {
+            host: h.name.clone(),
+            zone: h.zone.clone(),
+            out: out.contains_key(&h.name),
+            returns: out.get(&h.name).is_some_and(|o| o.returns),
+        })
+        .collect();
+    let elsewhere: Vec<String> = out
+        .keys()
+        .filter(|h| !rolling.iter().any(|r| &r.name == *h))
+        .cloned()
+        .collect();
+    shape::batches(&candidates, shape, &elsewhere)
+        .map_err(|e: NoRoom| PlanError::Capacity(e.to_string()))
+}
+
+/// The batches, with each host's rolling pipeline in its place.
+fn assemble(
+    shaped: Vec<shape::BatchShape>,
+    mut pipelines: BTreeMap<String, Pipeline>,
+) -> Vec<Batch> {
+    shaped
+        .into_iter()
+        .map(|b| Batch {
+            pipelines: b.hosts.iter().filter_map(|h| pipelines.remove(h)).collect(),
+            bake: b.bake,
+            zone: b.zone,
+        })
+        .collect()
+}
+
+/// For each host, the hosts of its batch (SHIPIT_BATCH_HOSTS).
+fn batch_members(shaped: &[shape::BatchShape]) -> BTreeMap<String, Vec<String>> {
+    shaped
+        .iter()
+        .flat_map(|b| b.hosts.iter().map(move |h| (h.clone(), b.hosts.clone())))
+        .collect()
 }
 
 pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
@@ -121,22 +229,15 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         local_dir: input.run.local_dir.as_deref(),
     };
     let rolling_hosts: Vec<&Host> = input.hosts.iter().filter(|h| !done(h)).collect();
-    let per_batch = stage
-        .rollout
-        .batch_size
-        .hosts_per_batch(rolling_hosts.len());
-    let batch_of: BTreeMap<&str, Vec<String>> = rolling_hosts
-        .chunks(per_batch.max(1))
-        .flat_map(|batch| {
-            let members: Vec<String> = batch.iter().map(|h| h.name.clone()).collect();
-            batch
-                .iter()
-                .map(move |h| (h.name.as_str(), members.clone()))
-        })
-        .collect();
+    let shape = rollout_shape(stage, rolling_hosts.len())?;
+    let ours = |host: &Host| left_by_shipit(input.facts, host);
+    let out = out_at_start(stage, input.service, &ours);
+    let kept_out = |host: &Host| left_out(&out, host);
+    let shaped = cut(&shape, &rolling_hosts, &out)?;
+    let batch_of = batch_members(&shaped);
 
     let mut prepare = Vec::new();
-    let mut rolling = Vec::new();
+    let mut rolling = BTreeMap::new();
     let mut finish = Vec::new();
     let mut undo = Vec::new();
     let mut undo_finish = Vec::new();
@@ -163,7 +264,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             );
             undo.push(Pipeline {
                 host: host.name.clone(),
-                steps: back.rollout(false),
+                steps: back.rollout(false, kept_out(host).is_some()),
             });
         }
         undo_finish.push(Pipeline {
@@ -205,15 +306,15 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         if done(host) {
             continue;
         }
-        let batch = batch_of
-            .get(host.name.as_str())
-            .cloned()
-            .unwrap_or_default();
+        let batch = batch_of.get(&host.name).cloned().unwrap_or_default();
         let steps = steps.in_batch(&batch);
-        rolling.push(Pipeline {
-            host: host.name.clone(),
-            steps: steps.rollout(first),
-        });
+        rolling.insert(
+            host.name.clone(),
+            Pipeline {
+                host: host.name.clone(),
+                steps: steps.rollout(first, kept_out(host).is_some()),
+            },
+        );
         if input.resume && has_release(host) {
             continue;
         }
@@ -251,6 +352,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     }
 
     let whole = HostSteps::new(stage, None, &input.release, None, Operation::Deploy, run);
+    let warnings = warnings(stage, &out);
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Deploy,
@@ -266,12 +368,16 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 address: h.address.clone(),
                 before: before(h),
                 unchanged: done(h),
+                zone: h.zone.clone(),
+                left_out: kept_out(h),
             })
             .collect(),
         prepare,
-        batches: batches(&rolling, per_batch),
+        batches: assemble(shaped, rolling),
+        shape,
+        out_at_start: out,
         finish,
-        on_failure: policy(stage, &input.run, per_batch),
+        on_failure: policy(stage, &input.run),
         undo,
         undo_finish,
         hooks: RunHooks {
@@ -287,7 +393,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             by: input.run.by.clone(),
             digest: input.digest.clone(),
         },
-        warnings: warnings(stage),
+        warnings,
     })
 }
 
@@ -331,13 +437,30 @@ fn cleanup(
     }
 }
 
-fn policy(stage: &Stage, run: &Run, per_batch: usize) -> FailurePolicy {
+fn policy(stage: &Stage, run: &Run) -> FailurePolicy {
     FailurePolicy {
         action: stage.rollout.on_failure,
         max_fail_percentage: stage.rollout.max_fail_percentage,
         rollback_on_abort: run.rollback_on_abort,
-        batch_size: per_batch,
     }
+}
+
+/// An operator took `host` out of the load balancer before the run (drain
+/// or maintenance): it gets the release, but shipit leaves it out. A host
+/// an interrupted run of shipit's left drained is not the operator's.
+fn left_out(out: &BTreeMap<String, OutOfService>, host: &Host) -> Option<ServiceState> {
+    out.get(&host.name)
+        .filter(|o| o.state.set_by_operator() && !o.returns)
+        .map(|o| o.state)
+}
+
+/// Whether an interrupted run of shipit's left `host` out of service (its
+/// journal says so).
+fn left_by_shipit(facts: Option<&BTreeMap<String, HostFacts>>, host: &Host) -> bool {
+    facts
+        .and_then(|f| f.get(&host.name))
+        .and_then(|f| f.last_run.as_ref())
+        .is_some_and(|t| t.interrupted() && t.left_drained())
 }
 
 /// Puts back hosts that an interrupted run left drained, if the release
@@ -366,7 +489,7 @@ pub fn repair(
             let current = f.current.release()?;
             let steps: Vec<Step> =
                 HostSteps::new(stage, Some(host), current, None, Operation::Deploy, run)
-                    .rollout(false)
+                    .rollout(false, false)
                     .into_iter()
                     .filter(|s| matches!(s.kind, StepKind::Health | StepKind::Enable))
                     .map(|mut s| {
@@ -433,18 +556,13 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         .iter()
         .filter(|h| before(h).as_ref() != Some(&target))
         .collect();
-    let per_batch = stage.rollout.batch_size.hosts_per_batch(changing.len());
-    let batch_of: BTreeMap<&str, Vec<String>> = changing
-        .chunks(per_batch.max(1))
-        .flat_map(|batch| {
-            let members: Vec<String> = batch.iter().map(|h| h.name.clone()).collect();
-            batch
-                .iter()
-                .map(move |h| (h.name.as_str(), members.clone()))
-        })
-        .collect();
+    let shape = rollout_shape(stage, changing.len())?;
+    let ours = |host: &Host| left_by_shipit(Some(input.facts), host);
+    let out = out_at_start(stage, input.service, &ours);
+    let shaped = cut(&shape, &changing, &out)?;
+    let batch_of = batch_members(&shaped);
 
-    let mut rolling = Vec::new();
+    let mut rolling = BTreeMap::new();
     let mut finish = Vec::new();
     let mut planned = Vec::new();
     let mut on_failure_hosts = Vec::new();
@@ -461,15 +579,16 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             Operation::Rollback,
             run,
         );
+        let kept_out = left_out(&out, host);
         if !unchanged {
-            let batch = batch_of
-                .get(host.name.as_str())
-                .cloned()
-                .unwrap_or_default();
-            rolling.push(Pipeline {
-                host: host.name.clone(),
-                steps: steps.in_batch(&batch).rollout(first),
-            });
+            let batch = batch_of.get(&host.name).cloned().unwrap_or_default();
+            rolling.insert(
+                host.name.clone(),
+                Pipeline {
+                    host: host.name.clone(),
+                    steps: steps.in_batch(&batch).rollout(first, kept_out.is_some()),
+                },
+            );
         }
         let steps = HostSteps::new(
             stage,
@@ -514,10 +633,13 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             address: host.address.clone(),
             before: previous,
             unchanged,
+            zone: host.zone.clone(),
+            left_out: kept_out,
         });
     }
 
     let whole = HostSteps::new(stage, None, &target, None, Operation::Rollback, run);
+    let warnings = warnings(stage, &out);
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Rollback,
@@ -527,13 +649,15 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         revision: revision.clone(),
         hosts: planned,
         prepare: Vec::new(),
-        batches: batches(&rolling, per_batch),
+        batches: assemble(shaped, rolling),
+        shape,
+        out_at_start: out,
         finish,
         // A failing rollback stops where it is: undoing it would return
         // hosts to the release being escaped.
         on_failure: FailurePolicy {
             action: OnFailure::Pause,
-            ..policy(stage, &input.run, per_batch)
+            ..policy(stage, &input.run)
         },
         undo: Vec::new(),
         undo_finish: Vec::new(),
@@ -550,7 +674,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             by: input.run.by.clone(),
             digest: String::new(),
         },
-        warnings: warnings(stage),
+        warnings,
     })
 }
 
@@ -596,9 +720,18 @@ fn preflight(
     }
 }
 
-fn warnings(stage: &Stage) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if matches!(stage.lb, crate::config::Lb::None) {
+fn warnings(stage: &Stage, out: &BTreeMap<String, OutOfService>) -> Vec<String> {
+    let mut warnings: Vec<String> = out
+        .iter()
+        .filter(|(_, o)| o.state.set_by_operator() && !o.returns)
+        .map(|(host, o)| {
+            format!(
+                "{host}: in {} on the load balancer; if this run rolls it, it gets the release but stays out (shipit leaves it as found)",
+                o.state.as_str()
+            )
+        })
+        .collect();
+    if stage.lb.is_none() {
         warnings.push(
             "no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail".into(),
         );

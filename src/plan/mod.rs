@@ -6,22 +6,25 @@
 
 mod build;
 mod render;
+pub mod shape;
 mod steps;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
 use crate::config::OnFailure;
 use crate::host::{Layout, ReleaseId};
-use crate::lb::LbAction;
+use crate::lb::{LbAction, ServiceState};
 use crate::shell::Cmd;
 
 pub use build::{
-    DeployInput, PlanError, RollbackInput, Run, WAIT_DRAINED_INTERVAL, batches, deploy, repair,
-    rollback,
+    DeployInput, PlanError, RollbackInput, Run, Service, deploy, repair, rollback, rollout_shape,
 };
 pub use render::render;
+pub use shape::Shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,7 +57,15 @@ pub struct Plan {
     /// upload and unpack). If any host fails here, nothing is switched.
     pub prepare: Vec<Pipeline>,
     /// The rolling phase, batch after batch.
-    pub batches: Vec<Vec<Pipeline>>,
+    pub batches: Vec<Batch>,
+    /// How the batches were cut, kept so that the executor cuts the hosts
+    /// still to do (undo, a retuned rollout) by the very same rules.
+    pub shape: Shape,
+    /// Hosts of the stage that were out of service when the plan was made
+    /// (in maintenance, draining, or DOWN in the load balancer), whether
+    /// this run touches them or not: they count against
+    /// `shape.max_unavailable` from the start.
+    pub out_at_start: BTreeMap<String, OutOfService>,
     /// After every batch succeeded (cleanup, marking releases bad).
     pub finish: Vec<Pipeline>,
     /// What happens when hosts fail.
@@ -83,8 +94,33 @@ pub struct FailurePolicy {
     pub max_fail_percentage: u8,
     /// Ctrl-C / SIGTERM also returns switched hosts (`--rollback-on-abort`).
     pub rollback_on_abort: bool,
-    /// Hosts per undo batch.
-    pub batch_size: usize,
+}
+
+/// A host found out of service when the plan was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutOfService {
+    pub state: ServiceState,
+    /// An interrupted run of shipit's left it out, and this run puts it
+    /// back; otherwise it stays out for the whole run.
+    pub returns: bool,
+}
+
+/// One batch of the rolling phase: its hosts' pipelines, run at once, and
+/// how long the batch is watched once every host is back in service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Batch {
+    pub pipelines: Vec<Pipeline>,
+    #[serde(with = "humantime_serde_ms")]
+    pub bake: Duration,
+    /// The zone all its hosts are in, with `rollout.by_zone`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+impl Batch {
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.pipelines.iter().map(|p| p.host.as_str())
+    }
 }
 
 impl FailurePolicy {
@@ -122,6 +158,12 @@ pub struct PlannedHost {
     /// True if the host is already where the run would take it (a
     /// rollback target it runs already, or a resumed run it finished).
     pub unchanged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Taken out of the load balancer by an operator before the run
+    /// (maintenance or drain): it gets the release but stays out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<ServiceState>,
 }
 
 /// One host's steps within a phase, run in order.
@@ -151,6 +193,8 @@ pub enum StepKind {
     Restart,
     Health,
     Enable,
+    /// The watch of a batch back in service (`rollout.bake`).
+    Bake,
     MarkBad,
     Cleanup,
     #[serde(rename = "before_deploy")]
@@ -193,6 +237,7 @@ impl StepKind {
             StepKind::Restart => "restart",
             StepKind::Health => "health",
             StepKind::Enable => "enable",
+            StepKind::Bake => "bake",
             StepKind::MarkBad => "mark-bad",
             StepKind::Cleanup => "cleanup",
             StepKind::BeforeDeploy => "before_deploy",
@@ -238,7 +283,7 @@ pub struct HttpCheck {
 }
 
 /// Durations in JSON as milliseconds.
-mod humantime_serde_ms {
+pub(crate) mod humantime_serde_ms {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
@@ -264,8 +309,20 @@ impl Plan {
     pub fn pipelines(&self) -> impl Iterator<Item = &Pipeline> {
         self.prepare
             .iter()
-            .chain(self.batches.iter().flatten())
+            .chain(self.batches.iter().flat_map(|b| &b.pipelines))
             .chain(self.finish.iter())
+    }
+
+    /// The rolling pipeline of `host`, if it rolls in this run.
+    pub fn rolling(&self, host: &str) -> Option<&Pipeline> {
+        self.batches
+            .iter()
+            .flat_map(|b| &b.pipelines)
+            .find(|p| p.host == host)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&PlannedHost> {
+        self.hosts.iter().find(|h| h.name == name)
     }
 
     /// The values of every secret word in the plan's commands, for masking
@@ -287,12 +344,8 @@ impl Plan {
                 Action::Remote { cmd } | Action::Upload { cmd } | Action::Local { cmd } => {
                     vec![cmd]
                 }
-                Action::Lb {
-                    lb: LbAction::Command(c),
-                } => std::iter::once(&c.cmd)
-                    .chain(c.wait.as_ref().map(|w| &w.cmd))
-                    .collect(),
-                Action::Lb { .. } | Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
+                Action::Lb { lb } => lb.member.commands.values().collect(),
+                Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
             })
             .flat_map(|cmd| cmd.secrets().into_iter().map(str::to_string))
             .collect();

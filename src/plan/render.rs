@@ -32,23 +32,44 @@ pub fn render(plan: &Plan, full: bool) -> String {
         if plan.batches.len() == 1 { "" } else { "es" },
         plan.batches
             .iter()
-            .map(|b| b
-                .iter()
-                .map(|p| p.host.as_str())
-                .collect::<Vec<_>>()
-                .join(" "))
+            .map(|b| b.hosts().collect::<Vec<_>>().join(" "))
             .collect::<Vec<_>>()
             .join(" | ")
+    );
+    let _ = writeln!(
+        out,
+        "  capacity  at most {} host{} out of service at once{}",
+        plan.shape.max_unavailable,
+        if plan.shape.max_unavailable == 1 {
+            ""
+        } else {
+            "s"
+        },
+        if plan.out_at_start.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; already out: {}",
+                plan.out_at_start
+                    .iter()
+                    .map(|(h, o)| format!("{h} ({})", o.state.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     );
     for host in &plan.hosts {
         let before = host.before.as_ref().map_or_else(
             || "unknown (a dry run does not connect)".to_string(),
             ToString::to_string,
         );
-        let note = if host.unchanged {
-            "   (already there; left alone)"
-        } else {
-            ""
+        let note = match (host.unchanged, host.left_out) {
+            (true, _) => "   (already there; left alone)".to_string(),
+            (false, Some(state)) => format!(
+                "   (in {} on the load balancer: gets the release, stays out)",
+                state.as_str()
+            ),
+            (false, None) => String::new(),
         };
         let _ = writeln!(
             out,
@@ -81,14 +102,26 @@ pub fn render(plan: &Plan, full: bool) -> String {
     );
     let total = plan.batches.len();
     for (i, batch) in plan.batches.iter().enumerate() {
-        let names: Vec<&str> = batch.iter().map(|p| p.host.as_str()).collect();
+        let names: Vec<&str> = batch.hosts().collect();
+        let zone = batch
+            .zone
+            .as_ref()
+            .map_or(String::new(), |z| format!(", zone {z}"));
+        let then = if batch.bake.is_zero() {
+            "the next batch starts when all are healthy".to_string()
+        } else {
+            format!(
+                "then watched for {} (health checks keep running) before the next batch",
+                humantime::format_duration(batch.bake)
+            )
+        };
         let _ = writeln!(
             out,
-            "\nBatch {} of {total}: {} (hosts of a batch in parallel; the next batch starts when all are healthy)",
+            "\nBatch {} of {total}: {}{zone} (hosts of a batch in parallel; {then})",
             i + 1,
             names.join(", ")
         );
-        section(&mut out, batch, full);
+        section(&mut out, &batch.pipelines, full);
     }
     if !plan.finish.is_empty() {
         let _ = writeln!(out, "\nAfter every batch succeeded:");

@@ -2,9 +2,9 @@
 //! health → enable), hooks at their points, and the environment every
 //! command on that host gets.
 
-use crate::config::{Hook, Host, Lb, RunOn, Stage, Template, Vars};
+use crate::config::{Hook, Host, RunOn, Stage, Template, Vars};
 use crate::host::{Layout, ReleaseId};
-use crate::lb::{CommandAction, HaproxyAction, LbAction, LbOp, WaitUntil};
+use crate::lb::{HostRef, LbAction, LbOp};
 use crate::shell::{Cmd, Word};
 
 use super::{Action, HttpCheck, Operation, Step, StepKind};
@@ -159,11 +159,13 @@ impl<'a> HostSteps<'a> {
     }
 
     /// drain → before_switch → switch → after_switch → restart → health →
-    /// enable, leaving out what the stage does not configure.
-    pub fn rollout(&self, first: bool) -> Vec<Step> {
+    /// enable, leaving out what the stage does not configure. A host kept
+    /// out (an operator took it out of the load balancer) is neither
+    /// drained nor enabled.
+    pub fn rollout(&self, first: bool, kept_out: bool) -> Vec<Step> {
         let stage = self.stage;
         let mut steps = Vec::new();
-        if let Some(lb) = self.lb(LbOp::Drain) {
+        if let Some(lb) = self.lb(LbOp::Drain).filter(|_| !kept_out) {
             steps.push(Step {
                 kind: StepKind::Drain,
                 action: Action::Lb { lb },
@@ -212,7 +214,7 @@ impl<'a> HostSteps<'a> {
                 },
             });
         }
-        if let Some(lb) = self.lb(LbOp::Enable) {
+        if let Some(lb) = self.lb(LbOp::Enable).filter(|_| !kept_out) {
             steps.push(Step {
                 kind: StepKind::Enable,
                 action: Action::Lb { lb },
@@ -221,48 +223,15 @@ impl<'a> HostSteps<'a> {
         steps
     }
 
-    /// The stage's load balancer driver, resolved for this host.
+    /// The stage's load balancer action for this host.
     fn lb(&self, op: LbOp) -> Option<LbAction> {
-        match &self.stage.lb {
-            Lb::None => None,
-            Lb::Command(c) => {
-                let shell = |template: &Template| match c.run_on {
-                    crate::lb::Via::Local => self.local_cmd(template),
-                    _ => {
-                        Cmd::shell(template.render_shell(&self.vars)).envs(self.shipit_env.clone())
-                    }
-                };
-                let (cmd, wait) = match op {
-                    LbOp::Drain => (
-                        shell(&c.drain),
-                        c.wait_drained.as_ref().map(|w| {
-                            Box::new(WaitUntil {
-                                cmd: shell(w),
-                                timeout: c.drain_timeout,
-                                interval: super::WAIT_DRAINED_INTERVAL,
-                                on_timeout: c.drain_timeout_action,
-                            })
-                        }),
-                    ),
-                    LbOp::Enable => (shell(&c.enable), None),
-                };
-                Some(LbAction::Command(CommandAction {
-                    op,
-                    run_on: c.run_on.clone(),
-                    cmd,
-                    wait,
-                }))
-            }
-            Lb::Haproxy(h) => Some(LbAction::Haproxy(HaproxyAction {
-                op,
-                balancers: h.balancers.clone(),
-                backend: h.backend.clone(),
-                server: h.server.render_plain(&self.vars),
-                drain_timeout: h.drain_timeout,
-                on_drain_timeout: h.drain_timeout_action,
-                enable_timeout: h.enable_timeout,
-            })),
-        }
+        let driver = self.stage.lb.clone()?;
+        let member = driver.member(&HostRef {
+            vars: &self.vars,
+            env: &self.shipit_env,
+            local_dir: self.local_dir,
+        });
+        Some(LbAction { op, driver, member })
     }
 
     /// Run-level hooks with `run_on = "local"`: once for the whole run.

@@ -1,7 +1,7 @@
 //! Planner tests: configuration and facts in, plan out.
 
 use super::*;
-use crate::lb::{CommandAction, LbAction, Via};
+use crate::lb::LbOp;
 use crate::testing::{facts, id, run, stage};
 
 const LB_AND_HEALTH: &str = r#"
@@ -31,6 +31,7 @@ fn deploy_plan(hosts: usize, extra: &str, with_facts: bool) -> Plan {
         env: &[],
         resume: false,
         digest: String::new(),
+        service: None,
     })
     .unwrap()
 }
@@ -51,13 +52,13 @@ fn deploy_prepares_everywhere_then_rolls_in_batches() {
         ["web1", "web2", "web3", "web4", "web5"]
     );
     assert_eq!(kinds(&plan.prepare[0]), ["upload", "link-shared", "finish"]);
-    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(b)).collect();
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
     assert_eq!(
         batches,
         [vec!["web1", "web2"], vec!["web3", "web4"], vec!["web5"]]
     );
     assert_eq!(
-        kinds(&plan.batches[0][0]),
+        kinds(&plan.batches[0].pipelines[0]),
         ["drain", "switch", "restart", "health", "enable"]
     );
     assert!(plan.warnings.is_empty());
@@ -67,19 +68,13 @@ fn deploy_prepares_everywhere_then_rolls_in_batches() {
 #[test]
 fn steps_carry_exact_commands_and_checks() {
     let plan = deploy_plan(1, &format!("keep_releases = 2\n{LB_AND_HEALTH}"), true);
-    let steps = &plan.batches[0][0].steps;
-    let Action::Lb {
-        lb:
-            LbAction::Command(CommandAction {
-                cmd,
-                run_on: Via::Local,
-                wait: None,
-                ..
-            }),
-    } = &steps[0].action
-    else {
+    let steps = &plan.batches[0].pipelines[0].steps;
+    let Action::Lb { lb } = &steps[0].action else {
         panic!("{:?}", steps[0].action)
     };
+    assert_eq!((lb.driver.name(), lb.op), ("command", LbOp::Drain));
+    assert!(!lb.member.commands.contains_key("wait_drained"));
+    let cmd = &lb.member.commands["drain"];
     assert!(
         cmd.render().ends_with("sh -c 'lbctl drain web1'"),
         "{}",
@@ -128,7 +123,7 @@ fn a_dry_run_plan_says_what_it_does_not_know() {
     let plan = deploy_plan(3, "", false);
     assert_eq!(plan.hosts[0].before, None);
     assert_eq!(plan.batches.len(), 3);
-    assert_eq!(kinds(&plan.batches[0][0]), ["switch"]);
+    assert_eq!(kinds(&plan.batches[0].pipelines[0]), ["switch"]);
     assert_eq!(plan.warnings.len(), 2);
     let text = render(&plan, false);
     assert!(
@@ -170,6 +165,7 @@ fn preflight_refuses_before_changing_anything() {
         env: &[],
         resume: false,
         digest: String::new(),
+        service: None,
     })
     .unwrap_err()
     .to_string();
@@ -194,18 +190,19 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
         facts: &f,
         run: run(),
         env: &[],
+        service: None,
     })
     .unwrap();
     assert_eq!(plan.release, id(2));
     assert_eq!(plan.revision, "rev2");
-    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(b)).collect();
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
     assert_eq!(batches, [vec!["web1", "web2"]]);
     assert!(plan.hosts[2].unchanged);
     assert_eq!(
-        kinds(&plan.batches[0][0]),
+        kinds(&plan.batches[0].pipelines[0]),
         ["drain", "switch", "restart", "health", "enable"]
     );
-    let Action::Http { check } = &plan.batches[0][0].steps[3].action else {
+    let Action::Http { check } = &plan.batches[0].pipelines[0].steps[3].action else {
         panic!()
     };
     assert_eq!(check.expect_body.as_deref(), Some("20261122100002"));
@@ -231,6 +228,7 @@ fn rollback_with_nothing_older_is_an_error() {
         facts: &f,
         run: run(),
         env: &[],
+        service: None,
     })
     .unwrap_err();
     assert!(
@@ -247,6 +245,7 @@ fn dry_run_text() {
 Plan: deploy shop release 20261122100003 to production
   revision  abc
   hosts     2 in 1 batch: web1 web2
+  capacity  at most 2 hosts out of service at once
   web1      10.0.0.11 now runs 20261122100002
   web2      10.0.0.12 now runs 20261122100002
 
@@ -304,6 +303,7 @@ fn hooks_go_where_they_belong() {
         resume: false,
         digest: String::new(),
         env: &env,
+        service: None,
     })
     .unwrap();
     let kinds_of = |steps: &[Step]| steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>();
@@ -335,14 +335,14 @@ fn hooks_go_where_they_belong() {
     );
     // Per-host hooks around the switch; after_switch runs locally.
     assert_eq!(
-        kinds(&plan.batches[0][0]),
+        kinds(&plan.batches[0].pipelines[0]),
         ["before_switch", "switch", "after_switch", "restart"]
     );
     assert!(matches!(
-        plan.batches[0][0].steps[2].action,
+        plan.batches[0].pipelines[0].steps[2].action,
         Action::Local { .. }
     ));
-    let Action::Remote { cmd } = &plan.batches[0][1].steps[0].action else {
+    let Action::Remote { cmd } = &plan.batches[0].pipelines[1].steps[0].action else {
         panic!()
     };
     let line = cmd.render();
@@ -351,12 +351,12 @@ fn hooks_go_where_they_belong() {
     assert!(line.ends_with("sh -c 'warm web2'"), "{line}");
     // [env] reaches commands on hosts, secrets redacted when shown, and
     // not local ones.
-    let Action::Remote { cmd } = &plan.batches[0][0].steps[3].action else {
+    let Action::Remote { cmd } = &plan.batches[0].pipelines[0].steps[3].action else {
         panic!()
     };
     assert!(cmd.render().contains("RAILS_ENV=production TOKEN=s3cret"));
     assert!(cmd.display().contains("TOKEN=[REDACTED]") && !cmd.display().contains("s3cret"));
-    let Action::Local { cmd } = &plan.batches[0][0].steps[2].action else {
+    let Action::Local { cmd } = &plan.batches[0].pipelines[0].steps[2].action else {
         panic!()
     };
     assert!(!cmd.render().contains("RAILS_ENV"));
@@ -387,23 +387,19 @@ fn haproxy_steps_are_resolved_per_host() {
         "only the missing [health]: {:?}",
         plan.warnings
     );
-    let steps = &plan.batches[1][0].steps;
+    let steps = &plan.batches[1].pipelines[0].steps;
     assert_eq!(
         steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
         ["drain", "switch", "restart", "enable"]
     );
-    let Action::Lb {
-        lb: LbAction::Haproxy(drain),
-    } = &steps[0].action
-    else {
+    let Action::Lb { lb: drain } = &steps[0].action else {
         panic!("{:?}", steps[0].action)
     };
-    assert_eq!(
-        (drain.backend.as_str(), drain.server.as_str()),
-        ("shop", "shop_web2")
-    );
-    assert_eq!(drain.balancers.len(), 2);
-    assert_eq!(drain.drain_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(drain.member.server, "shop_web2");
+    let settings = drain.driver.settings();
+    assert_eq!(settings["backend"], "shop");
+    assert_eq!(settings["balancers"].as_array().unwrap().len(), 2);
+    assert_eq!(settings["drain_timeout"], 10000);
     let text = render(&plan, false);
     assert!(text.contains(
         "  web2      drain          haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \
@@ -434,9 +430,164 @@ fn command_driver_waits_are_rendered() {
 #[test]
 fn driver_none_warns_that_requests_fail() {
     let plan = deploy_plan(1, "[lb]\ndriver = \"none\"\ndrain = \"ignored\"", false);
-    assert!(kinds(&plan.batches[0][0]).iter().all(|k| *k != "drain"));
+    assert!(
+        kinds(&plan.batches[0].pipelines[0])
+            .iter()
+            .all(|k| *k != "drain")
+    );
     let text = render(&plan, false);
     assert!(text.contains(
         "warning: no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail"
     ), "{text}");
+}
+
+fn deploy_with_service(hosts: usize, extra: &str, service: &Service) -> Result<Plan, PlanError> {
+    let stage = stage(hosts, extra);
+    let f = facts(&stage, Some(2), &[1, 2]);
+    deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: "abc".into(),
+        facts: Some(&f),
+        run: run(),
+        env: &[],
+        resume: false,
+        digest: String::new(),
+        service: Some(service),
+    })
+}
+
+const DRAINING: &str = "[lb]\ndrain = \"lbctl drain {name}\"\nenable = \"lbctl enable {name}\"\n";
+
+#[test]
+fn a_ramp_sizes_batches_and_bakes_follow_them() {
+    let plan = deploy_plan(
+        8,
+        "[rollout]\nrolling_batch_size = [1, 2, \"50%\"]\nbake = [\"5m\", \"30s\"]",
+        false,
+    );
+    let sizes: Vec<usize> = plan.batches.iter().map(|b| b.pipelines.len()).collect();
+    assert_eq!(sizes, [1, 2, 4, 1]);
+    let bakes: Vec<u64> = plan.batches.iter().map(|b| b.bake.as_secs()).collect();
+    assert_eq!(bakes, [300, 30, 30, 30]);
+    // The room defaults to the largest batch.
+    assert_eq!(plan.shape.max_unavailable, 4);
+    let text = render(&plan, false);
+    assert!(
+        text.contains("Batch 1 of 4: web1 (hosts of a batch in parallel; then watched for 5m"),
+        "{text}"
+    );
+    assert!(
+        text.contains("capacity  at most 4 hosts out of service at once\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn hosts_found_out_stay_out_and_fill_room() {
+    use crate::lb::ServiceState;
+    let service: Service = [
+        ("web2".to_string(), ServiceState::Maintenance),
+        ("web1".to_string(), ServiceState::InService),
+    ]
+    .into();
+    let plan = deploy_with_service(
+        4,
+        &format!("{DRAINING}[rollout]\nrolling_batch_size = 2"),
+        &service,
+    )
+    .unwrap();
+    // web2 gets the release but is neither drained nor enabled.
+    let web2 = plan.batches[0]
+        .pipelines
+        .iter()
+        .find(|p| p.host == "web2")
+        .unwrap();
+    assert_eq!(kinds(web2), ["switch"]);
+    assert_eq!(
+        plan.host("web2").unwrap().left_out,
+        Some(ServiceState::Maintenance)
+    );
+    // It fills one of the two places: the rest go one by one.
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
+    assert_eq!(batches, [vec!["web1", "web2"], vec!["web3"], vec!["web4"]]);
+    assert_eq!(plan.out_at_start.len(), 1);
+    let text = render(&plan, false);
+    assert!(text.contains("already out: web2 (maint)"), "{text}");
+    assert!(
+        text.contains("(in maint on the load balancer: gets the release, stays out)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_floor_that_can_never_be_kept_is_refused_before_anything_changes() {
+    use crate::lb::ServiceState;
+    let service: Service = [("web3".to_string(), ServiceState::Down)].into();
+    let err = deploy_with_service(
+        3,
+        &format!("{DRAINING}[rollout]\nmax_unavailable = 1"),
+        &service,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not starting; nothing was changed on any host: rollout.max_unavailable = 1 and 1 host is already out \
+         of service (web3), so web1, web2 can never be taken out; bring a host back into service first, or raise \
+         rollout.max_unavailable"
+    );
+    // A share that rounds down to no host at all.
+    let err = deploy_with_service(
+        3,
+        &format!("{DRAINING}[rollout]\nmax_unavailable = \"25%\""),
+        &Service::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not starting; nothing was changed on any host: rollout.max_unavailable = 25% of the 3 hosts of stage \
+         production is 0 hosts, so no host could ever be taken out of service; raise it"
+    );
+}
+
+#[test]
+fn zones_go_one_after_another() {
+    let stage_text =
+        |by_zone: bool| format!("[rollout]\nrolling_batch_size = 2\nby_zone = {by_zone}\n");
+    let zoned = |extra: &str| {
+        let text = format!(
+            "[app]\nname = \"shop\"\ndeploy_to = \"/srv/shop\"\nsource = \"dist\"\n{extra}\n\
+             [stages.production]\nhosts = [{{ name = \"a1\", zone = \"a\" }}, {{ name = \"b1\", zone = \"b\" }}, \
+             {{ name = \"a2\", zone = \"a\" }}, {{ name = \"b2\", zone = \"b\" }}, {{ name = \"a3\", zone = \"a\" }}]\n"
+        );
+        crate::config::from_str(std::path::Path::new("/p/deploy.toml"), &text)
+            .unwrap()
+            .stages["production"]
+            .clone()
+    };
+    let stage = zoned(&stage_text(true));
+    let f = facts(&stage, Some(2), &[1, 2]);
+    let plan = deploy(&DeployInput {
+        stage: &stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: "abc".into(),
+        facts: Some(&f),
+        run: run(),
+        env: &[],
+        resume: false,
+        digest: String::new(),
+        service: None,
+    })
+    .unwrap();
+    let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
+    assert_eq!(batches, [vec!["a1", "a2"], vec!["a3"], vec!["b1", "b2"]]);
+    let zones: Vec<&str> = plan
+        .batches
+        .iter()
+        .map(|b| b.zone.as_deref().unwrap())
+        .collect();
+    assert_eq!(zones, ["a", "a", "b"]);
+    assert!(render(&plan, false).contains("Batch 3 of 3: b1, b2, zone b"));
 }

@@ -122,6 +122,26 @@ pub enum Event {
         /// Out of the load balancer after this phase.
         drained: bool,
     },
+    /// A batch is back in service and watched for its bake before the
+    /// next batch starts.
+    BakeStarted {
+        /// 1-based.
+        batch: usize,
+        of: usize,
+        hosts: Vec<String>,
+        #[serde(serialize_with = "millis")]
+        duration: Duration,
+    },
+    BakeFinished {
+        batch: usize,
+        of: usize,
+        /// No host failed during the watch.
+        ok: bool,
+        #[serde(serialize_with = "millis")]
+        duration: Duration,
+        /// Ended early by Ctrl-C (the batch stays in service).
+        interrupted: bool,
+    },
     /// Something shipit did or decided that the user should know about.
     Note {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,6 +200,8 @@ impl Event {
             | Event::Plan { .. }
             | Event::RunStarted { .. }
             | Event::PhaseStarted { .. }
+            | Event::BakeStarted { .. }
+            | Event::BakeFinished { .. }
             | Event::UploadProgress { .. } => {}
         }
         event
@@ -213,8 +235,12 @@ pub struct HostSummary {
     /// What `current` points to now, as far as shipit knows.
     pub now: Option<ReleaseId>,
     pub result: HostResult,
-    /// Still out of the load balancer.
+    /// Still out of the load balancer because of this run.
     pub drained: bool,
+    /// Out of the load balancer before the run (an operator's drain or
+    /// maintenance) and left so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<crate::lb::ServiceState>,
     #[serde(serialize_with = "millis")]
     pub duration: Duration,
 }

@@ -231,6 +231,35 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 }
                 s.line(&text);
             }
+            Event::BakeStarted {
+                batch,
+                of,
+                hosts,
+                duration,
+            } if normal => {
+                s.line(&format!(
+                    "== bake {batch}/{of}: watching {} for {}",
+                    hosts.join(", "),
+                    humantime::format_duration(*duration)
+                ));
+            }
+            Event::BakeFinished {
+                batch,
+                of,
+                ok,
+                duration,
+                interrupted,
+            } if normal || !ok => {
+                let verdict = match (ok, interrupted) {
+                    (true, false) => "passed",
+                    (true, true) => "ended early (interrupted)",
+                    (false, _) => "FAILED",
+                };
+                s.line(&format!(
+                    "== bake {batch}/{of}: {verdict}  ({})",
+                    seconds(*duration)
+                ));
+            }
             Event::Note { host, message } => {
                 let host = s.host(host.as_deref().unwrap_or("shipit"));
                 s.line(&format!("{host} {message}"));
@@ -361,6 +390,7 @@ mod tests {
                     },
                     drained: false,
                     duration: Duration::from_millis(1300),
+                    left_out: None,
                 }],
             },
             Event::Result {

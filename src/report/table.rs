@@ -25,6 +25,9 @@ pub fn render(hosts: &[HostSummary], paint: &dyn Fn(&HostResult, &str) -> String
             if h.drained {
                 result.push_str(", left drained");
             }
+            if let Some(state) = h.left_out {
+                result.push_str(&format!(", left in {} as found", state.as_str()));
+            }
             [
                 h.host.clone(),
                 release_change(h.before.as_ref(), h.now.as_ref()),

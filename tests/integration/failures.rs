@@ -218,12 +218,15 @@ fn a_host_cut_off_mid_batch_fails_alone_and_the_rest_is_rolled_back() {
     let project = Project::new(&config(
         &fleet,
         "[stages.test.app]\nrestart = \"sleep 1; bin/restart\"\n\
-         [stages.test.ssh]\nkeepalive_interval = \"1s\"\n[stages.test.health]\ntimeout = \"3s\"\n",
+         [stages.test.ssh]\nkeepalive_interval = \"1s\"\n[stages.test.health]\ntimeout = \"3s\"\n\
+         [stages.test.rollout]\nmax_unavailable = 2\n",
     ));
     let r1 = deploy_v1(&project, &fleet);
     project.set_version("v2");
     let mut run = project.spawn(&["test", "deploy", "-v"]);
-    // web2 is switched and restarting when its network goes.
+    // web2 is switched and restarting when its network goes. It stays out
+    // of service, unreachable, so rolling web1 back takes a second place
+    // out of service: max_unavailable = 2 allows it.
     run.wait_for("web2     restart      $", Duration::from_secs(60));
     fleet.link_down("web2");
     let run = run.finish();
@@ -231,6 +234,7 @@ fn a_host_cut_off_mid_batch_fails_alone_and_the_rest_is_rolled_back() {
     // web1 (switched in batch 1) is back, web3 was never touched.
     run.code(5)
         .stderr_has("web2     restart      FAILED")
+        .stderr_has("web2 cannot be reached and stays out of service; rolling back the others")
         .stderr_has("the rollback did not complete on web2");
     for host in ["web1", "web3"] {
         assert_eq!(

@@ -621,7 +621,7 @@ fn dry_run_json_is_the_plan() {
     assert_eq!(plan["batches"].as_array().unwrap().len(), 2);
     assert_eq!(plan["prepare"][0]["steps"][0]["action"]["type"], "upload");
     assert_eq!(
-        plan["batches"][0][0]["steps"]
+        plan["batches"][0]["pipelines"][0]["steps"]
             .as_array()
             .unwrap()
             .iter()

@@ -81,6 +81,14 @@ impl StageCheck<'_> {
                 );
                 ok = false;
             }
+            let zone = h.zone.clone();
+            if let Some(bad) = zone.as_ref().filter(|z| !is_name(z)) {
+                self.errors.add(
+                    &key("zone"),
+                    format!("{bad:?}: a zone may contain only letters, digits, `.`, `-` and `_`"),
+                );
+                ok = false;
+            }
             let (Some(port), Some(user)) = (port, user) else {
                 ok = false;
                 continue;
@@ -91,6 +99,7 @@ impl StageCheck<'_> {
                 port: (port != 0).then_some(port),
                 user: (!user.is_empty()).then_some(user),
                 roles,
+                zone,
             });
         }
         ok.then_some(hosts)

@@ -1,152 +1,294 @@
-//! `[lb]`: the load balancer driver, then its keys. The rules every driver
-//! shares come first; each driver's own rules sit in a part of their own
-//! below (`driver = "command"`, `driver = "haproxy"`), so that they can
-//! move next to the driver itself.
+//! `[lb]`: the load balancer driver, the keys every driver shares, and the
+//! reader ([`LbSettings`]) through which each driver validates its own
+//! keys in its own module (`crate::lb::haproxy`, `crate::lb::command`…).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::{
-    AdminSocket, App, Balancer, CommandLb, HaproxyLb, Host, Lb, OnTimeout, Ssh, Template, Var, Via,
-};
-use super::{At, StageCheck, pick};
-use crate::lb::haproxy;
+use super::super::{App, Host, OnTimeout, Ssh, Template, Var, Vars, Via};
+use super::{At, StageCheck};
+use crate::lb::{self, Driver, Shared};
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ENABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `[lb]` drivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    None,
-    Command,
-    Haproxy,
-}
-
-impl Driver {
-    fn as_str(self) -> &'static str {
-        match self {
-            Driver::None => "none",
-            Driver::Command => "command",
-            Driver::Haproxy => "haproxy",
-        }
-    }
-}
-
-/// The keys every driver reads, checked before the driver's own.
-struct Shared {
-    drain_timeout: Duration,
-    drain_timeout_action: OnTimeout,
+/// A value from `[lb]` and the key path it came from.
+#[derive(Debug, Clone)]
+pub struct Setting<T> {
+    pub value: T,
+    pub key: String,
 }
 
 impl StageCheck<'_> {
+    /// An `[lb]` key from the most specific layer that sets it.
+    fn pick_lb(&self, key: &str) -> Option<At<toml::Value>> {
+        self.layers.iter().find_map(|layer| {
+            let value = layer.settings.lb.as_ref()?.get(key)?.clone();
+            Some(At {
+                value,
+                key: format!("{}lb.{key}", layer.prefix),
+            })
+        })
+    }
+
+    /// Every `[lb]` key set in any layer, with its key path.
+    fn lb_keys_set(&self) -> Vec<(String, String)> {
+        self.layers
+            .iter()
+            .flat_map(|layer| {
+                layer
+                    .settings
+                    .lb
+                    .iter()
+                    .flat_map(|t| t.0.keys())
+                    .map(move |k| (k.clone(), format!("{}lb.{k}", layer.prefix)))
+            })
+            .collect()
+    }
+
     /// `[lb]`: the driver, then its keys. Keys of another driver are an
     /// error, except those inherited from a less specific table (the shared
-    /// `[lb]`) by one that picks a different driver for itself.
+    /// `[lb]`) by one that picks a different driver for itself. `None`
+    /// inside means no load balancer.
     pub(super) fn lb(
         &mut self,
         hosts: Option<&[Host]>,
         app: Option<&App>,
         ssh: Option<&Ssh>,
-    ) -> Option<Lb> {
-        let driver_at = pick!(self, lb, driver);
+    ) -> Option<Option<Arc<dyn Driver>>> {
+        let driver_at = self.pick_lb("driver");
+        let names: Vec<&str> = lb::DRIVERS.iter().map(|d| d.name).collect();
         let explicit = match &driver_at {
             None => None,
-            Some(at) => match at.value.as_str() {
-                // No load balancer, whatever else [lb] says.
-                "none" => return Some(Lb::None),
-                "command" => Some(Driver::Command),
-                "haproxy" => Some(Driver::Haproxy),
-                other => {
+            Some(At {
+                value: toml::Value::String(name),
+                ..
+            }) if name == "none" => return Some(None),
+            Some(at) => match at.value.as_str().and_then(lb::spec) {
+                Some(spec) => Some(spec),
+                None => {
+                    let shown = match &at.value {
+                        toml::Value::String(s) => format!("{s:?}"),
+                        other => other.to_string(),
+                    };
+                    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
                     return self.fail(
                         &at.key,
                         format!(
-                            "{other:?} is not allowed; use \"haproxy\", \"command\" or \"none\" (no load balancer)"
+                            "{shown} is not allowed; use {} or \"none\" (no load balancer)",
+                            list.join(", ")
                         ),
                     );
                 }
             },
         };
-        let command_keys = self.command_keys();
-        let haproxy_keys = self.haproxy_keys();
-        let drain_or_enable = pick!(self, lb, drain).is_some() || pick!(self, lb, enable).is_some();
-        let driver = explicit.unwrap_or(if drain_or_enable {
-            Driver::Command
-        } else {
-            Driver::None
-        });
-        let driver_depth = driver_at.as_ref().map(|a| self.depth(&a.key));
-        let foreign: Vec<(String, Driver)> = match driver {
-            Driver::Command => haproxy_keys
-                .into_iter()
-                .map(|k| (k, Driver::Haproxy))
-                .collect(),
-            Driver::Haproxy => command_keys
-                .into_iter()
-                .map(|k| (k, Driver::Command))
-                .collect(),
-            Driver::None => haproxy_keys
-                .into_iter()
-                .map(|k| (k, Driver::Haproxy))
-                .chain(command_keys.into_iter().map(|k| (k, Driver::Command)))
-                .collect(),
+        // Without a driver, lb.drain and lb.enable select the command driver.
+        let implied = || {
+            let commands = ["drain", "enable"];
+            commands
+                .iter()
+                .any(|k| self.pick_lb(k).is_some())
+                .then(|| lb::spec("command"))
+                .flatten()
         };
+        let spec = explicit.or_else(implied);
+        let driver_depth = driver_at.as_ref().map(|a| self.depth(&a.key));
         let mut ok = true;
-        for (key, owner) in foreign {
-            if driver_depth.is_some_and(|depth| self.depth(&key) > depth) {
+        for (name, key) in self.lb_keys_set() {
+            let own = lb::SHARED_KEYS.contains(&name.as_str())
+                || spec.is_some_and(|s| s.keys.contains(&name.as_str()));
+            if own || driver_depth.is_some_and(|depth| self.depth(&key) > depth) {
                 continue;
             }
-            let owner = owner.as_str();
-            let message = match (&driver_at, driver) {
-                (Some(at), _) => format!(
-                    "only used by driver = \"{owner}\", but {} is \"{}\"",
-                    at.key,
-                    driver.as_str()
+            let owners: Vec<String> = lb::DRIVERS
+                .iter()
+                .filter(|d| d.keys.contains(&name.as_str()))
+                .map(|d| format!("driver = \"{}\"", d.name))
+                .collect();
+            let owner = owners.join(" or ");
+            let message = match (&driver_at, spec) {
+                (Some(at), Some(spec)) => {
+                    format!("only used by {owner}, but {} is \"{}\"", at.key, spec.name)
+                }
+                (None, Some(_)) => format!(
+                    "only used by {owner}; without lb.driver, lb.drain and lb.enable select driver = \"command\""
                 ),
-                (None, Driver::Command) => format!(
-                    "only used by driver = \"{owner}\"; without lb.driver, lb.drain and lb.enable select driver = \"command\""
-                ),
-                (None, _) => format!(
-                    "only used by driver = \"{owner}\"; set driver = \"{owner}\" in [{}]",
+                (_, None) => format!(
+                    "only used by {owner}; set {} in [{}]",
+                    owners.first().map_or("driver", String::as_str),
                     key.rsplit_once('.').map_or("lb", |(table, _)| table)
                 ),
             };
             self.errors.add(&key, message);
             ok = false;
         }
-        let drain_timeout = self
-            .positive_duration(pick!(self, lb, drain_timeout))
-            .map(|d| d.unwrap_or(DEFAULT_DRAIN_TIMEOUT));
-        let drain_timeout_action = match pick!(self, lb, drain_timeout_action) {
+        let shared = self.shared_lb();
+        if !ok {
+            return None;
+        }
+        let shared = shared?;
+        let Some(spec) = spec else {
+            return Some(None);
+        };
+        let mut settings = LbSettings {
+            check: self,
+            hosts,
+            app,
+            ssh,
+        };
+        (spec.parse)(&mut settings, shared).map(Some)
+    }
+
+    /// The keys every driver reads.
+    fn shared_lb(&mut self) -> Option<Shared> {
+        let drain_timeout = match self.pick_lb("drain_timeout") {
+            None => Some(DEFAULT_DRAIN_TIMEOUT),
+            Some(at) => self.lb_duration(at, true),
+        };
+        let drain_timeout_action = match self.pick_lb("drain_timeout_action") {
             None => Some(OnTimeout::Warn),
             Some(at) => match at.value.as_str() {
-                "warn" => Some(OnTimeout::Warn),
-                "fail" => Some(OnTimeout::Fail),
-                other => self.fail(
+                Some("warn") => Some(OnTimeout::Warn),
+                Some("fail") => Some(OnTimeout::Fail),
+                _ => self.fail(
                     &at.key,
                     format!(
-                        "{other:?} is not allowed; use \"warn\" (default: say so and restart anyway) or \"fail\" (stop, and put the host back)"
+                        "{} is not allowed; use \"warn\" (default: say so and restart anyway) or \"fail\" (stop, and put the host back)",
+                        shown(&at.value)
                     ),
                 ),
             },
         };
-        let shared = Shared {
+        Some(Shared {
             drain_timeout: drain_timeout?,
             drain_timeout_action: drain_timeout_action?,
+        })
+    }
+
+    fn lb_duration(&mut self, at: At<toml::Value>, positive: bool) -> Option<Duration> {
+        let toml::Value::String(text) = at.value else {
+            return self.fail(
+                &at.key,
+                format!(
+                    "{} is not a duration; write a number and a unit, such as 500ms, 30s or 2m",
+                    at.value
+                ),
+            );
         };
-        if !ok {
-            return None;
+        let at = Some(At {
+            value: text,
+            key: at.key,
+        });
+        if positive {
+            self.positive_duration(at).map(Option::unwrap_or_default)
+        } else {
+            self.duration(at).map(Option::unwrap_or_default)
         }
-        match driver {
-            Driver::None => Some(Lb::None),
-            Driver::Command => self.command_lb(shared, hosts).map(Lb::Command),
-            Driver::Haproxy => self.haproxy_lb(shared, hosts, app, ssh).map(Lb::Haproxy),
+    }
+}
+
+/// What a driver reads its `[lb]` keys through: values from the most
+/// specific table that sets them, named by their key path, and the checks
+/// every section shares. Every method that returns `None` has recorded an
+/// error naming the key.
+pub struct LbSettings<'c, 'a> {
+    check: &'c mut StageCheck<'a>,
+    /// The stage's hosts, when they are valid.
+    pub hosts: Option<&'c [Host]>,
+    app: Option<&'c App>,
+    ssh: Option<&'c Ssh>,
+}
+
+impl LbSettings<'_, '_> {
+    pub fn stage(&self) -> &str {
+        self.check.stage
+    }
+
+    /// `app.deploy_to`, when it is valid.
+    pub fn deploy_to(&self) -> Option<&str> {
+        self.app.map(|a| a.deploy_to.as_str())
+    }
+
+    /// The raw value of `key`, if a table sets it.
+    pub fn get(&self, key: &str) -> Option<Setting<toml::Value>> {
+        self.check.pick_lb(key).map(|at| Setting {
+            value: at.value,
+            key: at.key,
+        })
+    }
+
+    /// Records an error about `key` (a key path from a [`Setting`]).
+    pub fn fail<T>(&mut self, key: &str, message: impl Into<String>) -> Option<T> {
+        self.check.fail(key, message)
+    }
+
+    /// Records that `lb.NAME` is required, saying where to set it.
+    pub fn missing<T>(&mut self, name: &str, hint: &str) -> Option<T> {
+        self.check.missing("lb", name, hint)
+    }
+
+    /// `key` as a string, if set.
+    pub fn string(&mut self, key: &str) -> Option<Option<Setting<String>>> {
+        match self.get(key) {
+            None => Some(None),
+            Some(Setting {
+                value: toml::Value::String(value),
+                key,
+            }) => Some(Some(Setting { value, key })),
+            Some(other) => self.fail(
+                &other.key,
+                format!("{} is not allowed; give a string", other.value),
+            ),
+        }
+    }
+
+    /// `key` as a template with placeholders, if set.
+    pub fn template(&mut self, key: &str) -> Option<Option<Template>> {
+        let at = self.string(key)?.map(|s| At {
+            value: s.value,
+            key: s.key,
+        });
+        self.check.template(at)
+    }
+
+    /// `key` as a duration longer than 0, or `default`.
+    pub fn positive_duration(&mut self, key: &str, default: Duration) -> Option<Duration> {
+        match self.check.pick_lb(key) {
+            None => Some(default),
+            Some(at) => self.check.lb_duration(at, true),
+        }
+    }
+
+    /// A string, or a non-empty list of strings.
+    pub fn one_or_many(&mut self, at: Setting<toml::Value>, what: &str) -> Option<Vec<String>> {
+        match at.value {
+            toml::Value::String(s) => Some(vec![s]),
+            toml::Value::Array(items) if items.is_empty() => {
+                self.fail(&at.key, format!("is an empty list; give {what}"))
+            }
+            toml::Value::Array(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(s),
+                        other => {
+                            return self
+                                .fail(&at.key, format!("{other} is not a string; give {what}"));
+                        }
+                    }
+                }
+                Some(out)
+            }
+            other => self.fail(
+                &at.key,
+                format!("{other} is not allowed; give {what}, or a list of them"),
+            ),
         }
     }
 
     /// `"local"`, an inventory host, or `user@host[:port]`: where a
-    /// driver's commands run or its sockets are reached from.
-    fn via(&mut self, key: &str, value: &str, hosts: Option<&[Host]>) -> Option<Via> {
+    /// driver's commands run or its balancer is reached from.
+    pub fn via(&mut self, key: &str, value: &str) -> Option<Via> {
         if value == "local" {
             return Some(Via::Local);
         }
@@ -176,188 +318,60 @@ impl StageCheck<'_> {
                 port,
             });
         }
-        let hosts = hosts?;
+        let hosts = self.hosts?;
         if hosts.iter().any(|h| h.name == value) {
             return Some(Via::Host {
                 name: value.to_string(),
             });
         }
+        let stage = self.stage().to_string();
         self.fail(
             key,
             format!(
-                "{value:?} is not a host of stage `{stage}`; use \"local\", a host name from stages.{stage}.hosts, or user@host[:port] for another machine",
-                stage = self.stage
+                "{value:?} is not a host of stage `{stage}`; use \"local\", a host name from stages.{stage}.hosts, or user@host[:port] for another machine"
             ),
         )
     }
-}
 
-/// `host:port` or `[v6]:port` → (host, port text); `None` without a port.
-fn split_host_port(value: &str) -> Option<(&str, &str)> {
-    if let Some(rest) = value.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return after.strip_prefix(':').map(|port| (host, port));
-    }
-    match value.rsplit_once(':') {
-        // A bare IPv6 address has several colons and no port.
-        Some((host, _)) if host.contains(':') => None,
-        Some((host, port)) => Some((host, port)),
-        None => None,
-    }
-}
-
-// ---- driver = "command": the user's own drain and enable commands ----
-
-impl StageCheck<'_> {
-    /// The keys only this driver reads, where they are set.
-    fn command_keys(&self) -> Vec<String> {
-        [
-            pick!(self, lb, drain).map(|a| a.key),
-            pick!(self, lb, enable).map(|a| a.key),
-            pick!(self, lb, run_on).map(|a| a.key),
-            pick!(self, lb, wait_drained).map(|a| a.key),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
-    fn command_lb(&mut self, shared: Shared, hosts: Option<&[Host]>) -> Option<CommandLb> {
-        let drain = self.template(pick!(self, lb, drain));
-        let enable = self.template(pick!(self, lb, enable));
-        let run_on = match pick!(self, lb, run_on) {
-            None => Some(Via::Local),
-            Some(at) => self.via(&at.key, &at.value, hosts),
-        };
-        let wait_drained = self.template(pick!(self, lb, wait_drained));
-        let (drain, enable, run_on, wait_drained) = (drain?, enable?, run_on?, wait_drained?);
-        let (drain, enable) = match (drain, enable) {
-            (Some(drain), Some(enable)) => (drain, enable),
-            (Some(_), None) => {
-                return self.fail(
-                    "lb.enable",
-                    "missing: with lb.drain set, shipit must also know how to put a host back",
-                );
-            }
-            (None, Some(_)) => {
-                return self.fail(
-                    "lb.drain",
-                    "missing: with lb.enable set, shipit must also know how to take a host out",
-                );
-            }
-            (None, None) => {
-                return self.missing(
-                    "lb",
-                    "drain",
-                    ": driver = \"command\" needs lb.drain and lb.enable",
-                );
-            }
-        };
-        Some(CommandLb {
-            drain,
-            enable,
-            run_on,
-            wait_drained,
-            drain_timeout: shared.drain_timeout,
-            drain_timeout_action: shared.drain_timeout_action,
-        })
-    }
-}
-
-// ---- driver = "haproxy": HAProxy's runtime API, spoken by shipit ----
-
-impl StageCheck<'_> {
-    /// The keys only this driver reads, where they are set.
-    fn haproxy_keys(&self) -> Vec<String> {
-        [
-            pick!(self, lb, socket).map(|a| a.key),
-            pick!(self, lb, via).map(|a| a.key),
-            pick!(self, lb, backend).map(|a| a.key),
-            pick!(self, lb, server).map(|a| a.key),
-            pick!(self, lb, enable_timeout).map(|a| a.key),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
-    fn haproxy_lb(
+    /// `key` as a template naming each host in the balancer (default
+    /// `default`), rendered here for every host so that a name the
+    /// balancer cannot take (`valid` says why), or two hosts sharing one
+    /// name, is an error before any run. `{release}` is refused: the name
+    /// must stay the same from one release to the next.
+    pub fn member_name(
         &mut self,
-        shared: Shared,
-        hosts: Option<&[Host]>,
-        app: Option<&App>,
-        ssh: Option<&Ssh>,
-    ) -> Option<HaproxyLb> {
-        let backend = match pick!(self, lb, backend) {
-            None => self.missing(
-                "lb",
-                "backend",
-                ", e.g. backend = \"app\" (the HAProxy backend your hosts are servers of)",
-            ),
-            Some(at) if !haproxy::is_ident(&at.value) => self.fail(
-                &at.key,
-                format!(
-                    "{:?} is not an HAProxy backend name: {}",
-                    at.value,
-                    haproxy::IDENT_RULE
-                ),
-            ),
-            Some(at) => Some(at.value),
-        };
-        let server = self.server_template(hosts, app, ssh);
-        let balancers = self.balancers(hosts);
-        let enable_timeout = self
-            .positive_duration(pick!(self, lb, enable_timeout))
-            .map(|d| d.unwrap_or(DEFAULT_ENABLE_TIMEOUT));
-        Some(HaproxyLb {
-            balancers: balancers?,
-            backend: backend?,
-            server: server?,
-            drain_timeout: shared.drain_timeout,
-            drain_timeout_action: shared.drain_timeout_action,
-            enable_timeout: enable_timeout?,
-        })
-    }
-
-    /// `lb.server`: a template naming each host's server in the backend.
-    /// Rendered here for every host, so a name HAProxy could not take, or
-    /// two hosts sharing one server, is an error before any run.
-    fn server_template(
-        &mut self,
-        hosts: Option<&[Host]>,
-        app: Option<&App>,
-        ssh: Option<&Ssh>,
+        key: &str,
+        default: &str,
+        valid: impl Fn(&str) -> Result<(), String>,
     ) -> Option<Template> {
-        let at = pick!(self, lb, server).unwrap_or(At {
-            value: "{name}".to_string(),
-            key: "lb.server".to_string(),
-        });
+        let at = match self.string(key)? {
+            Some(s) => At {
+                value: s.value,
+                key: s.key,
+            },
+            None => At {
+                value: default.to_string(),
+                key: format!("lb.{key}"),
+            },
+        };
         let key = at.key.clone();
-        let template = self.template(Some(at))??;
+        let template = self.check.template(Some(at))??;
         if template.uses(Var::Release) {
             return self.fail(
                 &key,
                 "{release} is not allowed here: a host's server name must stay the same from one release to the next",
             );
         }
-        let (Some(hosts), Some(app), Some(ssh)) = (hosts, app, ssh) else {
-            return Some(template);
-        };
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-        for host in hosts {
-            let vars = super::super::host_vars(self.stage, app, ssh, host, "");
-            let name = template.render_plain(&vars);
-            if !haproxy::is_ident(&name) {
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        for host in self.hosts.unwrap_or_default() {
+            let name = template.render_plain(&self.vars(host));
+            if let Err(why) = valid(&name) {
                 return self.fail(
                     &key,
-                    format!(
-                        "renders to {name:?} for host {}; {}",
-                        host.name,
-                        haproxy::IDENT_RULE
-                    ),
+                    format!("renders to {name:?} for host {}; {why}", host.name),
                 );
             }
-            if let Some(other) = seen.insert(name.clone(), &host.name) {
+            if let Some(other) = seen.insert(name.clone(), host.name.clone()) {
                 return self.fail(
                     &key,
                     format!(
@@ -370,154 +384,49 @@ impl StageCheck<'_> {
         Some(template)
     }
 
-    /// `lb.socket` × `lb.via`: one load balancer per list entry.
-    fn balancers(&mut self, hosts: Option<&[Host]>) -> Option<Vec<Balancer>> {
-        let Some(socket_at) = pick!(self, lb, socket) else {
-            return self.missing(
-                "lb",
-                "socket",
-                ", e.g. socket = \"/run/haproxy/admin.sock\" (a `stats socket ... level admin` of HAProxy) or \"10.0.0.5:9999\"",
-            );
-        };
-        let socket_key = socket_at.key.clone();
-        let via_at = pick!(self, lb, via);
-        let via_key = via_at
-            .as_ref()
-            .map_or_else(|| "lb.via".to_string(), |a| a.key.clone());
-        let sockets = self.one_or_many(socket_at, "a socket path or host:port");
-        let vias = match via_at {
-            None => Some(vec!["local".to_string()]),
-            Some(at) => self.one_or_many(at, "\"local\", a host name or user@host[:port]"),
-        };
-        let (sockets, vias) = (sockets?, vias?);
-        let sockets: Vec<AdminSocket> = sockets
-            .iter()
-            .map(|s| self.admin_socket(&socket_key, s))
-            .collect::<Option<_>>()?;
-        let vias: Vec<Via> = vias
-            .iter()
-            .map(|v| self.via(&via_key, v, hosts))
-            .collect::<Option<_>>()?;
-        let balancers: Vec<Balancer> = match (sockets.as_slice(), vias.as_slice()) {
-            ([socket], vias) => vias
-                .iter()
-                .map(|via| Balancer {
-                    via: via.clone(),
-                    socket: socket.clone(),
-                })
-                .collect(),
-            (sockets, [via]) => sockets
-                .iter()
-                .map(|socket| Balancer {
-                    via: via.clone(),
-                    socket: socket.clone(),
-                })
-                .collect(),
-            _ => {
-                return self.fail(
-                    &via_key,
-                    format!(
-                        "{socket_key} and {via_key} are both lists; list the load balancers in one of them and the other applies to each \
-                         (e.g. via = [\"lb1\", \"lb2\"] with one socket path)"
-                    ),
-                );
-            }
-        };
-        let mut seen = BTreeSet::new();
-        for b in &balancers {
-            if !seen.insert(b) {
-                let key = if vias.len() > 1 {
-                    &via_key
-                } else {
-                    &socket_key
-                };
-                return self.fail(key, format!("lists the load balancer {b} twice"));
-            }
-        }
-        Some(balancers)
-    }
-
-    /// A string, or a non-empty list of strings.
-    fn one_or_many(&mut self, at: At<toml::Value>, what: &str) -> Option<Vec<String>> {
-        match at.value {
-            toml::Value::String(s) => Some(vec![s]),
-            toml::Value::Array(items) if items.is_empty() => {
-                self.fail(&at.key, format!("is an empty list; give {what}"))
-            }
-            toml::Value::Array(items) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        toml::Value::String(s) => out.push(s),
-                        other => {
-                            return self
-                                .fail(&at.key, format!("{other} is not a string; give {what}"));
-                        }
-                    }
-                }
-                Some(out)
-            }
-            other => self.fail(
-                &at.key,
-                format!("{other} is not allowed; give {what}, or a list of them"),
-            ),
+    /// Template values for `host` (its release not known yet).
+    fn vars(&self, host: &Host) -> Vars {
+        match (self.app, self.ssh) {
+            (Some(app), Some(ssh)) => super::super::host_vars(self.stage(), app, ssh, host, ""),
+            _ => Vars {
+                name: host.name.clone(),
+                address: host.address.clone(),
+                ..Vars::default()
+            },
         }
     }
+}
 
-    /// A UNIX socket path or `host:port`.
-    fn admin_socket(&mut self, key: &str, value: &str) -> Option<AdminSocket> {
-        if value.starts_with('/') {
-            let plain = value.chars().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '+' | '@' | '-')
-            });
-            if !plain {
-                return self.fail(
-                    key,
-                    format!(
-                        "{value:?}: a socket path may contain only letters, digits and `._/+@-` (socat, which carries commands to sockets on other hosts, gives other characters a meaning)"
-                    ),
-                );
-            }
-            if value.len() > 107 {
-                return self.fail(
-                    key,
-                    format!("{value:?} is longer than a UNIX socket path may be (107 bytes)"),
-                );
-            }
-            return Some(AdminSocket::Unix {
-                path: value.to_string(),
-            });
-        }
-        if let Some((host, port)) = split_host_port(value) {
-            let host_ok = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
-            if let (true, Ok(port @ 1..)) = (host_ok, port.parse::<u16>()) {
-                return Some(AdminSocket::Tcp {
-                    host: host.to_string(),
-                    port,
-                });
-            }
-        }
-        self.fail(
-            key,
-            format!(
-                "{value:?} is neither the absolute path of a UNIX socket (/run/haproxy/admin.sock) nor host:port of a TCP admin socket (10.0.0.5:9999)"
-            ),
-        )
+/// `host:port` or `[v6]:port` → (host, port text); `None` without a port.
+pub fn split_host_port(value: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return after.strip_prefix(':').map(|port| (host, port));
+    }
+    match value.rsplit_once(':') {
+        // A bare IPv6 address has several colons and no port.
+        Some((host, _)) if host.contains(':') => None,
+        Some((host, port)) => Some((host, port)),
+        None => None,
+    }
+}
+
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::super::super::{AdminSocket, Balancer, Lb, OnTimeout, Via};
     use super::super::testing::*;
 
-    fn lb(extra: &str) -> Lb {
-        check(extra).unwrap().stages["production"].lb.clone()
+    fn driver(extra: &str) -> Option<&'static str> {
+        check(extra).unwrap().stages["production"]
+            .lb
+            .as_ref()
+            .map(|d| d.name())
     }
 
     /// Rules of `[lb]` itself, whatever the driver.
@@ -552,191 +461,11 @@ mod tests {
                 "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\n[stages.production.lb]\nbackend = \"other\"\ndrain = \"x\"",
                 "/p/deploy.toml: stages.production.lb.drain: only used by driver = \"command\", but lb.driver is \"haproxy\"",
             ),
-        ]);
-    }
-
-    #[test]
-    fn bad_command_values_and_their_messages() {
-        assert_messages(&[
             (
-                "[lb]\ndrain = \"echo drain {name}\"",
-                "/p/deploy.toml: lb.enable: missing: with lb.drain set, shipit must also know how to put a host back",
-            ),
-            (
-                "[lb]\ndriver = \"command\"",
-                "/p/deploy.toml: lb.drain: missing (stage `production`); set it in [lb] or [stages.production.lb]: driver = \"command\" needs lb.drain and lb.enable",
-            ),
-            (
-                "[lb]\ndrain = \"x\"\nenable = \"y\"\nrun_on = \"lb9\"",
-                "/p/deploy.toml: lb.run_on: \"lb9\" is not a host of stage `production`; use \"local\", a host name from stages.production.hosts, or user@host[:port] for another machine",
+                "[lb]\ndriver = \"haproxy\"\nsockett = \"/a.sock\"",
+                "/p/deploy.toml:10: lb: unknown key `sockett`; allowed here: `backend`, `drain`, `drain_timeout`, `drain_timeout_action`, `driver`, `enable`, `enable_timeout`, `run_on`, `server`, `socket`, `via`, `wait_drained`",
             ),
         ]);
-    }
-
-    #[test]
-    fn bad_haproxy_values_and_their_messages() {
-        assert_messages(&[
-            (
-                "[lb]\ndriver = \"haproxy\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: missing (stage `production`); set it in [lb] or [stages.production.lb], e.g. socket = \"/run/haproxy/admin.sock\" (a `stats socket ... level admin` of HAProxy) or \"10.0.0.5:9999\"",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"",
-                "/p/deploy.toml: lb.backend: missing (stage `production`); set it in [lb] or [stages.production.lb], e.g. backend = \"app\" (the HAProxy backend your hosts are servers of)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"my app\"",
-                "/p/deploy.toml: lb.backend: \"my app\" is not an HAProxy backend name: use letters, digits, `-`, `_`, `.` and `:` (HAProxy's names; its runtime API is line-based)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\nserver = \"{name} x\"",
-                "/p/deploy.toml: lb.server: renders to \"web1 x\" for host web1; use letters, digits, `-`, `_`, `.` and `:` (HAProxy's names; its runtime API is line-based)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\nserver = \"{release}\"",
-                "/p/deploy.toml: lb.server: {release} is not allowed here: a host's server name must stay the same from one release to the next",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\nserver = \"web\"",
-                "/p/deploy.toml: lb.server: renders to \"web\" for both web1 and web2; each host needs its own server",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"run/haproxy.sock\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: \"run/haproxy.sock\" is neither the absolute path of a UNIX socket (/run/haproxy/admin.sock) nor host:port of a TCP admin socket (10.0.0.5:9999)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/ha proxy,x.sock\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: \"/run/ha proxy,x.sock\": a socket path may contain only letters, digits and `._/+@-` (socat, which carries commands to sockets on other hosts, gives other characters a meaning)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"10.0.0.5:99999\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: \"10.0.0.5:99999\" is neither the absolute path of a UNIX socket (/run/haproxy/admin.sock) nor host:port of a TCP admin socket (10.0.0.5:9999)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = [\"/a.sock\", \"/b.sock\"]\nvia = [\"web1\", \"web2\"]\nbackend = \"app\"",
-                "/p/deploy.toml: lb.via: lb.socket and lb.via are both lists; list the load balancers in one of them and the other applies to each (e.g. via = [\"lb1\", \"lb2\"] with one socket path)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nvia = [\"web1\", \"web1\"]\nbackend = \"app\"",
-                "/p/deploy.toml: lb.via: lists the load balancer web1:/a.sock twice",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nvia = \"lb1\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.via: \"lb1\" is not a host of stage `production`; use \"local\", a host name from stages.production.hosts, or user@host[:port] for another machine",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nvia = \"ops@lb1:x\"\nbackend = \"app\"",
-                "/p/deploy.toml: lb.via: \"ops@lb1:x\": \"x\" is not a port (1-65535)",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = []\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: is an empty list; give a socket path or host:port",
-            ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsocket = 9999\nbackend = \"app\"",
-                "/p/deploy.toml: lb.socket: 9999 is not allowed; give a socket path or host:port, or a list of them",
-            ),
-        ]);
-    }
-
-    #[test]
-    fn lb_drivers_and_their_defaults() {
-        assert!(matches!(lb(""), Lb::None));
-        // drain and enable without a driver: the command driver, as before.
-        let Lb::Command(c) = lb("[lb]\ndrain = \"d {name}\"\nenable = \"e {name}\"") else {
-            panic!()
-        };
-        assert_eq!(c.run_on, Via::Local);
-        assert_eq!(c.drain_timeout, Duration::from_secs(30));
-        assert_eq!(c.drain_timeout_action, OnTimeout::Warn);
-        assert!(c.wait_drained.is_none());
-        let Lb::Command(c) = lb(
-            "[lb]\ndriver = \"command\"\ndrain = \"d\"\nenable = \"e\"\nrun_on = \"web2\"\nwait_drained = \"idle {name}\"\ndrain_timeout = \"5s\"\ndrain_timeout_action = \"fail\"",
-        ) else {
-            panic!()
-        };
-        assert_eq!(
-            c.run_on,
-            Via::Host {
-                name: "web2".into()
-            }
-        );
-        assert_eq!(c.wait_drained.unwrap().source(), "idle {name}");
-        assert_eq!(c.drain_timeout_action, OnTimeout::Fail);
-
-        let Lb::Haproxy(h) = lb(
-            "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"app\"",
-        ) else {
-            panic!()
-        };
-        assert_eq!(
-            h.balancers,
-            [Balancer {
-                via: Via::Local,
-                socket: AdminSocket::Unix {
-                    path: "/run/haproxy/admin.sock".into()
-                }
-            }]
-        );
-        assert_eq!(h.server.source(), "{name}");
-        assert_eq!(
-            (h.drain_timeout, h.enable_timeout),
-            (Duration::from_secs(30), Duration::from_secs(30))
-        );
-        // Several load balancers: a list in via or in socket.
-        let Lb::Haproxy(h) = lb(
-            "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/a.sock\"\nvia = [\"web1\", \"ops@lb2:2222\", \"root@[fd00::5]\"]\nbackend = \"app\"\nserver = \"{app}-{name}\"\nenable_timeout = \"1m\"",
-        ) else {
-            panic!()
-        };
-        let vias: Vec<String> = h.balancers.iter().map(|b| b.to_string()).collect();
-        assert_eq!(
-            vias,
-            [
-                "web1:/run/a.sock",
-                "ops@lb2:2222:/run/a.sock",
-                "root@[fd00::5]:/run/a.sock"
-            ]
-        );
-        assert_eq!(
-            h.balancers[1].via,
-            Via::Ssh {
-                spec: "ops@lb2:2222".into(),
-                user: "ops".into(),
-                address: "lb2".into(),
-                port: Some(2222)
-            }
-        );
-        assert!(
-            matches!(&h.balancers[2].via, Via::Ssh { address, port: None, .. } if address == "fd00::5")
-        );
-        assert_eq!(h.enable_timeout, Duration::from_secs(60));
-        let Lb::Haproxy(h) = lb(
-            "[lb]\ndriver = \"haproxy\"\nsocket = [\"10.0.0.5:9999\", \"[fd00::6]:9999\"]\nbackend = \"app\"",
-        ) else {
-            panic!()
-        };
-        assert_eq!(
-            h.balancers
-                .iter()
-                .map(|b| b.socket.clone())
-                .collect::<Vec<_>>(),
-            [
-                AdminSocket::Tcp {
-                    host: "10.0.0.5".into(),
-                    port: 9999
-                },
-                AdminSocket::Tcp {
-                    host: "fd00::6".into(),
-                    port: 9999
-                }
-            ]
-        );
-        assert_eq!(
-            Lb::Haproxy(h).ssh_hosts().len(),
-            0,
-            "local sockets need no extra connection"
-        );
     }
 
     #[test]
@@ -748,10 +477,16 @@ mod tests {
              [stages.qa]\nhosts = [{{ name = \"q1\" }}]\n"
         ))
         .unwrap();
-        assert!(matches!(config.stages["production"].lb, Lb::Command(_)));
-        assert!(matches!(config.stages["staging"].lb, Lb::None));
-        assert!(matches!(config.stages["qa"].lb, Lb::Haproxy(_)));
+        let name = |stage: &str| config.stages[stage].lb.as_ref().map(|d| d.name());
+        assert_eq!(name("production"), Some("command"));
+        assert_eq!(name("staging"), None);
+        assert_eq!(name("qa"), Some("haproxy"));
         // Shared timeouts apply to stages without a load balancer harmlessly.
-        assert!(matches!(lb("[lb]\ndrain_timeout = \"1m\""), Lb::None));
+        assert_eq!(driver("[lb]\ndrain_timeout = \"1m\""), None);
+        assert_eq!(driver(""), None);
+        assert_eq!(
+            driver("[lb]\ndrain = \"d {name}\"\nenable = \"e {name}\""),
+            Some("command")
+        );
     }
 }

@@ -21,7 +21,7 @@ mod env;
 mod health;
 mod hooks;
 mod hosts;
-mod lb;
+pub mod lb;
 mod rollout;
 mod ssh;
 
@@ -68,7 +68,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let hosts = stage.hosts(raw_stage.hosts.as_deref());
                 let app = stage.app();
                 let ssh = stage.ssh();
-                let rollout = stage.rollout();
+                let rollout = stage.rollout(hosts.as_deref());
                 let health = stage.health();
                 let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
@@ -480,7 +480,7 @@ mod tests {
         let stage = &config.stages["production"];
         assert_eq!(stage.app.keep_releases, 5);
         assert_eq!(stage.app.source, Source::Directory("/p/dist/".into()));
-        assert_eq!(stage.rollout.batch_size, BatchSize::Count(1));
+        assert_eq!(stage.rollout.ramp, [BatchSize::Count(1)]);
         assert_eq!(stage.rollout.on_failure, OnFailure::Rollback);
         assert_eq!(stage.rollout.lock_lease, DEFAULT_LOCK_LEASE);
         assert!(stage.health.is_none());
@@ -507,7 +507,7 @@ rolling_batch_size = "50%"
         assert_eq!(health.timeout, Duration::from_secs(120));
         assert_eq!(health.url.source(), "http://{address}:8080/health");
         assert_eq!(health.interval, Duration::from_millis(500));
-        assert_eq!(stage.rollout.batch_size, BatchSize::Percent(50));
+        assert_eq!(stage.rollout.ramp, [BatchSize::Percent(50)]);
     }
 
     /// Bad input and the exact message the user sees.
@@ -636,13 +636,12 @@ mod example {
             staging.health.as_ref().unwrap().timeout,
             std::time::Duration::from_secs(120)
         );
-        assert!(matches!(staging.lb, super::super::Lb::None));
-        let super::super::Lb::Haproxy(lb) = &config.stages["production"].lb else {
-            panic!("the example configures HAProxy")
-        };
+        assert!(staging.lb.is_none());
+        let lb = config.stages["production"].lb.as_ref().expect("HAProxy");
+        assert_eq!(lb.name(), "haproxy");
         assert_eq!(
-            lb.balancers[0].to_string(),
-            "deploy@lb1.example.com:/run/haproxy/admin.sock"
+            lb.settings()["balancers"][0]["via"]["spec"],
+            "deploy@lb1.example.com"
         );
     }
 }

@@ -1,18 +1,32 @@
-//! `[rollout]`: how many hosts change at once, what a failure does, and
-//! the deploy lock's lease.
+//! `[rollout]`: how many hosts change at once (a size or a ramp), how long
+//! each batch is watched, how many hosts may be out of service at once,
+//! zone order, what a failure does, and the deploy lock's lease.
 
 use std::time::Duration;
 
-use super::super::{BatchSize, OnFailure, Rollout};
+use super::super::{BatchSize, Host, OnFailure, Rollout};
 use super::{At, StageCheck, pick};
 
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 
 impl StageCheck<'_> {
-    pub(super) fn rollout(&mut self) -> Option<Rollout> {
-        let batch_size = match pick!(self, rollout, rolling_batch_size) {
-            None => Some(BatchSize::Count(1)),
-            Some(at) => self.batch_size(at),
+    /// `hosts`, when they are valid, are checked against `by_zone`.
+    pub(super) fn rollout(&mut self, hosts: Option<&[Host]>) -> Option<Rollout> {
+        let ramp = match pick!(self, rollout, rolling_batch_size) {
+            None => Some(vec![BatchSize::Count(1)]),
+            Some(at) => self.ramp(at),
+        };
+        let bake = match pick!(self, rollout, bake) {
+            None => Some(Vec::new()),
+            Some(at) => self.bake(at),
+        };
+        let max_unavailable = match pick!(self, rollout, max_unavailable) {
+            None => Some(None),
+            Some(at) => self.max_unavailable(at).map(Some),
+        };
+        let by_zone = match pick!(self, rollout, by_zone) {
+            Some(at) if at.value => self.zones(&at.key, hosts),
+            _ => Some(false),
         };
         let on_failure = match pick!(self, rollout, on_failure) {
             None => Some(OnFailure::Rollback),
@@ -33,26 +47,140 @@ impl StageCheck<'_> {
         };
         let lock_lease = self.lock_lease();
         Some(Rollout {
-            batch_size: batch_size?,
+            ramp: ramp?,
+            bake: bake?,
+            max_unavailable: max_unavailable?,
+            by_zone: by_zone?,
             on_failure: on_failure?,
             max_fail_percentage: max_fail_percentage?,
             lock_lease: lock_lease?,
         })
     }
 
-    /// `rolling_batch_size`: a number of hosts or a percentage.
-    fn batch_size(&mut self, at: At<toml::Value>) -> Option<BatchSize> {
-        const ALLOWED: &str = "use a number of hosts (at least 1) or a percentage such as \"25%\"";
-        match &at.value {
-            toml::Value::Integer(n) if *n >= 1 => Some(BatchSize::Count(*n as usize)),
-            toml::Value::String(s) => {
-                match s.trim().strip_suffix('%').map(|p| p.trim().parse::<u8>()) {
-                    Some(Ok(p)) if (1..=100).contains(&p) => Some(BatchSize::Percent(p)),
-                    _ => self.fail(&at.key, format!("{s:?} is not allowed; {ALLOWED}")),
-                }
-            }
-            other => self.fail(&at.key, format!("{other} is not allowed; {ALLOWED}")),
+    /// `rolling_batch_size`: a number of hosts, a percentage, or a ramp:
+    /// a list of those, each sizing the next batch, the last repeating.
+    fn ramp(&mut self, at: At<toml::Value>) -> Option<Vec<BatchSize>> {
+        let toml::Value::Array(list) = &at.value else {
+            return self.batch_size(&at.key, &at.value).map(|b| vec![b]);
+        };
+        if list.is_empty() {
+            return self.fail(
+                &at.key,
+                "an empty ramp sizes no batch; give at least one size, e.g. [1, 2, \"50%\"]",
+            );
         }
+        let mut ramp = Some(Vec::new());
+        for (i, entry) in list.iter().enumerate() {
+            let size = self.batch_size(&format!("{}[{i}]", at.key), entry);
+            ramp = ramp.zip(size).map(|(mut r, s)| {
+                r.push(s);
+                r
+            });
+        }
+        ramp
+    }
+
+    fn batch_size(&mut self, key: &str, value: &toml::Value) -> Option<BatchSize> {
+        const ALLOWED: &str = "use a number of hosts (at least 1) or a percentage such as \"25%\"";
+        match share(value) {
+            Some(size) => Some(size),
+            None => match value {
+                toml::Value::String(s) => {
+                    self.fail(key, format!("{s:?} is not allowed; {ALLOWED}"))
+                }
+                other => self.fail(key, format!("{other} is not allowed; {ALLOWED}")),
+            },
+        }
+    }
+
+    /// `bake`: a duration, or a list of them (the last repeats).
+    fn bake(&mut self, at: At<toml::Value>) -> Option<Vec<Duration>> {
+        const ALLOWED: &str =
+            "use a duration such as \"30s\" or \"5m\", or a list of them such as [\"5m\", \"30s\"]";
+        let list: Vec<(String, &toml::Value)> = match &at.value {
+            toml::Value::Array(list) if list.is_empty() => {
+                return self.fail(
+                    &at.key,
+                    format!("an empty list bakes nothing; {ALLOWED}, or remove the key"),
+                );
+            }
+            toml::Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{}[{i}]", at.key), v))
+                .collect(),
+            single => vec![(at.key.clone(), single)],
+        };
+        let mut bakes = Some(Vec::new());
+        for (key, value) in list {
+            let bake = match value {
+                toml::Value::String(text) => self.duration(Some(At {
+                    value: text.clone(),
+                    key,
+                }))?,
+                other => self.fail(&key, format!("{other} is not allowed; {ALLOWED}")),
+            };
+            bakes = bakes.zip(bake).map(|(mut b, d)| {
+                b.push(d);
+                b
+            });
+        }
+        bakes
+    }
+
+    /// `max_unavailable`: a number of hosts (at least 1) or a share.
+    fn max_unavailable(&mut self, at: At<toml::Value>) -> Option<BatchSize> {
+        if let Some(limit) = share(&at.value) {
+            return Some(limit);
+        }
+        let zero = match &at.value {
+            toml::Value::Integer(0) => true,
+            toml::Value::String(s) => s.trim().trim_end_matches('%').trim() == "0",
+            _ => false,
+        };
+        let shown = match &at.value {
+            toml::Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        if zero {
+            self.fail(
+                &at.key,
+                format!(
+                    "{shown} would let no host out of service, so no host could ever be restarted; use at least 1, \
+                     or a percentage such as \"25%\""
+                ),
+            )
+        } else {
+            self.fail(
+                &at.key,
+                format!(
+                    "{shown} is not allowed; use a number of hosts (at least 1) or a percentage such as \"25%\""
+                ),
+            )
+        }
+    }
+
+    /// `by_zone = true` needs every host of the stage in a zone.
+    fn zones(&mut self, key: &str, hosts: Option<&[Host]>) -> Option<bool> {
+        let hosts = hosts?;
+        let without: Vec<&str> = hosts
+            .iter()
+            .filter(|h| h.zone.is_none())
+            .map(|h| h.name.as_str())
+            .collect();
+        if without.is_empty() {
+            return Some(true);
+        }
+        self.fail(
+            key,
+            format!(
+                "is true, but {} of stage {} {} no zone; give every host one, e.g. {{ name = \"{}\", address = \"...\", zone = \"eu-1a\" }}",
+                without.join(", "),
+                self.stage,
+                if without.len() == 1 { "has" } else { "have" },
+                without[0]
+            ),
+        )
     }
 
     /// `lock_lease`: how long a lock stays valid without a heartbeat.
@@ -66,6 +194,20 @@ impl StageCheck<'_> {
             ),
             d => Some(d),
         }
+    }
+}
+
+/// A number of hosts (at least 1) or a percentage from 1% to 100%.
+fn share(value: &toml::Value) -> Option<BatchSize> {
+    match value {
+        toml::Value::Integer(n) if *n >= 1 => Some(BatchSize::Count(*n as usize)),
+        toml::Value::String(s) => {
+            match s.trim().strip_suffix('%').map(|p| p.trim().parse::<u8>()) {
+                Some(Ok(p)) if (1..=100).contains(&p) => Some(BatchSize::Percent(p)),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -82,6 +82,7 @@ fn summary(host: &str, now: ReleaseId, result: HostResult) -> HostSummary {
         now: Some(now),
         result,
         drained: false,
+        left_out: None,
         duration: Duration::from_millis(1500),
     }
 }

@@ -1,6 +1,6 @@
 //! HAProxy's runtime API (the admin socket), as data: the request lines
-//! shipit sends and the answers it reads. No I/O here; `execute::lb`
-//! carries the lines to a socket and hands the answers back.
+//! shipit sends and the answers it reads. No I/O here; `socket` carries
+//! the lines to a socket and hands the answers back.
 //!
 //! The API is line-based: one command per line, `;` separates commands,
 //! and the answer ends when HAProxy closes the connection (shipit never
@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::AdminSocket;
+use super::socket::AdminSocket;
 use crate::shell::Cmd;
 
 /// True if `name` may be used as a backend or server name: HAProxy's
@@ -195,6 +195,20 @@ impl ServerState {
     pub fn draining(&self) -> bool {
         self.admin_state & 0x18 != 0
     }
+
+    /// Whether HAProxy sends it traffic, and if not, why.
+    pub fn service_state(&self) -> crate::lb::ServiceState {
+        use crate::lb::ServiceState;
+        if self.in_maint() {
+            ServiceState::Maintenance
+        } else if self.draining() {
+            ServiceState::Draining
+        } else if self.op_state == 2 {
+            ServiceState::InService
+        } else {
+            ServiceState::Down
+        }
+    }
 }
 
 /// Parses the answer to `show servers state BACKEND`. An answer that is not
@@ -272,6 +286,24 @@ impl ServerStat {
     /// not check this server at all.
     pub fn is_up(&self) -> bool {
         self.status == "UP" || self.status == "no check"
+    }
+
+    /// Whether HAProxy sends it traffic now, from its status column. A
+    /// server "UP 1/2" whose check just failed still takes traffic.
+    pub fn service_state(&self) -> crate::lb::ServiceState {
+        use crate::lb::ServiceState;
+        let status = self.status.as_str();
+        if status.starts_with("MAINT") {
+            ServiceState::Maintenance
+        } else if status.starts_with("DRAIN") || status.starts_with("NOLB") {
+            ServiceState::Draining
+        } else if status.starts_with("DOWN") {
+            ServiceState::Down
+        } else if status.starts_with("UP") || status == "no check" {
+            ServiceState::InService
+        } else {
+            ServiceState::Unknown
+        }
     }
 
     /// No session on the server and none queued for it.

@@ -1,0 +1,151 @@
+//! Bookkeeping on the hosts: the journal each host keeps of its
+//! transitions (so that a run whose machine died can be shown, repaired
+//! and resumed) and the line each appends to revisions.log at the end.
+//! Bookkeeping never fails a run: trouble writing it is reported.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::Executor;
+use super::book::{Book, outcome};
+use super::step::judge;
+use crate::host::journal;
+use crate::host::revlog::Entry;
+use crate::plan::{Plan, StepKind};
+use crate::transport::{self, ExecRequest, Transport};
+
+impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    pub(super) async fn journal_started(&self, plan: &Plan) {
+        let detail =
+            serde_json::json!({ "by": plan.bookkeeping.by, "digest": plan.bookkeeping.digest })
+                .to_string();
+        let entry = self.journal_entry(plan, "started", Some(detail));
+        let layout = &plan.bookkeeping.layout;
+        let writes = plan.changing_hosts().map(|h| {
+            self.quiet_exec(
+                &h.name,
+                layout.journal_start(&entry, plan.resume),
+                "journal",
+            )
+        });
+        join_all(writes).await;
+    }
+
+    pub(super) async fn journal(
+        &self,
+        plan: &Plan,
+        host: &str,
+        event: &str,
+        detail: Option<String>,
+    ) {
+        let mut entries = vec![self.journal_entry(plan, event, detail)];
+        self.flush_journal(plan, host, &mut entries).await;
+    }
+
+    /// Writes `pending` entries to the host's journal in one command.
+    pub(super) async fn flush_journal(
+        &self,
+        plan: &Plan,
+        host: &str,
+        pending: &mut Vec<journal::Entry>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(pending);
+        self.quiet_exec(host, plan.bookkeeping.layout.journal(&entries), "journal")
+            .await;
+    }
+
+    pub(super) fn journal_entry(
+        &self,
+        plan: &Plan,
+        event: &str,
+        detail: Option<String>,
+    ) -> journal::Entry {
+        journal::Entry {
+            run: plan.run.clone(),
+            time: now_utc(),
+            op: plan.operation.as_str().to_string(),
+            release: plan.release.to_string(),
+            event: event.to_string(),
+            detail,
+        }
+    }
+
+    pub(super) async fn journal_finished(&self, plan: &Plan, book: &Book, ok: bool) {
+        let results: Vec<(String, String)> = book
+            .all()
+            .into_iter()
+            .filter(|(_, r)| r.touched)
+            .map(|(h, r)| (h, outcome(&r, ok)))
+            .collect();
+        join_all(results.into_iter().map(|(host, result)| async move {
+            self.journal(plan, &host, "finished", Some(result)).await
+        }))
+        .await;
+    }
+
+    /// Appends the outcome to revisions.log on every host that took part.
+    pub(super) async fn revisions_log(&self, plan: &Plan, book: &Book, ok: bool) {
+        let time = now_utc();
+        let entries: Vec<(String, Entry)> = book
+            .all()
+            .into_iter()
+            .filter(|(_, run)| run.touched)
+            .map(|(host, run)| {
+                let entry = Entry {
+                    time: time.clone(),
+                    action: plan.operation.as_str().to_string(),
+                    release: plan.release.to_string(),
+                    previous: run.before.as_ref().map(ToString::to_string),
+                    revision: plan.revision.clone(),
+                    by: plan.bookkeeping.by.clone(),
+                    result: outcome(&run, ok),
+                };
+                (host, entry)
+            })
+            .collect();
+        let writes = entries.iter().map(|(host, entry)| {
+            self.quiet_exec(
+                host,
+                plan.bookkeeping.layout.record(&entry.to_line()),
+                "revisions.log",
+            )
+        });
+        join_all(writes).await;
+    }
+
+    /// A bookkeeping command: failures are reported, never fatal.
+    async fn quiet_exec(&self, host: &str, cmd: crate::shell::Cmd, what: &str) {
+        let request = ExecRequest {
+            command: cmd.render(),
+            stdin: None,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let result = self.transport.exec(host, request, &transport::Quiet).await;
+        if let Err(e) = judge(what, result) {
+            self.note(Some(host), &format!("could not write {what}: {}", e.error));
+        }
+    }
+}
+
+/// The journal event recorded when a step of this kind succeeds.
+pub(super) fn journal_event(kind: StepKind) -> Option<&'static str> {
+    Some(match kind {
+        StepKind::Finish => "uploaded",
+        StepKind::Drain => "drained",
+        StepKind::Switch => "switched",
+        StepKind::Restart => "restarted",
+        StepKind::Health => "healthy",
+        StepKind::Enable => "enabled",
+        _ => return None,
+    })
+}
+
+pub(super) fn now_utc() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}

@@ -1,0 +1,569 @@
+//! One host's pipeline within a phase: its steps in order, the journal
+//! entries that go with them, the capacity budget asked before the host
+//! goes out of service, and putting the host back when it stops early.
+//!
+//! When a pipeline stops with its host out of the load balancer, [`decide`]
+//! says what happens, by how far the host got:
+//!
+//! | how far | what shipit does |
+//! |---|---|
+//! | drained, not switched | put back: it serves what it served before |
+//! | switched, not restarted (a deploy stopped by a signal or a hook) | switch `current` back (one rename), put back |
+//! | restarted, health check passed, enable failed | try to put it back once more |
+//! | returned to the release it served before (undo, rollback), health check failed | put back: the load balancer's own check judges it |
+//! | anything else | left out, and the run says why |
+//!
+//! On a first Ctrl-C a deploy's host that was already restarted finishes
+//! its health check and enable within the usual bounds: stopping there
+//! would leave a restarted host out for no reason.
+
+use tokio::time::Instant;
+
+use super::Executor;
+use super::book::Book;
+use super::capacity::Budget;
+use super::journal::journal_event;
+use super::step::Failure;
+use crate::host::{ReleaseId, journal};
+use crate::plan::{Action, Pipeline, Plan, Step, StepKind};
+use crate::report::{Event, HostResult, Phase};
+use crate::transport::Transport;
+
+/// What a run's pipelines share: the plan, the book and the budget.
+pub(super) struct RunCtx<'p> {
+    pub plan: &'p Plan,
+    pub book: Book,
+    pub budget: Budget,
+    /// Why hosts were not taken out of service: the budget had no room.
+    /// The rollout stops there; those hosts were never touched.
+    pub refused: std::sync::Mutex<Vec<String>>,
+}
+
+/// Which way a pipeline moves a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    /// Towards the plan's release.
+    Forward,
+    /// Back to the host's previous release.
+    Undo,
+}
+
+/// What a phase's pipelines mean for a host's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Failures fail the host; success changes nothing visible yet.
+    Prepare,
+    /// The host's outcome: done, failed, rolled back.
+    Rolling,
+    /// Cleanup and marks: failures are reported, results stay.
+    Bookkeeping,
+}
+
+/// How far a stopped pipeline got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Progress {
+    pub switched: bool,
+    /// The restart step started (whether or not it succeeded).
+    pub restart_began: bool,
+    pub restarted: bool,
+    pub healthy: bool,
+    /// The step that failed was the enable.
+    pub enable_failed: bool,
+    pub interrupted: bool,
+    /// Out of service before this pipeline took it out (a failed host the
+    /// undo returns, a host found out).
+    pub was_out: bool,
+}
+
+/// What to do with a host a pipeline left out of the load balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PutBack {
+    /// Enable it, saying why that is safe.
+    Enable(&'static str),
+    /// Point `current` back at the release it ran before, then enable it.
+    SwitchBack,
+    /// Leave it out, saying why.
+    LeaveOut(String),
+}
+
+/// The put-back rule (see the module documentation).
+pub(super) fn decide(
+    progress: Progress,
+    direction: Direction,
+    release: &str,
+    has_previous: bool,
+) -> PutBack {
+    if !progress.switched && direction == Direction::Undo && progress.was_out {
+        return PutBack::LeaveOut(format!(
+            "left out of the load balancer: it still runs {release}, which did not prove healthy"
+        ));
+    }
+    if !progress.switched {
+        return PutBack::Enable("putting the host back: it still serves its previous release");
+    }
+    match direction {
+        Direction::Forward if !progress.restart_began && has_previous => PutBack::SwitchBack,
+        Direction::Forward if progress.healthy && progress.enable_failed => PutBack::Enable(
+            "it answered its health check, but the enable failed: trying to put it back once more",
+        ),
+        Direction::Forward if progress.interrupted && progress.restarted => {
+            PutBack::LeaveOut(format!(
+                "left out of the load balancer: it runs {release}, and the run was told to hurry before its health check passed"
+            ))
+        }
+        Direction::Forward => PutBack::LeaveOut(format!(
+            "left out of the load balancer: it runs {release}, which did not prove healthy"
+        )),
+        Direction::Undo if progress.restarted && !progress.interrupted => PutBack::Enable(
+            "putting the host back although its health check failed: it runs the release it served before this \
+             run, so the load balancer's own health check judges it",
+        ),
+        Direction::Undo => PutBack::LeaveOut(format!(
+            "left out of the load balancer: returning it to {release} did not complete"
+        )),
+    }
+}
+
+impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    /// Runs every pipeline of a phase at once; returns the hosts whose
+    /// pipeline failed.
+    pub(super) async fn phase(
+        &self,
+        run: &RunCtx<'_>,
+        phase: Phase,
+        pipelines: &[Pipeline],
+        direction: Direction,
+    ) -> Vec<String> {
+        self.reporter.event(&Event::PhaseStarted {
+            phase,
+            hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
+        });
+        let results = futures::future::join_all(
+            pipelines
+                .iter()
+                .map(|p| self.pipeline(run, p, phase, direction)),
+        )
+        .await;
+        pipelines
+            .iter()
+            .zip(results)
+            .filter(|(_, ok)| !ok)
+            .map(|(p, _)| p.host.clone())
+            .collect()
+    }
+
+    async fn pipeline(
+        &self,
+        run: &RunCtx<'_>,
+        pipeline: &Pipeline,
+        phase: Phase,
+        direction: Direction,
+    ) -> bool {
+        let plan = run.plan;
+        let role = match phase {
+            Phase::Batch { .. } | Phase::Undo { .. } => Role::Rolling,
+            Phase::Finish => Role::Bookkeeping,
+            _ => Role::Prepare,
+        };
+        let host = pipeline.host.as_str();
+        let started = Instant::now();
+        run.book.update(host, |r| r.touched = true);
+        let before = run.book.get(host).and_then(|r| r.before);
+        let (stop, target) = match direction {
+            Direction::Forward => (&self.cancel, Some(plan.release.clone())),
+            Direction::Undo => (&self.hurry, before.clone()),
+        };
+        // The release it runs now, named when it is left out.
+        let running = match direction {
+            Direction::Forward => before.clone(),
+            Direction::Undo => Some(plan.release.clone()),
+        };
+        // The step that takes the host out of service: its drain, or
+        // without a load balancer its switch.
+        let goes_out = pipeline
+            .steps
+            .iter()
+            .position(|s| s.kind == StepKind::Drain)
+            .or_else(|| {
+                pipeline
+                    .steps
+                    .iter()
+                    .position(|s| s.kind == StepKind::Switch)
+            })
+            .filter(|_| role == Role::Rolling);
+
+        let mut failed: Option<(StepKind, Failure)> = None;
+        let mut progress = Progress {
+            was_out: run.budget.is_out(host),
+            ..Progress::default()
+        };
+        let (mut out, mut drained) = (false, false);
+        // Journal entries not yet on the host: they ride along with the next
+        // command sent there, or go in one write when the pipeline ends.
+        let mut pending: Vec<journal::Entry> = Vec::new();
+        for (i, step) in pipeline.steps.iter().enumerate() {
+            // A deploy's host that was restarted finishes its health check
+            // and enable: a first signal never strands it.
+            let finishing = direction == Direction::Forward
+                && progress.restarted
+                && matches!(step.kind, StepKind::Health | StepKind::Enable);
+            if stop.is_cancelled() && !finishing {
+                failed = Some((
+                    step.kind,
+                    Failure::interrupted("interrupted before this step started"),
+                ));
+                break;
+            }
+            if goes_out == Some(i) {
+                if let Err(refused) = run.budget.take(host).await {
+                    // Never touched: not a failure of this host, a stop.
+                    self.note(Some(host), &refused.to_string());
+                    run.refused.lock().expect("refused").push(host.to_string());
+                    self.reporter.event(&Event::HostFinished {
+                        host: host.to_string(),
+                        phase,
+                        ok: false,
+                        duration: started.elapsed(),
+                        step: Some(step.kind),
+                        error: Some(refused.to_string()),
+                        drained: false,
+                    });
+                    self.flush_journal(plan, host, &mut pending).await;
+                    return false;
+                }
+                out = true;
+            }
+            if step.kind == StepKind::Restart {
+                progress.restart_began = true;
+            }
+            if step.kind == StepKind::Drain {
+                // Written before draining: a run that dies from here on
+                // leaves a journal saying the host may be out.
+                pending.push(self.journal_entry(plan, "drained", None));
+                self.flush_journal(plan, host, &mut pending).await;
+            }
+            let event = journal_event(step.kind).filter(|_| step.kind != StepKind::Drain);
+            let on_host = matches!(step.action, Action::Remote { .. } | Action::Upload { .. });
+            let chained = match (event, on_host) {
+                (Some(event), true) => {
+                    let mut entries = std::mem::take(&mut pending);
+                    entries.push(self.journal_entry(plan, event, None));
+                    Some(plan.bookkeeping.layout.journal(&entries))
+                }
+                _ => None,
+            };
+            let chained_now = chained.is_some();
+            match self.step_then(host, step, chained).await {
+                Err(failure) if step.kind == StepKind::Drain => {
+                    // A drain that failed may have taken the host out of
+                    // some load balancers already: put it back below.
+                    drained = true;
+                    run.book.update(host, |r| r.drained = true);
+                    failed = Some((step.kind, failure));
+                    break;
+                }
+                Ok(()) => {
+                    match step.kind {
+                        StepKind::Drain => {
+                            drained = true;
+                            run.book.update(host, |r| r.drained = true);
+                        }
+                        StepKind::Switch => {
+                            progress.switched = true;
+                            let now = target.clone();
+                            run.book.update(host, |r| r.now = now);
+                        }
+                        StepKind::Restart => progress.restarted = true,
+                        StepKind::Health => progress.healthy = true,
+                        StepKind::Enable => {
+                            drained = false;
+                            run.book.update(host, |r| r.drained = false);
+                        }
+                        _ => {}
+                    }
+                    if let (Some(event), false) = (event, chained_now) {
+                        pending.push(self.journal_entry(plan, event, None));
+                    }
+                }
+                Err(failure) => {
+                    progress.enable_failed = step.kind == StepKind::Enable;
+                    failed = Some((step.kind, failure));
+                    break;
+                }
+            }
+        }
+        // Without a restart step, the switch is what changes the host.
+        if progress.switched && !pipeline.steps.iter().any(|s| s.kind == StepKind::Restart) {
+            progress.restart_began = true;
+            progress.restarted = true;
+        }
+        progress.interrupted = failed.as_ref().is_some_and(|(_, f)| f.interrupted);
+
+        if drained {
+            let release = if progress.switched { &target } else { &running };
+            let release = release
+                .as_ref()
+                .map_or("its release".into(), ToString::to_string);
+            let decision = decide(progress, direction, &release, before.is_some());
+            if self
+                .put_back(run, pipeline, &decision, before.as_ref())
+                .await
+            {
+                drained = false;
+                run.book.update(host, |r| r.drained = false);
+                if decision == PutBack::SwitchBack {
+                    run.book.update(host, |r| r.now = r.before.clone());
+                }
+                pending.push(self.journal_entry(plan, "enabled", None));
+            }
+        }
+        let ok = failed.is_none();
+        if out {
+            // Back in service (enabled; without a load balancer, healthy or
+            // never switched), or out for good: the budget must know.
+            let enables = pipeline.steps.iter().any(|s| s.kind == StepKind::Enable);
+            let back = if enables {
+                !drained
+            } else {
+                ok || !progress.switched
+            };
+            if back {
+                run.budget.put_back(host);
+            } else {
+                run.budget.stuck(host);
+            }
+        }
+        if ok && role == Role::Rolling {
+            let event = match direction {
+                Direction::Forward => "rolled-out",
+                Direction::Undo => "rolled-back",
+            };
+            pending.push(self.journal_entry(plan, event, None));
+        }
+        self.flush_journal(plan, host, &mut pending).await;
+
+        let elapsed = started.elapsed();
+        self.reporter.event(&Event::HostFinished {
+            host: host.to_string(),
+            phase,
+            ok,
+            duration: elapsed,
+            step: failed.as_ref().map(|(step, _)| *step),
+            error: failed.as_ref().map(|(_, f)| f.error.clone()),
+            drained,
+        });
+        run.book.update(host, |r| {
+            r.elapsed += elapsed;
+            if role != Role::Rolling && role != Role::Prepare {
+                // Cleanup or marking trouble is reported by its step, and
+                // does not change what the host runs.
+                return;
+            }
+            r.lost = failed.as_ref().is_some_and(|(_, f)| f.lost);
+            match (&failed, direction) {
+                (Some((step, failure)), Direction::Forward) => {
+                    r.result = Some(HostResult::Failed {
+                        step: *step,
+                        error: failure.error.clone(),
+                        interrupted: failure.interrupted,
+                    });
+                }
+                (Some((step, failure)), Direction::Undo) => {
+                    r.result = Some(HostResult::Failed {
+                        step: *step,
+                        error: format!("rolling back: {}", failure.error),
+                        interrupted: failure.interrupted,
+                    });
+                }
+                (None, Direction::Forward) if role == Role::Rolling => {
+                    r.result = Some(HostResult::Done);
+                }
+                (None, Direction::Undo) if role == Role::Rolling => {
+                    // A host that failed keeps its failure; one that had
+                    // succeeded was rolled back because of others.
+                    if !matches!(r.result, Some(HostResult::Failed { .. })) {
+                        r.result = Some(HostResult::RolledBack);
+                    }
+                }
+                (None, _) => {}
+            }
+        });
+        ok
+    }
+
+    /// Carries out a put-back decision. True if the host is back.
+    async fn put_back(
+        &self,
+        run: &RunCtx<'_>,
+        pipeline: &Pipeline,
+        decision: &PutBack,
+        before: Option<&ReleaseId>,
+    ) -> bool {
+        let host = pipeline.host.as_str();
+        let Some(enable) = pipeline.steps.iter().find(|s| s.kind == StepKind::Enable) else {
+            return false;
+        };
+        match decision {
+            PutBack::Enable(why) => self.note(Some(host), why),
+            PutBack::SwitchBack => {
+                let Some(before) = before else {
+                    return false;
+                };
+                self.note(
+                    Some(host),
+                    &format!(
+                        "switching current back to {before} (it was never restarted, so it still runs {before}), then putting it back"
+                    ),
+                );
+                let back = Step {
+                    kind: StepKind::Switch,
+                    action: Action::Remote {
+                        cmd: run.plan.bookkeeping.layout.switch(before),
+                    },
+                };
+                if self.step(host, &back).await.is_err() {
+                    self.note(
+                        Some(host),
+                        "left out of the load balancer: switching current back failed",
+                    );
+                    return false;
+                }
+            }
+            PutBack::LeaveOut(why) => {
+                self.note(Some(host), why);
+                return false;
+            }
+        }
+        self.step(host, enable).await.is_ok()
+    }
+
+    /// Runs stand-alone pipelines (repairs before a run) and returns the
+    /// hosts whose pipeline succeeded.
+    pub async fn run_pipelines(&self, phase: Phase, pipelines: &[Pipeline]) -> Vec<String> {
+        if pipelines.is_empty() {
+            return Vec::new();
+        }
+        self.reporter.event(&Event::PhaseStarted {
+            phase,
+            hosts: pipelines.iter().map(|p| p.host.clone()).collect(),
+        });
+        let results = futures::future::join_all(pipelines.iter().map(|p| async move {
+            for step in &p.steps {
+                if self.step(&p.host, step).await.is_err() {
+                    return None;
+                }
+            }
+            Some(p.host.clone())
+        }))
+        .await;
+        results.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(
+        switched: bool,
+        restarted: bool,
+        healthy: bool,
+        enable_failed: bool,
+        interrupted: bool,
+    ) -> Progress {
+        Progress {
+            switched,
+            restart_began: restarted,
+            restarted,
+            healthy,
+            enable_failed,
+            interrupted,
+            was_out: false,
+        }
+    }
+
+    #[test]
+    fn an_undo_never_puts_back_a_host_still_on_the_release_that_failed() {
+        let failed_host = Progress {
+            was_out: true,
+            ..Progress::default()
+        };
+        assert_eq!(
+            decide(failed_host, Direction::Undo, "R", true),
+            PutBack::LeaveOut(
+                "left out of the load balancer: it still runs R, which did not prove healthy"
+                    .into()
+            )
+        );
+        // One that served the new release well until the undo drained it.
+        assert!(matches!(
+            decide(Progress::default(), Direction::Undo, "R", true),
+            PutBack::Enable(_)
+        ));
+    }
+
+    #[test]
+    fn the_put_back_rule() {
+        use Direction::{Forward, Undo};
+        let d = |progress, direction| decide(progress, direction, "R", true);
+        assert!(matches!(
+            d(p(false, false, false, false, true), Forward),
+            PutBack::Enable(_)
+        ));
+        assert!(matches!(
+            d(p(false, false, false, false, false), Undo),
+            PutBack::Enable(_)
+        ));
+        // Stopped between switch and restart: back to the old link.
+        assert_eq!(
+            d(p(true, false, false, false, true), Forward),
+            PutBack::SwitchBack
+        );
+        assert_eq!(
+            d(p(true, false, false, false, false), Forward),
+            PutBack::SwitchBack
+        );
+        // ...unless there is nothing to go back to.
+        assert!(matches!(
+            decide(p(true, false, false, false, true), Forward, "R", false),
+            PutBack::LeaveOut(_)
+        ));
+        // Healthy, but the enable failed: once more.
+        assert!(matches!(
+            d(p(true, true, true, true, false), Forward),
+            PutBack::Enable(_)
+        ));
+        // Did not prove healthy: stays out.
+        assert_eq!(
+            d(p(true, true, false, false, false), Forward),
+            PutBack::LeaveOut(
+                "left out of the load balancer: it runs R, which did not prove healthy".into()
+            )
+        );
+        assert!(matches!(
+            d(p(true, true, false, false, true), Forward),
+            PutBack::LeaveOut(_)
+        ));
+        // Back on the release it served before: the balancer judges.
+        assert!(matches!(
+            d(p(true, true, false, false, false), Undo),
+            PutBack::Enable(_)
+        ));
+        assert!(matches!(
+            d(p(true, false, false, false, false), Undo),
+            PutBack::LeaveOut(_)
+        ));
+        assert!(matches!(
+            d(p(true, true, false, false, true), Undo),
+            PutBack::LeaveOut(_)
+        ));
+        // A restart that began and failed: its app may be half-way; it
+        // stays out (the failure policy decides what comes next).
+        let failed_restart = Progress {
+            switched: true,
+            restart_began: true,
+            ..Progress::default()
+        };
+        assert!(matches!(d(failed_restart, Forward), PutBack::LeaveOut(_)));
+    }
+}

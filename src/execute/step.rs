@@ -1,0 +1,393 @@
+//! Performing one step of a pipeline (a command on a host or on this
+//! machine, an HTTP health check, a load balancer action) and judging how
+//! it ended. Every step is announced and concluded by an event, and its
+//! output is passed on line by line.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Executor, health};
+use crate::lb::LbOp;
+use crate::plan::{Action, Step, StepKind};
+use crate::report::{Event, Reporter};
+use crate::transport::{
+    self, ExecObserver, ExecRequest, Output, Stream, Transport, TransportError,
+};
+
+/// Why a step failed, for the event stream and the summary.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Failure {
+    /// Short: `exit status 3`, `timed out`, `connection lost`.
+    pub result: String,
+    /// Everything the user needs: command, status, stderr tail.
+    pub error: String,
+    pub interrupted: bool,
+    /// The command's exit status, if it ran to the end.
+    pub exit_code: Option<u32>,
+    pub stderr_tail: Option<String>,
+    /// The host could not be reached: its connection is gone.
+    pub lost: bool,
+}
+
+impl Failure {
+    pub fn interrupted(why: &str) -> Failure {
+        Failure {
+            result: "interrupted".into(),
+            error: why.into(),
+            interrupted: true,
+            ..Failure::default()
+        }
+    }
+}
+
+/// A step that succeeded: its short result (`ok`, `ok (3 tries)`) and, for
+/// a command, its exit status.
+pub(super) struct Success {
+    pub result: String,
+    pub exit_code: Option<u32>,
+}
+
+impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    pub(super) async fn step(&self, host: &str, step: &Step) -> Result<(), Failure> {
+        self.step_then(host, step, None).await
+    }
+
+    /// Runs a step; `then` (bookkeeping on the same host) is chained to its
+    /// command when it has one, so both take one round trip.
+    pub(super) async fn step_then(
+        &self,
+        host: &str,
+        step: &Step,
+        then: Option<crate::shell::Cmd>,
+    ) -> Result<(), Failure> {
+        let started = Instant::now();
+        let shown = match &step.action {
+            Action::Remote { cmd } | Action::Upload { cmd } => cmd.display(),
+            Action::Local { cmd } => format!("local: {}", cmd.display()),
+            Action::Http { check } => format!("GET {}", check.url),
+            Action::Lb { lb } => lb.summary(),
+            Action::Nothing { reason } => reason.clone(),
+        };
+        self.reporter.event(&Event::StepStarted {
+            host: host.to_string(),
+            step: step.kind,
+            action: shown.clone(),
+        });
+        let result = self.perform(host, step, &shown, then).await;
+        let duration = started.elapsed();
+        let event = match &result {
+            Ok(success) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: true,
+                duration,
+                result: success.result.clone(),
+                exit_code: success.exit_code,
+                stderr_tail: None,
+                error: None,
+            },
+            Err(failure) => Event::StepFinished {
+                host: host.to_string(),
+                step: step.kind,
+                ok: false,
+                duration,
+                result: failure.result.clone(),
+                exit_code: failure.exit_code,
+                stderr_tail: failure.stderr_tail.clone(),
+                error: Some(failure.error.clone()),
+            },
+        };
+        self.reporter.event(&event);
+        result.map(|_| ())
+    }
+
+    async fn perform(
+        &self,
+        host: &str,
+        step: &Step,
+        shown: &str,
+        then: Option<crate::shell::Cmd>,
+    ) -> Result<Success, Failure> {
+        let observer = StepObserver {
+            reporter: self.reporter,
+            host,
+            step: step.kind,
+            total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
+            partial: Mutex::default(),
+        };
+        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| match stdin {
+            // Secrets travel on stdin: a command line shows in `ps` on the host.
+            None if cmd.has_secrets() => ExecRequest {
+                command: "sh -s".into(),
+                stdin: Some(Bytes::from(format!("{}\n", cmd.render()))),
+                timeout: self.command_timeout,
+            },
+            stdin => ExecRequest {
+                command: cmd.render(),
+                stdin,
+                timeout: self.command_timeout,
+            },
+        };
+        let output = match &step.action {
+            Action::Nothing { .. } => {
+                return Ok(Success {
+                    result: "skipped".into(),
+                    exit_code: None,
+                });
+            }
+            Action::Http { check } => {
+                return match health::wait_healthy(&self.http, check, &self.hurry).await {
+                    Ok(tries) => Ok(Success {
+                        result: format!("ok ({tries} tr{})", if tries == 1 { "y" } else { "ies" }),
+                        exit_code: None,
+                    }),
+                    Err(why) if self.hurry.is_cancelled() => Err(Failure::interrupted(&why)),
+                    Err(why) => Err(Failure {
+                        result: "unhealthy".into(),
+                        error: why,
+                        ..Failure::default()
+                    }),
+                };
+            }
+            Action::Lb { lb } => {
+                let reach = super::lb::Reach {
+                    transport: self.transport,
+                    local: self.local,
+                };
+                let ctx = crate::lb::LbCtx {
+                    remote: &reach,
+                    observer: &observer,
+                    command_timeout: self.command_timeout,
+                    // Draining and waiting for a host to serve are waits: a
+                    // second Ctrl-C cuts them short.
+                    cancel: &self.hurry,
+                };
+                let done = match lb.op {
+                    LbOp::Drain => lb.driver.drain(&ctx, &lb.member).await,
+                    LbOp::Enable => lb.driver.enable(&ctx, &lb.member).await,
+                };
+                observer.flush();
+                let done = done.map_err(|e| Failure {
+                    result: e.result,
+                    error: e.error,
+                    interrupted: e.interrupted,
+                    ..Failure::default()
+                })?;
+                for warning in &done.warnings {
+                    self.note(Some(host), warning);
+                }
+                return Ok(Success {
+                    result: done.result,
+                    exit_code: None,
+                });
+            }
+            Action::Remote { cmd } => {
+                let cmd = chain(cmd, then);
+                self.transport
+                    .exec(host, request(&cmd, None), &observer)
+                    .await
+            }
+            Action::Upload { cmd } => {
+                let archive = self.archive.clone().unwrap_or_default();
+                let cmd = chain(cmd, then);
+                self.transport
+                    .exec(host, request(&cmd, Some(archive)), &observer)
+                    .await
+            }
+            Action::Local { cmd } => {
+                self.local
+                    .exec("local", request(cmd, None), &observer)
+                    .await
+            }
+        };
+        observer.flush();
+        judge(shown, output)
+    }
+}
+
+/// `cmd`, followed by `then` if there is one.
+fn chain(cmd: &crate::shell::Cmd, then: Option<crate::shell::Cmd>) -> crate::shell::Cmd {
+    match then {
+        Some(next) => cmd.clone().then(next),
+        None => cmd.clone(),
+    }
+}
+
+/// A command's outcome as a step result.
+pub(super) fn judge(
+    shown: &str,
+    output: Result<Output, TransportError>,
+) -> Result<Success, Failure> {
+    let exit_code = |out: &Output| match out.exit {
+        transport::Exit::Code(code) => Some(code),
+        _ => None,
+    };
+    match output {
+        Ok(out) if out.exit.success() => Ok(Success {
+            result: "ok".into(),
+            exit_code: exit_code(&out),
+        }),
+        Ok(out) => {
+            let tail = out.stderr_tail(8);
+            let stdout = out.stdout_text();
+            let mut error = format!("`{shown}` ended with {}", out.exit);
+            if tail.is_empty() {
+                let out_tail = transport::tail(stdout.as_bytes(), 4);
+                if out_tail.is_empty() {
+                    error.push_str(" (no output)");
+                } else {
+                    error.push_str(&format!("; stdout:\n{out_tail}"));
+                }
+            } else {
+                error.push_str(&format!("; stderr:\n{tail}"));
+            }
+            Err(Failure {
+                result: out.exit.to_string(),
+                error,
+                exit_code: exit_code(&out),
+                stderr_tail: (!tail.is_empty()).then_some(tail),
+                ..Failure::default()
+            })
+        }
+        Err(e) => Err(Failure {
+            result: match &e {
+                TransportError::Timeout { .. } => "timed out".into(),
+                TransportError::Disconnected { .. } => "connection lost".into(),
+                _ => "error".into(),
+            },
+            error: match &e {
+                // The transport names the rendered command line, which holds
+                // secret values and whole scripts: name the shown one.
+                TransportError::Timeout { host, after, .. } => format!(
+                    "{host}: `{shown}` timed out after {}",
+                    humantime::format_duration(*after)
+                ),
+                _ => e.to_string(),
+            },
+            lost: matches!(
+                e,
+                TransportError::Disconnected { .. } | TransportError::NotConnected { .. }
+            ),
+            ..Failure::default()
+        }),
+    }
+}
+
+/// Turns transport callbacks into events.
+struct StepObserver<'a> {
+    reporter: &'a dyn Reporter,
+    host: &'a str,
+    step: StepKind,
+    total: u64,
+    /// Per stream, the start of a line whose end has not arrived yet:
+    /// output comes in chunks that may end mid-line.
+    partial: Mutex<[Vec<u8>; 2]>,
+}
+
+/// A line longer than this is passed on in pieces rather than held.
+const MAX_LINE: usize = 64 * 1024;
+
+impl StepObserver<'_> {
+    fn line(&self, stream: Stream, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        self.reporter.event(&Event::Output {
+            host: self.host.to_string(),
+            step: self.step,
+            stream: match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            },
+            line: String::from_utf8_lossy(bytes).into_owned(),
+        });
+    }
+
+    /// Passes on what is left of unterminated lines once the command ended.
+    fn flush(&self) {
+        let rest = std::mem::take(&mut *self.partial.lock().expect("output buffer"));
+        for (stream, bytes) in [Stream::Stdout, Stream::Stderr].into_iter().zip(rest) {
+            if !bytes.is_empty() {
+                self.line(stream, &bytes);
+            }
+        }
+    }
+}
+
+impl ExecObserver for StepObserver<'_> {
+    fn stdin_progress(&self, sent: u64) {
+        if self.step != StepKind::Upload {
+            return;
+        }
+        self.reporter.event(&Event::UploadProgress {
+            host: self.host.to_string(),
+            sent,
+            total: self.total,
+        });
+    }
+
+    fn output(&self, stream: Stream, data: &[u8]) {
+        let lines: Vec<Vec<u8>> = {
+            let mut partial = self.partial.lock().expect("output buffer");
+            let buffer = &mut partial[match stream {
+                Stream::Stdout => 0,
+                Stream::Stderr => 1,
+            }];
+            buffer.extend_from_slice(data);
+            let mut lines = Vec::new();
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = buffer.drain(..=end).collect();
+                line.pop();
+                lines.push(line);
+            }
+            if buffer.len() > MAX_LINE {
+                lines.push(std::mem::take(buffer));
+            }
+            lines
+        };
+        for line in lines {
+            self.line(stream, &line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Recording;
+
+    #[test]
+    fn output_is_passed_on_in_whole_lines() {
+        let recording = Recording::default();
+        let observer = StepObserver {
+            reporter: &recording,
+            host: "web1",
+            step: StepKind::Restart,
+            total: 0,
+            partial: Mutex::default(),
+        };
+        observer.output(Stream::Stdout, b"one\ntw");
+        observer.output(Stream::Stderr, b"err\r\n");
+        observer.output(Stream::Stdout, b"o\n\nthr");
+        observer.output(Stream::Stdout, b"ee");
+        observer.flush();
+        let lines: Vec<(&str, String)> = recording
+            .events()
+            .into_iter()
+            .map(|e| match e {
+                Event::Output { stream, line, .. } => (stream, line),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("stdout", "one".to_string()),
+                ("stderr", "err".to_string()),
+                ("stdout", "two".to_string()),
+                ("stdout", String::new()),
+                ("stdout", "three".to_string()),
+            ]
+        );
+    }
+}

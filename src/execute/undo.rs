@@ -1,0 +1,158 @@
+//! Undoing a failed deploy: every host this run switched goes back to the
+//! release it ran before, through the same pipeline (drain, switch back,
+//! restart, health check, enable), in batches cut by the plan's shape
+//! (steady size, no canary, no watch), the failed batch first, and within
+//! the same capacity budget. A batch that fails stops the undo: no further
+//! host is taken out, so an undo never makes things worse than the batch
+//! that failed. Then the release is marked bad where it was unpacked.
+
+use super::Executor;
+use super::pipeline::{Direction, RunCtx};
+use crate::plan::Pipeline;
+use crate::plan::shape::{self, Candidate};
+use crate::report::Phase;
+use crate::transport::Transport;
+
+/// How an undo went.
+pub(super) struct Undone {
+    /// Hosts that could not be returned to their previous release.
+    pub failed: Vec<String>,
+}
+
+impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    /// Returns every host this run switched to its previous release; `None`
+    /// if no host had been switched.
+    pub(super) async fn undo(&self, run: &RunCtx<'_>) -> Option<Undone> {
+        let plan = run.plan;
+        let mut order: Vec<(usize, String)> = run
+            .book
+            .switched_to(&plan.release)
+            .into_iter()
+            .map(|(h, r)| (r.batch.unwrap_or(0), h))
+            .collect();
+        if order.is_empty() {
+            return None;
+        }
+        // The failed batch first, then back through the earlier ones.
+        order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut failed = Vec::new();
+        let mut pipelines: Vec<&Pipeline> = Vec::new();
+        for (_, host) in &order {
+            match plan.undo.iter().find(|p| &p.host == host) {
+                Some(p) => pipelines.push(p),
+                None => {
+                    self.note(
+                        Some(host),
+                        "cannot be rolled back: it had no previous release; left on the new one",
+                    );
+                    failed.push(host.clone());
+                }
+            }
+        }
+        let candidates: Vec<Candidate> = pipelines
+            .iter()
+            .map(|p| Candidate {
+                host: p.host.clone(),
+                zone: plan.host(&p.host).and_then(|h| h.zone.clone()),
+                out: run.budget.is_out(&p.host),
+                // Returning it to its previous release puts it back.
+                returns: true,
+            })
+            .collect();
+        let elsewhere: Vec<String> = run
+            .budget
+            .out()
+            .into_iter()
+            .filter(|h| !candidates.iter().any(|c| &c.host == h))
+            .collect();
+        let batches = match shape::batches(&candidates, &plan.shape.for_undo(), &elsewhere) {
+            Ok(batches) => batches,
+            Err(no_room) => {
+                self.note(None, &format!("cannot roll back: {no_room}"));
+                Vec::new()
+            }
+        };
+        let total = batches.len();
+        for (i, batch) in batches.iter().enumerate() {
+            if self.hurry.is_cancelled() {
+                break;
+            }
+            let batch: Vec<Pipeline> = batch
+                .hosts
+                .iter()
+                .filter_map(|h| pipelines.iter().find(|p| &p.host == h))
+                .map(|p| (*p).clone())
+                .collect();
+            let stuck = self
+                .phase(
+                    run,
+                    Phase::Undo {
+                        number: i + 1,
+                        of: total,
+                    },
+                    &batch,
+                    Direction::Undo,
+                )
+                .await;
+            if stuck.is_empty() {
+                continue;
+            }
+            // A host that cannot be reached says nothing about the release
+            // the others go back to: it keeps its room, the undo goes on.
+            // Any other failure stops it: going on would take more hosts
+            // out into the same failure.
+            let unreachable = stuck
+                .iter()
+                .all(|h| run.book.get(h).is_some_and(|r| r.lost));
+            failed.extend(stuck.iter().cloned());
+            if i + 1 == total {
+                break;
+            }
+            if unreachable {
+                self.note(
+                    None,
+                    &format!(
+                        "{} cannot be reached and stays out of service; rolling back the others",
+                        stuck.join(", ")
+                    ),
+                );
+            } else {
+                self.note(
+                    None,
+                    &format!(
+                        "rollback batch {} of {total} failed on {}; no further host is taken out of service",
+                        i + 1,
+                        stuck.join(", ")
+                    ),
+                );
+                break;
+            }
+        }
+        for (host, _) in run.book.switched_to(&plan.release) {
+            if !failed.contains(&host) {
+                failed.push(host);
+            }
+        }
+        let marks: Vec<Pipeline> = plan
+            .undo_finish
+            .iter()
+            .filter(|p| run.book.get(&p.host).is_some_and(|r| r.touched))
+            .cloned()
+            .collect();
+        if !marks.is_empty() {
+            self.phase(run, Phase::Finish, &marks, Direction::Undo)
+                .await;
+        }
+        if !failed.is_empty() {
+            failed.sort();
+            self.note(
+                None,
+                &format!(
+                    "the rollback did not complete on {}; see their steps above",
+                    failed.join(", ")
+                ),
+            );
+        }
+        Some(Undone { failed })
+    }
+}

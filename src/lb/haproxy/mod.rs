@@ -1,0 +1,415 @@
+//! `driver = "haproxy"`: shipit speaks HAProxy's runtime API itself, to
+//! every HAProxy of the stage at once (an HA pair is a list in `via` or
+//! `socket`).
+//!
+//! - A drain sets the server to `drain`, polls `show stat` until HAProxy
+//!   counts no session and no queued request on it (or `drain_timeout`
+//!   passes: a warning, or a failure with `drain_timeout_action = "fail"`),
+//!   then sets `maint` so its health checks do not flap while it restarts.
+//! - An enable sets `ready` and polls until HAProxy's own health check
+//!   reports the server plain `UP` (after `maint`, HAProxy shows "UP 1/2"
+//!   until one check passed), bounded by `enable_timeout`. So traffic
+//!   really flows to a host again before the next batch drains another.
+//! - The preflight reads `show servers state`: every server the run
+//!   touches must exist on every HAProxy, and servers found in maintenance,
+//!   draining or DOWN count as out of service.
+//!
+//! A runtime API request that cannot be carried (the socket refused, the
+//! relay host's connection dropped) is retried until the step's timeout;
+//! an answer from HAProxy that refuses a request is final.
+//!
+//! `api` builds the request lines and reads the answers (no I/O),
+//! `socket` carries them, `config` reads the `[lb]` keys.
+
+pub mod api;
+mod config;
+pub mod socket;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use self::api::{Request, ServerStat, State};
+pub use self::socket::{AdminSocket, Balancer};
+use super::{
+    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
+    ServiceState, Via, human,
+};
+use crate::config::Template;
+
+pub const SPEC: DriverSpec = DriverSpec {
+    name: "haproxy",
+    keys: &["socket", "via", "backend", "server", "enable_timeout"],
+    parse: config::parse,
+};
+
+/// How often HAProxy is asked about a server while shipit waits.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Haproxy {
+    /// One entry per HAProxy; every one is drained and enabled.
+    pub balancers: Vec<Balancer>,
+    pub backend: String,
+    /// The server's name in the backend; renders to a valid HAProxy name
+    /// for every host of the stage (checked when the file is loaded).
+    #[serde(skip)]
+    pub server: Template,
+    #[serde(serialize_with = "super::millis")]
+    pub drain_timeout: Duration,
+    pub drain_timeout_action: OnTimeout,
+    #[serde(serialize_with = "super::millis")]
+    pub enable_timeout: Duration,
+}
+
+impl Haproxy {
+    /// `local:/run/haproxy/admin.sock` or `lb1:/run/a.sock, lb2:/run/a.sock`.
+    fn balancer_list(&self) -> String {
+        self.balancers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Haproxy {
+    fn name(&self) -> &'static str {
+        "haproxy"
+    }
+
+    fn member(&self, host: &HostRef<'_>) -> Member {
+        Member {
+            host: host.vars.name.clone(),
+            server: self.server.render_plain(host.vars),
+            commands: BTreeMap::new(),
+        }
+    }
+
+    fn ssh_hosts(&self) -> Vec<&Via> {
+        self.balancers
+            .iter()
+            .map(|b| &b.via)
+            .filter(|v| **v != Via::Local)
+            .collect()
+    }
+
+    fn summary(&self, op: LbOp, member: &Member) -> String {
+        format!(
+            "haproxy {}: {} {}/{}",
+            self.balancer_list(),
+            match op {
+                LbOp::Drain => "drain",
+                LbOp::Enable => "enable",
+            },
+            self.backend,
+            member.server
+        )
+    }
+
+    fn describe(&self, op: LbOp, member: &Member) -> String {
+        let target = format!("{}/{}", self.backend, member.server);
+        let list = self.balancer_list();
+        match op {
+            LbOp::Drain => format!(
+                "haproxy {list}: set server {target} state drain; wait until 0 sessions (≤{}, then {}); set state maint",
+                human(self.drain_timeout),
+                self.drain_timeout_action.as_str()
+            ),
+            LbOp::Enable => format!(
+                "haproxy {list}: set server {target} state ready; wait until HAProxy's check reports UP (≤{})",
+                human(self.enable_timeout)
+            ),
+        }
+    }
+
+    async fn preflight(&self, ctx: &LbCtx<'_>, members: &[Member]) -> Preflight {
+        let request = match Request::servers_state(&self.backend) {
+            Ok(request) => request,
+            Err(e) => {
+                return Preflight {
+                    problems: vec![format!("haproxy: {e}")],
+                    ..Preflight::default()
+                };
+            }
+        };
+        let request = &request;
+        let answers = join_all(self.balancers.iter().map(|b| async move {
+            let answer = socket::ask(ctx.remote, b, request).await.and_then(|a| {
+                api::parse_servers_state(&a).map_err(|e| format!("haproxy {b}: `{request}`: {e}"))
+            });
+            (b, answer)
+        }))
+        .await;
+        let mut out = Preflight::default();
+        for (balancer, answer) in answers {
+            let known = match answer {
+                Ok(known) => known,
+                Err(e) => {
+                    out.problems.push(e);
+                    continue;
+                }
+            };
+            let missing: Vec<&str> = members
+                .iter()
+                .filter(|m| !known.iter().any(|k| k.server == m.server))
+                .map(|m| m.server.as_str())
+                .collect();
+            if !missing.is_empty() {
+                let has: Vec<&str> = known.iter().map(|k| k.server.as_str()).collect();
+                out.problems.push(format!(
+                    "haproxy {balancer}: backend {} has no server {} (it has {}); check lb.server and the backend's `server` lines",
+                    self.backend,
+                    missing.join(", "),
+                    if has.is_empty() {
+                        "none".to_string()
+                    } else {
+                        has.join(", ")
+                    }
+                ));
+            }
+            for member in members {
+                let Some(k) = known.iter().find(|k| k.server == member.server) else {
+                    continue;
+                };
+                let state = k.service_state();
+                let worst = out.states.entry(member.host.clone()).or_insert(state);
+                if state != ServiceState::InService && *worst == ServiceState::InService {
+                    *worst = state;
+                }
+            }
+        }
+        out
+    }
+
+    async fn drain(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+        let results = join_all(
+            self.balancers
+                .iter()
+                .map(|b| self.drain_one(ctx, member, b)),
+        )
+        .await;
+        let mut done = Done::ok();
+        let mut errors = Vec::new();
+        for result in results {
+            match result {
+                Ok(Some(warning)) => done.warnings.push(warning),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(LbError {
+                result: "failed".into(),
+                error: errors.join("\n"),
+                interrupted: ctx.cancel.is_cancelled(),
+            });
+        }
+        if !done.warnings.is_empty() {
+            done.result = "ok, sessions left".into();
+        }
+        Ok(done)
+    }
+
+    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+        let results = join_all(
+            self.balancers
+                .iter()
+                .map(|b| self.enable_one(ctx, member, b)),
+        )
+        .await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(Done::ok())
+        } else {
+            Err(LbError::failed(errors.join("\n")))
+        }
+    }
+
+    async fn states(
+        &self,
+        ctx: &LbCtx<'_>,
+        members: &[Member],
+    ) -> Result<BTreeMap<String, ServiceState>, String> {
+        let mut states = BTreeMap::new();
+        for balancer in &self.balancers {
+            let stats = self.stats(ctx, balancer).await?;
+            for member in members {
+                let state = stats
+                    .iter()
+                    .find(|s| s.backend == self.backend && s.server == member.server)
+                    .map_or(ServiceState::Unknown, ServerStat::service_state);
+                let worst = states.entry(member.host.clone()).or_insert(state);
+                if state != ServiceState::InService && *worst == ServiceState::InService {
+                    *worst = state;
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl Haproxy {
+    /// drain → wait for no sessions → maint, on one load balancer. Ok with
+    /// a warning if sessions were left and that is allowed.
+    async fn drain_one(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        b: &Balancer,
+    ) -> Result<Option<String>, String> {
+        let target = format!("{}/{}", self.backend, member.server);
+        let deadline = Instant::now() + self.drain_timeout;
+        self.set_state(ctx, member, b, State::Drain, deadline)
+            .await?;
+        let mut warning = None;
+        loop {
+            let stat = self.server_stat(ctx, member, b, deadline).await?;
+            if stat.is_idle() {
+                break;
+            }
+            if ctx.cancel.is_cancelled() {
+                return Err(format!(
+                    "haproxy {b}: interrupted while {target} still had {} session(s)",
+                    stat.scur + stat.qcur
+                ));
+            }
+            if Instant::now() >= deadline {
+                let left = format!(
+                    "haproxy {b}: {target} still has {} session(s){} after {}",
+                    stat.scur,
+                    if stat.qcur > 0 {
+                        format!(" and {} queued request(s)", stat.qcur)
+                    } else {
+                        String::new()
+                    },
+                    humantime::format_duration(self.drain_timeout)
+                );
+                match self.drain_timeout_action {
+                    OnTimeout::Warn => {
+                        warning = Some(format!(
+                            "{left}; restarting anyway (lb.drain_timeout_action = \"warn\")"
+                        ));
+                        break;
+                    }
+                    OnTimeout::Fail => {
+                        return Err(format!("{left} (lb.drain_timeout_action = \"fail\")"));
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = ctx.cancel.cancelled() => {}
+            }
+        }
+        // The maint that follows must not be cut short by the deadline.
+        let settle = Instant::now() + socket::ANSWER_TIMEOUT;
+        self.set_state(ctx, member, b, State::Maint, settle).await?;
+        Ok(warning)
+    }
+
+    /// ready → wait until HAProxy's own check says UP, on one load balancer.
+    async fn enable_one(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        b: &Balancer,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + self.enable_timeout;
+        self.set_state(ctx, member, b, State::Ready, deadline)
+            .await?;
+        loop {
+            let stat = self.server_stat(ctx, member, b, deadline).await?;
+            if stat.is_up() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "haproxy {b}: {}/{} is {} after {}, not UP; check that HAProxy's health check reaches the host (lb.enable_timeout)",
+                    self.backend,
+                    member.server,
+                    stat.describe(),
+                    humantime::format_duration(self.enable_timeout)
+                ));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn set_state(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        b: &Balancer,
+        state: State,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let request = Request::set_state(&self.backend, &member.server, state)
+            .map_err(|e| format!("haproxy {b}: {e}"))?;
+        let answer = retrying(deadline, || socket::ask(ctx.remote, b, &request)).await?;
+        api::set_state_answer(&answer).map_err(|e| format!("haproxy {b}: `{request}`: {e}"))
+    }
+
+    async fn server_stat(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        b: &Balancer,
+        deadline: Instant,
+    ) -> Result<ServerStat, String> {
+        let stats = retrying(deadline, || self.stats(ctx, b)).await?;
+        stats
+            .into_iter()
+            .find(|s| s.backend == self.backend && s.server == member.server)
+            .ok_or_else(|| {
+                format!(
+                    "haproxy {b}: backend {} has no server {} (any more)",
+                    self.backend, member.server
+                )
+            })
+    }
+
+    async fn stats(&self, ctx: &LbCtx<'_>, b: &Balancer) -> Result<Vec<ServerStat>, String> {
+        let answer = socket::ask(ctx.remote, b, &Request::ServerStats).await?;
+        api::parse_stat(&answer)
+            .map_err(|e| format!("haproxy {b}: `{}`: {e}", Request::ServerStats))
+    }
+}
+
+/// Runs `attempt` until it succeeds or `deadline` passes: a request that
+/// could not be carried is tried again; the last error is the answer.
+async fn retrying<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() + POLL_INTERVAL >= deadline => {
+                return Err(if tries > 1 {
+                    format!("{e} ({tries} tries)")
+                } else {
+                    e
+                });
+            }
+            Err(e) => {
+                tracing::debug!("haproxy request failed, trying again: {e}");
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

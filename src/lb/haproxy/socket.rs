@@ -1,0 +1,129 @@
+//! Carrying one runtime API request to an HAProxy admin socket and its
+//! answer back:
+//!
+//! - reached from the machine running shipit (`via = "local"`), shipit
+//!   connects to the UNIX or TCP socket itself;
+//! - reached through a host (`via = "lb1"` or `"user@lb1"`), the request is
+//!   piped into `socat` (or `nc`) on that host over its SSH connection
+//!   ([`super::api::relay`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::api::{Request, relay};
+use crate::lb::{Remote, Via};
+use crate::transport::{ExecRequest, Quiet};
+
+/// Longest one runtime API request may take, connection included.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HAProxy admin socket (`stats socket ... level admin`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AdminSocket {
+    /// A UNIX socket path on the machine it is reached from.
+    Unix { path: String },
+    /// A TCP admin socket (`stats socket ipv4@10.0.0.5:9999 level admin`).
+    Tcp { host: String, port: u16 },
+}
+
+impl fmt::Display for AdminSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminSocket::Unix { path } => f.write_str(path),
+            AdminSocket::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            AdminSocket::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// One HAProxy instance: its admin socket and where it is reached from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Balancer {
+    pub via: Via,
+    pub socket: AdminSocket,
+}
+
+impl fmt::Display for Balancer {
+    /// `local:/run/haproxy/admin.sock`, `lb1:/run/haproxy/admin.sock`,
+    /// `local:10.0.0.5:9999`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.via, self.socket)
+    }
+}
+
+/// Sends one request to a load balancer and returns its answer. Errors
+/// name the balancer and the request.
+pub async fn ask(
+    remote: &dyn Remote,
+    balancer: &Balancer,
+    request: &Request,
+) -> Result<String, String> {
+    let line = request.line();
+    if balancer.via == Via::Local {
+        return local_socket(&balancer.socket, &line)
+            .await
+            .map_err(|e| format!("haproxy {balancer}: `{request}`: {e}"));
+    }
+    let relay = relay(&balancer.socket);
+    let exec = ExecRequest {
+        command: relay.render(),
+        stdin: Some(Bytes::from(line)),
+        timeout: Some(ANSWER_TIMEOUT),
+    };
+    match remote.exec(&balancer.via, exec, &Quiet).await {
+        Ok(out) if out.exit.success() => Ok(out.stdout_text()),
+        Ok(out) => Err(format!(
+            "haproxy {balancer}: `{request}`: `{}` on {} ended with {}: {}",
+            relay.display(),
+            balancer.via,
+            out.exit,
+            match out.stderr_tail(3) {
+                tail if tail.is_empty() => "(no output)".to_string(),
+                tail => tail,
+            }
+        )),
+        Err(e) => Err(format!("haproxy {balancer}: `{request}`: {e}")),
+    }
+}
+
+/// One exchange with a socket on this machine: the request, then the
+/// answer until HAProxy closes the connection.
+async fn local_socket(socket: &AdminSocket, line: &str) -> Result<String, String> {
+    let exchange = async {
+        match socket {
+            AdminSocket::Unix { path } => {
+                let mut stream = tokio::net::UnixStream::connect(path).await?;
+                talk(&mut stream, line).await
+            }
+            AdminSocket::Tcp { host, port } => {
+                let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                talk(&mut stream, line).await
+            }
+        }
+    };
+    match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("cannot talk to the admin socket: {e}")),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(ANSWER_TIMEOUT)
+        )),
+    }
+}
+
+async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    line: &str,
+) -> std::io::Result<String> {
+    stream.write_all(line.as_bytes()).await?;
+    // Like socat at the end of its input: HAProxy answers, then closes.
+    stream.shutdown().await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
