@@ -73,8 +73,12 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
                 let hooks = stage.hooks();
-                if let (Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
-                    (app, ssh, rollout, health, lb, env, hooks, hosts)
+                let apart = match (&hosts, &app, &ssh) {
+                    (Some(hosts), Some(app), Some(ssh)) => stage.hosts_apart(hosts, app, ssh),
+                    _ => true,
+                };
+                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
+                    (apart, app, ssh, rollout, health, lb, env, hooks, hosts)
                 {
                     stages.insert(
                         name.clone(),
