@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
-pub use validate::{RESERVED_STAGE_NAMES, parse_duration};
+pub use validate::{MAX_DURATION, RESERVED_STAGE_NAMES, parse_duration};
 
 pub use crate::lb::{AdminSocket, Balancer, OnTimeout, Via};
 
