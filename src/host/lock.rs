@@ -15,6 +15,8 @@
 //! clock, belongs to a run that died and may be broken with
 //! `--break-stale-lock`. Manual locks (`shipit STAGE lock`) have no lease.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::Layout;
@@ -22,6 +24,27 @@ use crate::shell::Cmd;
 
 /// Exit status of the lock scripts when another run holds the lock.
 pub const HELD: u32 = 4;
+
+/// How long one lock command (take, refresh, break, give back) may take on
+/// one host. A refresh that takes longer counts as not done there: that
+/// host keeps its previous heartbeat until the next round.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the holder refreshes the heartbeat: every quarter of the lease.
+pub fn refresh_period(lease: Duration) -> Duration {
+    (lease / 4).max(Duration::from_millis(500))
+}
+
+/// What a lease must leave beyond one period and one round of refreshes:
+/// the host clock counts whole seconds, and the round trips themselves.
+const LEASE_MARGIN: Duration = Duration::from_secs(6);
+
+/// The shortest lease with which a live run's lock never looks stale.
+/// Between two heartbeats on one host pass at most one period and one round
+/// of refreshes, and a round lasts as long as its slowest host (up to
+/// [`COMMAND_TIMEOUT`]): `lease - lease/4 >= COMMAND_TIMEOUT + LEASE_MARGIN`.
+pub const MIN_LEASE: Duration =
+    Duration::from_secs((COMMAND_TIMEOUT.as_secs() + LEASE_MARGIN.as_secs()) * 4 / 3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -343,6 +366,24 @@ mod tests {
         assert!(!held(1, LockKind::Deploy, "here", 99).is_stale("here", |_| true));
         // Manual locks never go stale.
         assert!(!held(999_999, LockKind::Manual, "here", 99).is_stale("here", |_| false));
+    }
+
+    /// Between two heartbeats on one host pass at most one period and one
+    /// round of refreshes, which lasts as long as its slowest host.
+    #[test]
+    fn the_shortest_lease_outlasts_a_period_and_a_slow_round() {
+        for lease in [MIN_LEASE, Duration::from_secs(60), Duration::from_secs(600)] {
+            let gap = refresh_period(lease) + COMMAND_TIMEOUT;
+            assert!(
+                lease >= gap + Duration::from_secs(5),
+                "{lease:?} leaves too little margin over {gap:?}"
+            );
+        }
+        // And it is the shortest such lease.
+        assert_eq!(
+            MIN_LEASE - refresh_period(MIN_LEASE),
+            COMMAND_TIMEOUT + LEASE_MARGIN
+        );
     }
 
     #[test]
