@@ -176,12 +176,22 @@ pub fn parse_held<'a>(lines: impl Iterator<Item = &'a str>) -> Result<HeldLock, 
     for line in lines {
         match line.split_once('\t') {
             Some(("lock-run", run)) => held.run = run.to_string(),
-            Some(("lock-age", age)) => held.age_secs = age.trim().parse().unwrap_or(u64::MAX),
+            Some(("lock-age", age)) => held.age_secs = parse_age(age),
             Some(("lock-info", info)) => held.info = serde_json::from_str(info).ok(),
             _ => return Err(format!("unexpected lock line: {line:?}")),
         }
     }
     Ok(held)
+}
+
+/// Seconds since the heartbeat, by the host's clock. A negative age means
+/// that clock stepped back since the last refresh: the heartbeat is recent,
+/// so 0. An age that cannot be read counts as stale (forever).
+fn parse_age(text: &str) -> u64 {
+    match text.trim().parse::<i64>() {
+        Ok(age) => age.max(0).unsigned_abs(),
+        Err(_) => u64::MAX,
+    }
 }
 
 impl Layout {
@@ -384,6 +394,27 @@ mod tests {
             MIN_LEASE - refresh_period(MIN_LEASE),
             COMMAND_TIMEOUT + LEASE_MARGIN
         );
+    }
+
+    /// The host's clock stepped back after the last heartbeat: the
+    /// heartbeat lies in its future, and the lock is as fresh as can be.
+    #[test]
+    fn a_heartbeat_from_the_future_is_fresh() {
+        let held = parse_held(
+            [
+                "lock-run\tr",
+                "lock-age\t-3600",
+                &format!("lock-info\t{}", info("r", LockKind::Deploy).to_line()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(held.age_secs, 0);
+        assert!(!held.is_stale("other", |_| true));
+        // Without a heartbeat file the script counts from 1970: stale.
+        let held =
+            parse_held(["lock-run\tr", "lock-age\t1780000000", "lock-info\t"].into_iter()).unwrap();
+        assert!(held.is_stale("other", |_| true));
     }
 
     #[test]
