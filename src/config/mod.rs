@@ -303,7 +303,15 @@ impl EnvVar {
             }
         };
         if value.contains('\0') {
-            return Err(format!("env.{}: the value contains a NUL byte", self.name));
+            let source = match &self.value {
+                EnvValue::FromFile(path) => format!("from_file {}", path.display()),
+                EnvValue::FromEnv(var) => format!("from_env = {var:?}"),
+                EnvValue::Literal(_) => "the value".to_string(),
+            };
+            return Err(format!(
+                "env.{}: {source} contains a NUL byte, which no environment variable can carry",
+                self.name
+            ));
         }
         Ok(if self.secret {
             crate::shell::Word::Secret(value)
