@@ -175,13 +175,34 @@ pub fn parse_held<'a>(lines: impl Iterator<Item = &'a str>) -> Result<HeldLock, 
     };
     for line in lines {
         match line.split_once('\t') {
-            Some(("lock-run", run)) => held.run = run.to_string(),
+            Some(("lock-run", run)) => {
+                check_run_id(run).map_err(|e| {
+                    format!(
+                        "deploy_to/.shipit/lock/run: {e}; if no run holds this lock, remove \
+                         deploy_to/.shipit/lock on the host"
+                    )
+                })?;
+                held.run = run.to_string();
+            }
             Some(("lock-age", age)) => held.age_secs = parse_age(age),
             Some(("lock-info", info)) => held.info = serde_json::from_str(info).ok(),
             _ => return Err(format!("unexpected lock line: {line:?}")),
         }
     }
     Ok(held)
+}
+
+/// A run id read back from a host (the lock, the journal) names a run in
+/// later commands; shipit writes them as one line of plain text, so any
+/// other is refused as it is read.
+pub fn check_run_id(run: &str) -> Result<(), String> {
+    match run.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the run id {run:?} contains a control character ({}), which shipit never writes",
+            c.escape_unicode()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Seconds since the heartbeat, by the host's clock. A negative age means
@@ -415,6 +436,23 @@ mod tests {
         let held =
             parse_held(["lock-run\tr", "lock-age\t1780000000", "lock-info\t"].into_iter()).unwrap();
         assert!(held.is_stale("other", |_| true));
+    }
+
+    /// The run id read back from a host names the lock in the next
+    /// commands (break, release); one that shipit cannot have written is an
+    /// error at once.
+    #[test]
+    fn a_run_id_with_a_control_character_is_refused_as_read() {
+        let err = parse_held(["lock-run\tr\u{1b}[2Jx", "lock-age\t1", "lock-info\t"].into_iter())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "deploy_to/.shipit/lock/run: the run id \"r\\u{1b}[2Jx\" contains a control character (\\u{1b}), \
+             which shipit never writes; if no run holds this lock, remove deploy_to/.shipit/lock on the host"
+        );
+        assert!(Attempt::parse("held\nlock-run\ta\u{0}b\n").is_err());
+        // No run file (a holder killed while taking the lock): empty, fine.
+        assert_eq!(parse_held(["lock-run\t"].into_iter()).unwrap().run, "");
     }
 
     #[test]
