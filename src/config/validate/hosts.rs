@@ -162,7 +162,7 @@ mod tests {
 
     /// One address may hold several hosts when something tells them apart.
     #[test]
-    fn one_address_with_other_ports_or_directories() {
+    fn one_address_with_other_ports() {
         // Ports forwarded by one gateway to different machines.
         check(
             "[stages.staging]\nhosts = [ { name = \"a\", address = \"gw\", port = 2201 }, { name = \"b\", address = \"gw\", port = 2202 } ]",
