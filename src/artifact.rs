@@ -29,6 +29,11 @@ pub enum ArtifactError {
     Build { command: String, status: String },
     #[error("app.revision `{command}` failed: {problem}")]
     Revision { command: String, problem: String },
+    #[error(
+        "app.revision: the output of `{command}` {problem}; make it print the revision as plain text \
+         on its first line; nothing was changed on any host"
+    )]
+    RevisionOutput { command: String, problem: String },
     #[error("app.source {}: {problem}", path.display())]
     Source { path: PathBuf, problem: String },
 }
@@ -92,7 +97,7 @@ pub async fn revision(command: Option<&str>, dir: &Path) -> Result<String, Artif
                     ),
                 });
             }
-            Ok(first_line(&out.stdout))
+            plain(command, first_line(&out.stdout))
         }
         None => {
             let git = "git rev-parse --verify -q HEAD 2>/dev/null && { git diff --quiet HEAD 2>/dev/null || echo dirty; }";
@@ -101,17 +106,34 @@ pub async fn revision(command: Option<&str>, dir: &Path) -> Result<String, Artif
                     let text = String::from_utf8_lossy(&out.stdout);
                     let mut lines = text.lines();
                     let sha = lines.next().unwrap_or_default().trim();
-                    let short = &sha[..sha.len().min(12)];
-                    Ok(if lines.next() == Some("dirty") {
+                    let short: String = sha.chars().take(12).collect();
+                    let revision = if lines.next() == Some("dirty") {
                         format!("{short}-dirty")
                     } else {
-                        short.to_string()
-                    })
+                        short
+                    };
+                    plain("git rev-parse HEAD", revision)
                 }
                 _ => Ok(String::new()),
             }
         }
     }
+}
+
+/// The revision is written on every host and handed to hooks: it must be
+/// text a command line can carry, so it is checked here, as it enters.
+fn plain(command: &str, revision: String) -> Result<String, ArtifactError> {
+    let problem = if revision.contains('\0') {
+        "contains a NUL byte".to_string()
+    } else if let Some(c) = revision.chars().find(|c| c.is_control()) {
+        format!("contains a control character ({})", c.escape_unicode())
+    } else {
+        return Ok(revision);
+    };
+    Err(ArtifactError::RevisionOutput {
+        command: command.to_string(),
+        problem,
+    })
 }
 
 fn first_line(bytes: &[u8]) -> String {
@@ -308,6 +330,41 @@ mod tests {
             .await
             .unwrap_err();
         assert!(empty.to_string().contains("is empty"));
+    }
+
+    /// The revision reaches the hosts (REVISION, revisions.log, hooks'
+    /// SHIPIT_REVISION): a NUL byte in it used to panic mid-run, after the
+    /// upload. It is refused when the command's output is read.
+    #[tokio::test]
+    async fn a_revision_is_one_line_of_plain_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let err = revision(Some("printf 'abc\\000def\\n'"), dir)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "app.revision: the output of `printf 'abc\\000def\\n'` contains a NUL byte; \
+             make it print the revision as plain text on its first line; nothing was changed on any host"
+        );
+        let err = revision(Some("printf '\\033[1mv2\\n'"), dir)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "app.revision: the output of `printf '\\033[1mv2\\n'` contains a control character (\\u{1b});"
+            ),
+            "{err}"
+        );
+        // Only the first line counts, trimmed.
+        assert_eq!(
+            revision(Some("printf ' v1.2 (abc) \\r\\nmore\\000\\n'"), dir)
+                .await
+                .unwrap(),
+            "v1.2 (abc)"
+        );
     }
 
     #[tokio::test]

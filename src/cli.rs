@@ -257,9 +257,16 @@ pub struct CleanupArgs {
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(text).ok_or_else(|| {
-        format!("{text:?} is not a duration; write a number and a unit, such as 30s or 10m")
-    })
+    match crate::config::parse_duration(text) {
+        Some(d) if d > crate::config::MAX_DURATION => Err(format!(
+            "{text:?} is too long; wait at most {} days",
+            crate::config::MAX_DURATION.as_secs() / 86_400
+        )),
+        Some(d) => Ok(d),
+        None => Err(format!(
+            "{text:?} is not a duration; write a number and a unit, such as 30s or 10m"
+        )),
+    }
 }
 
 /// The parsed command line.
@@ -497,6 +504,20 @@ mod tests {
                 "--{arg} missing"
             );
         }
+    }
+
+    #[test]
+    fn durations_too_long_for_a_clock_are_usage_errors() {
+        let err = parse(args("production deploy --lock-wait 500000000000y"))
+            .err()
+            .expect("refused");
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("\"500000000000y\" is too long; wait at most 365 days"),
+            "{err}"
+        );
+        assert!(parse(args("production deploy --lock-wait 365d")).is_ok());
     }
 
     #[test]

@@ -18,20 +18,32 @@ pub fn who() -> String {
 }
 
 pub fn machine() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
+    plain(gethostname::gethostname().to_string_lossy().into_owned())
 }
 
 fn describe(var: impl Fn(&str) -> Option<String>, machine: &str) -> String {
     for (name, ci) in CI_ACTORS {
         if let Some(actor) = var(name) {
-            return format!("{actor} via {ci}");
+            return plain(format!("{actor} via {ci}"));
         }
     }
     let user = var("USER")
         .or_else(|| var("LOGNAME"))
         .or_else(|| passwd_entry().map(|(name, _)| name))
         .unwrap_or_else(|| "unknown".into());
-    format!("{user}@{machine}")
+    plain(format!("{user}@{machine}"))
+}
+
+/// These values come from outside (environment, /etc/passwd, the host
+/// name) and end up in commands and logs: control characters become `?`.
+fn plain(text: String) -> String {
+    if text.contains(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    } else {
+        text
+    }
 }
 
 /// (name, home) of the user running this process, from /etc/passwd: for
@@ -72,5 +84,20 @@ mod tests {
         );
         let me = passwd_entry().map_or("unknown".to_string(), |(name, _)| name);
         assert_eq!(describe(env(&[]), "m"), format!("{me}@m"));
+    }
+
+    /// Who is deploying goes into locks, logs and the note a rollback
+    /// leaves on a bad release (a command argument): control characters
+    /// from the environment, /etc/passwd or the host name never get there.
+    #[test]
+    fn control_characters_are_replaced() {
+        assert_eq!(
+            describe(
+                |n: &str| (n == "USER").then(|| "an\u{0}a".to_string()),
+                "lap\u{1b}top"
+            ),
+            "an?a@lap?top"
+        );
+        assert_eq!(plain("ok\tnot\nok".into()), "ok?not?ok");
     }
 }

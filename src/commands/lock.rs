@@ -13,7 +13,7 @@ use crate::config::{Host, Stage};
 use crate::error::Error;
 use crate::exit::Exit;
 use crate::host::Layout;
-use crate::host::lock::{Attempt, HeldLock, LockInfo, LockKind};
+use crate::host::lock::{self, Attempt, HeldLock, LockInfo, LockKind};
 use crate::transport::{ExecRequest, Quiet, Transport};
 use crate::who;
 
@@ -238,7 +238,7 @@ async fn attempt<T: Transport>(
     let request = ExecRequest {
         command: layout.lock_acquire(info).render(),
         stdin: None,
-        timeout: Some(Duration::from_secs(30)),
+        timeout: Some(lock::COMMAND_TIMEOUT),
     };
     match transport.exec(host, request, &Quiet).await {
         Ok(out) => Attempt::parse(&out.stdout_text()).map_err(|e| {
@@ -283,7 +283,7 @@ async fn exec<T: Transport>(
     let request = ExecRequest {
         command,
         stdin: None,
-        timeout: Some(Duration::from_secs(30)),
+        timeout: Some(lock::COMMAND_TIMEOUT),
     };
     match transport.exec(host, request, &Quiet).await {
         Ok(out) => Ok((out.exit.success(), out.stderr_tail(3))),
@@ -343,7 +343,7 @@ impl<T: Transport> Held<'_, T> {
         lost: impl Fn(&str),
     ) -> F::Output {
         let heartbeat = async {
-            let period = (self.lease / 4).max(Duration::from_millis(500));
+            let period = lock::refresh_period(self.lease);
             loop {
                 tokio::time::sleep(period).await;
                 if let Err(why) = self.refresh().await {

@@ -47,12 +47,75 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<RawFile, ConfigErrors> {
             format!("not valid TOML: {}", e.message().trim()),
         )
     })?;
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    let raw = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
         let key = if key == "." { String::new() } else { key };
         error(line_of(text, inner.span()), key, explain(inner.message()))
-    })
+    })?;
+    refuse_nul_bytes(path, text)?;
+    Ok(raw)
+}
+
+/// TOML can spell a NUL byte (`\u0000`); no command line, path or
+/// environment variable can carry one, so it is refused here, in every
+/// value and key, rather than by each rule downstream.
+fn refuse_nul_bytes(path: &Path, text: &str) -> Result<(), ConfigErrors> {
+    fn walk(value: &toml::Value, key: String, found: &mut Vec<String>) {
+        match value {
+            toml::Value::String(s) if s.contains('\0') => found.push(key),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, format!("{key}[{i}]"), found);
+                }
+            }
+            toml::Value::Table(table) => {
+                for (name, item) in table {
+                    let nul = name.contains('\0');
+                    let bare = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    let name = if bare {
+                        name.clone()
+                    } else {
+                        format!("{name:?}")
+                    };
+                    let key = if key.is_empty() {
+                        name
+                    } else {
+                        format!("{key}.{name}")
+                    };
+                    if nul {
+                        found.push(key);
+                    } else {
+                        walk(item, key, found);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let mut found = Vec::new();
+    walk(&toml::Value::Table(table), String::new(), &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigErrors(
+        found
+            .into_iter()
+            .map(|key| ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key,
+                message: "contains a NUL byte (\\u0000), which no command, path or variable can carry; remove it"
+                    .to_string(),
+            })
+            .collect(),
+    ))
 }
 
 /// serde's wording, made to say what to do.
@@ -109,6 +172,25 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("`hosts`"), "{e}");
+    }
+
+    /// A NUL byte (`\u0000` in TOML) can reach no command line, file name
+    /// or log: refused wherever it is, key names included, before any check
+    /// that might let it through (a host's address, say).
+    #[test]
+    fn nul_bytes_are_refused_anywhere() {
+        let e = err(
+            "[stages.p]\nhosts = [ { name = \"a\", address = \"10.0.0.1\\u0000\" } ]\n[env]\n\"K\\u0000\" = \"v\"\n",
+        );
+        assert_eq!(
+            e,
+            "deploy.toml: env.\"K\\0\": contains a NUL byte (\\u0000), which no command, path or variable can carry; remove it\n\
+             deploy.toml: stages.p.hosts[0].address: contains a NUL byte (\\u0000), which no command, path or variable can carry; remove it"
+        );
+        // TOML 1.1 spells it \x00 too.
+        assert!(err("[app]\nname = \"\\x00\"\n").contains("app.name: contains a NUL byte"));
+        // The escape written out as text is no NUL.
+        assert!(parse(Path::new("deploy.toml"), "[app]\nname = '\\u0000'\n").is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
 pub use validate::lb::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENABLE_TIMEOUT};
-pub use validate::{RESERVED_STAGE_NAMES, parse_duration};
+pub use validate::{MAX_DURATION, RESERVED_STAGE_NAMES, parse_duration};
 
 pub use crate::lb::{OnTimeout, Via};
 pub use validate::lb::{LbSettings, Setting, split_host_port};
@@ -280,7 +280,15 @@ impl EnvVar {
             }
         };
         if value.contains('\0') {
-            return Err(format!("env.{}: the value contains a NUL byte", self.name));
+            let source = match &self.value {
+                EnvValue::FromFile(path) => format!("from_file {}", path.display()),
+                EnvValue::FromEnv(var) => format!("from_env = {var:?}"),
+                EnvValue::Literal(_) => "the value".to_string(),
+            };
+            return Err(format!(
+                "env.{}: {source} contains a NUL byte, which no environment variable can carry",
+                self.name
+            ));
         }
         Ok(if self.secret {
             crate::shell::Word::Secret(value)

@@ -69,6 +69,11 @@ impl HostFacts {
             if line == "journal follows" {
                 break;
             }
+            if line.contains('\0') {
+                return Err(format!(
+                    "unexpected NUL byte in the probe's output: {line:?}"
+                ));
+            }
             let fields: Vec<&str> = line.split('\t').collect();
             match fields.as_slice() {
                 ["deploy_to missing"] => {}
@@ -103,7 +108,7 @@ impl HostFacts {
         }
         for line in lines {
             // A torn last line (host died mid-write) is skipped.
-            if let Ok(entry) = serde_json::from_str::<journal::Entry>(line) {
+            if let Some(entry) = journal::Entry::parse(line)? {
                 journal.push(entry);
             }
         }
@@ -158,6 +163,32 @@ mod tests {
         );
         let run = facts.last_run.unwrap();
         assert_eq!((run.run.as_str(), run.events.len()), ("r9", 1));
+    }
+
+    /// What the probe reads from files on the host reaches later commands
+    /// (a rollback's SHIPIT_REVISION, the lock's run id): a NUL byte in it,
+    /// or a journal entry no shipit wrote, fails the probe of that host.
+    #[test]
+    fn values_no_command_could_carry_fail_the_probe() {
+        let err = HostFacts::parse(
+            "/srv/a",
+            "deploy_to writable\nrelease\t20261122101500\tfinished\tgood\tab\0c\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "unexpected NUL byte in the probe's output: \"release\\t20261122101500\\tfinished\\tgood\\tab\\0c\""
+        );
+        let err = HostFacts::parse(
+            "/srv/a",
+            "deploy_to writable\njournal follows\n\
+             {\"run\":\"r\\u0000\",\"time\":\"t\",\"op\":\"deploy\",\"release\":\"20261122101500\",\"event\":\"started\"}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("deploy_to/.shipit/journal: the run id"),
+            "{err}"
+        );
     }
 
     #[test]

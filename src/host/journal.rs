@@ -30,6 +30,22 @@ impl Entry {
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).expect("journal entries serialize")
     }
+
+    /// One journal line: `Ok(None)` for a line that is no entry (a torn
+    /// last line), which is skipped; an error for an entry whose run id
+    /// shipit cannot have written, since `--resume` would take it as its own.
+    pub fn parse(line: &str) -> Result<Option<Entry>, String> {
+        let Ok(entry) = serde_json::from_str::<Entry>(line) else {
+            return Ok(None);
+        };
+        super::lock::check_run_id(&entry.run).map_err(|e| {
+            format!(
+                "deploy_to/.shipit/journal: {e}; move the file away (it serves only `status` and \
+                 `deploy --resume`)"
+            )
+        })?;
+        Ok(Some(entry))
+    }
 }
 
 /// What a host's journal says about the last run.
@@ -161,6 +177,28 @@ mod tests {
         assert_eq!(t.run, "r2");
         assert!(t.interrupted() && t.uploaded() && t.left_drained() && !t.host_done());
         assert_eq!(t.last_event(), "switched");
+    }
+
+    /// A journal line is JSON, which can spell any character: a run id
+    /// with a NUL byte or a line break would name this run's lock on
+    /// `--resume`, so such an entry is an error as it is read. Lines that are
+    /// not entries at all (a torn last line) are skipped as before.
+    #[test]
+    fn entries_shipit_cannot_have_written_are_errors() {
+        let line = entry("r1", "started").to_line();
+        assert_eq!(Entry::parse(&line), Ok(Some(entry("r1", "started"))));
+        assert_eq!(Entry::parse("{\"run\":\"r9\",\"ti"), Ok(None));
+        let bad = line.replace("\"r1\"", "\"r\\u0000x\"");
+        assert_eq!(
+            Entry::parse(&bad),
+            Err(
+                "deploy_to/.shipit/journal: the run id \"r\\0x\" contains a control character (\\u{0}), which \
+                 shipit never writes; move the file away (it serves only `status` and `deploy --resume`)"
+                    .to_string()
+            )
+        );
+        let bad = line.replace("\"r1\"", "\"r\\nx\"");
+        assert!(Entry::parse(&bad).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! clock, belongs to a run that died and may be broken with
 //! `--break-stale-lock`. Manual locks (`shipit STAGE lock`) have no lease.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::Layout;
@@ -22,6 +24,27 @@ use crate::shell::Cmd;
 
 /// Exit status of the lock scripts when another run holds the lock.
 pub const HELD: u32 = 4;
+
+/// How long one lock command (take, refresh, break, give back) may take on
+/// one host. A refresh that takes longer counts as not done there: that
+/// host keeps its previous heartbeat until the next round.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the holder refreshes the heartbeat: every quarter of the lease.
+pub fn refresh_period(lease: Duration) -> Duration {
+    (lease / 4).max(Duration::from_millis(500))
+}
+
+/// What a lease must leave beyond one period and one round of refreshes:
+/// the host clock counts whole seconds, and the round trips themselves.
+const LEASE_MARGIN: Duration = Duration::from_secs(6);
+
+/// The shortest lease with which a live run's lock never looks stale.
+/// Between two heartbeats on one host pass at most one period and one round
+/// of refreshes, and a round lasts as long as its slowest host (up to
+/// [`COMMAND_TIMEOUT`]): `lease - lease/4 >= COMMAND_TIMEOUT + LEASE_MARGIN`.
+pub const MIN_LEASE: Duration =
+    Duration::from_secs((COMMAND_TIMEOUT.as_secs() + LEASE_MARGIN.as_secs()) * 4 / 3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,13 +175,44 @@ pub fn parse_held<'a>(lines: impl Iterator<Item = &'a str>) -> Result<HeldLock, 
     };
     for line in lines {
         match line.split_once('\t') {
-            Some(("lock-run", run)) => held.run = run.to_string(),
-            Some(("lock-age", age)) => held.age_secs = age.trim().parse().unwrap_or(u64::MAX),
+            Some(("lock-run", run)) => {
+                check_run_id(run).map_err(|e| {
+                    format!(
+                        "deploy_to/.shipit/lock/run: {e}; if no run holds this lock, remove \
+                         deploy_to/.shipit/lock on the host"
+                    )
+                })?;
+                held.run = run.to_string();
+            }
+            Some(("lock-age", age)) => held.age_secs = parse_age(age),
             Some(("lock-info", info)) => held.info = serde_json::from_str(info).ok(),
             _ => return Err(format!("unexpected lock line: {line:?}")),
         }
     }
     Ok(held)
+}
+
+/// A run id read back from a host (the lock, the journal) names a run in
+/// later commands; shipit writes them as one line of plain text, so any
+/// other is refused as it is read.
+pub fn check_run_id(run: &str) -> Result<(), String> {
+    match run.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the run id {run:?} contains a control character ({}), which shipit never writes",
+            c.escape_unicode()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Seconds since the heartbeat, by the host's clock. A negative age means
+/// that clock stepped back since the last refresh: the heartbeat is recent,
+/// so 0. An age that cannot be read counts as stale (forever).
+fn parse_age(text: &str) -> u64 {
+    match text.trim().parse::<i64>() {
+        Ok(age) => age.max(0).unsigned_abs(),
+        Err(_) => u64::MAX,
+    }
 }
 
 impl Layout {
@@ -343,6 +397,62 @@ mod tests {
         assert!(!held(1, LockKind::Deploy, "here", 99).is_stale("here", |_| true));
         // Manual locks never go stale.
         assert!(!held(999_999, LockKind::Manual, "here", 99).is_stale("here", |_| false));
+    }
+
+    /// Between two heartbeats on one host pass at most one period and one
+    /// round of refreshes, which lasts as long as its slowest host.
+    #[test]
+    fn the_shortest_lease_outlasts_a_period_and_a_slow_round() {
+        for lease in [MIN_LEASE, Duration::from_secs(60), Duration::from_secs(600)] {
+            let gap = refresh_period(lease) + COMMAND_TIMEOUT;
+            assert!(
+                lease >= gap + Duration::from_secs(5),
+                "{lease:?} leaves too little margin over {gap:?}"
+            );
+        }
+        // And it is the shortest such lease.
+        assert_eq!(
+            MIN_LEASE - refresh_period(MIN_LEASE),
+            COMMAND_TIMEOUT + LEASE_MARGIN
+        );
+    }
+
+    /// The host's clock stepped back after the last heartbeat: the
+    /// heartbeat lies in its future, and the lock is as fresh as can be.
+    #[test]
+    fn a_heartbeat_from_the_future_is_fresh() {
+        let held = parse_held(
+            [
+                "lock-run\tr",
+                "lock-age\t-3600",
+                &format!("lock-info\t{}", info("r", LockKind::Deploy).to_line()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(held.age_secs, 0);
+        assert!(!held.is_stale("other", |_| true));
+        // Without a heartbeat file the script counts from 1970: stale.
+        let held =
+            parse_held(["lock-run\tr", "lock-age\t1780000000", "lock-info\t"].into_iter()).unwrap();
+        assert!(held.is_stale("other", |_| true));
+    }
+
+    /// The run id read back from a host names the lock in the next
+    /// commands (break, release); one that shipit cannot have written is an
+    /// error at once.
+    #[test]
+    fn a_run_id_with_a_control_character_is_refused_as_read() {
+        let err = parse_held(["lock-run\tr\u{1b}[2Jx", "lock-age\t1", "lock-info\t"].into_iter())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "deploy_to/.shipit/lock/run: the run id \"r\\u{1b}[2Jx\" contains a control character (\\u{1b}), \
+             which shipit never writes; if no run holds this lock, remove deploy_to/.shipit/lock on the host"
+        );
+        assert!(Attempt::parse("held\nlock-run\ta\u{0}b\n").is_err());
+        // No run file (a holder killed while taking the lock): empty, fine.
+        assert_eq!(parse_held(["lock-run\t"].into_iter()).unwrap().run, "");
     }
 
     #[test]

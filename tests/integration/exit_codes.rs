@@ -96,6 +96,29 @@ fn exit_1_failed_and_nothing_changed() {
     exits(&project, &["test", "rollback"], 1, "failed-unchanged");
 }
 
+/// A revision command whose output holds a NUL byte: refused before any
+/// host is contacted (it used to panic after the upload and leave the lock).
+#[test]
+fn exit_1_revision_output_with_a_nul_byte_changes_nothing() {
+    let fleet = fleet(1);
+    let project = Project::new(&standard_config(
+        &fleet,
+        "[stages.test.app]\nrevision = \"printf 'abc\\\\000def\\\\n'\"\n",
+    ));
+    for args in [&["test", "deploy"][..], &["test", "deploy", "--dry-run"]] {
+        let events = exits(&project, args, 1, "failed-unchanged");
+        assert_eq!(
+            events.last().unwrap()["message"],
+            "app.revision: the output of `printf 'abc\\000def\\n'` contains a NUL byte; make it print \
+             the revision as plain text on its first line; nothing was changed on any host"
+        );
+        assert!(!events.iter().any(|e| e["event"] == "run-started"));
+    }
+    assert!(!fleet.exists("web1", &format!("{DEPLOY_TO}/.shipit/lock")));
+    let state = host_state(&fleet, "web1", DEPLOY_TO);
+    assert_eq!((state.current, state.releases.len()), (None, 0));
+}
+
 #[test]
 fn exit_2_usage_and_config_errors() {
     let fleet = fleet(1);

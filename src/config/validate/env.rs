@@ -145,4 +145,25 @@ mod tests {
             "env.X: from_env = \"SHIPIT_TEST_SURELY_UNSET\" is not set in shipit's environment; export it (in CI, from the job's secrets)"
         );
     }
+
+    /// A secret read from a file is checked as it is read, before anything
+    /// is built or contacted.
+    #[test]
+    fn a_secret_file_with_a_nul_byte_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("key.bin");
+        std::fs::write(&path, b"abc\0def\n").unwrap();
+        let var = EnvVar {
+            name: "KEY".into(),
+            value: EnvValue::FromFile(path.clone()),
+            secret: true,
+        };
+        assert_eq!(
+            var.resolve().unwrap_err(),
+            format!(
+                "env.KEY: from_file {} contains a NUL byte, which no environment variable can carry",
+                path.display()
+            )
+        );
+    }
 }

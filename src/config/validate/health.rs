@@ -12,9 +12,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 impl StageCheck<'_> {
     /// `None` when no layer has a `[health]` table: no health check.
     pub(super) fn health(&mut self) -> Option<Option<Health>> {
-        let Some(raw) = self.merged.health.clone() else {
+        if self.merged.health.is_none() {
             return Some(None);
-        };
+        }
         let url = match pick!(self, health, url) {
             None => {
                 return self.missing(
@@ -43,13 +43,12 @@ impl StageCheck<'_> {
         let request_timeout = self.positive_duration(pick!(self, health, request_timeout));
         let (timeout, interval, request_timeout) = (timeout?, interval?, request_timeout?);
         if interval >= timeout {
-            let key = if raw.interval.is_some() {
-                "health.interval"
-            } else {
-                "health.timeout"
-            };
+            // Named after the key that was set (the interval if both were).
+            let key = pick!(self, health, interval)
+                .or_else(|| pick!(self, health, timeout))
+                .map_or_else(|| "health.interval".to_string(), |at| at.key);
             return self.fail(
-                key,
+                &key,
                 format!(
                     "the interval ({}) must be shorter than the timeout ({}), or the check gets one try",
                     humantime::format_duration(interval),
@@ -112,6 +111,14 @@ mod tests {
             (
                 "[health]\nurl = \"http://{address}/\"\ninterval = \"1m\"",
                 "/p/deploy.toml: health.interval: the interval (1m) must be shorter than the timeout (30s), or the check gets one try",
+            ),
+            (
+                "[health]\nurl = \"http://{address}/\"\n[stages.production.health]\ninterval = \"1m\"",
+                "/p/deploy.toml: stages.production.health.interval: the interval (1m) must be shorter than the timeout (30s), or the check gets one try",
+            ),
+            (
+                "[health]\nurl = \"http://{address}/\"\n[stages.production.health]\ntimeout = \"400ms\"",
+                "/p/deploy.toml: stages.production.health.timeout: the interval (500ms) must be shorter than the timeout (400ms), or the check gets one try",
             ),
             (
                 "[health]\nexpect_status = 200",

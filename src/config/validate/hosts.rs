@@ -1,9 +1,9 @@
 //! `stages.NAME.hosts`: the inventory of one stage.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::super::Host;
 use super::super::raw::RawHost;
+use super::super::{App, Host, Ssh, SshConfigFile};
 use super::{At, StageCheck, is_name};
 
 impl StageCheck<'_> {
@@ -104,6 +104,41 @@ impl StageCheck<'_> {
         }
         ok.then_some(hosts)
     }
+
+    /// No two hosts of the stage may be one machine and directory: their
+    /// pipelines would unpack into the same release directory at once.
+    /// A port left to ssh_config is only known to equal another unset one.
+    pub(super) fn hosts_apart(&mut self, hosts: &[Host], app: &App, ssh: &Ssh) -> bool {
+        let default_port = match ssh.config {
+            SshConfigFile::Disabled => Some(22),
+            _ => None,
+        };
+        let mut seen: BTreeMap<(String, Option<u16>, &str), &str> = BTreeMap::new();
+        let mut ok = true;
+        for (i, host) in hosts.iter().enumerate() {
+            let address = host
+                .address
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            let port = host.port.or(ssh.port).or(default_port);
+            let deploy_to = app.deploy_to.as_str();
+            if let Some(other) = seen.insert((address.clone(), port, deploy_to), &host.name) {
+                self.errors.add(
+                    &format!("stages.{}.hosts[{i}]", self.stage),
+                    format!(
+                        "{} and {other} are the same machine and directory ({address} port {}, {deploy_to}): \
+                         both would unpack into the same release directory at once; list the machine once \
+                         (a host may have several roles)",
+                        host.name,
+                        port.unwrap_or(22),
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +156,36 @@ mod tests {
                 "[stages.staging]\nhosts = [ { name = \"a\" }, { name = \"a\" } ]",
                 "/p/deploy.toml: stages.staging.hosts[1].name: \"a\" is listed twice in this stage; host names must be unique",
             ),
+            (
+                "[stages.staging]\nhosts = [ { name = \"a\", address = \"10.0.0.5\" }, { name = \"b\", address = \"10.0.0.5\", user = \"ops\" } ]",
+                "/p/deploy.toml: stages.staging.hosts[1]: b and a are the same machine and directory (10.0.0.5 port 22, /srv/shop): \
+                 both would unpack into the same release directory at once; list the machine once (a host may have several roles)",
+            ),
+            (
+                "[ssh]\nport = 2222\n[stages.staging]\nhosts = [ { name = \"a\", address = \"Box.example\" }, { name = \"b\", address = \"box.example\", port = 2222 } ]",
+                "/p/deploy.toml: stages.staging.hosts[1]: b and a are the same machine and directory (box.example port 2222, /srv/shop): \
+                 both would unpack into the same release directory at once; list the machine once (a host may have several roles)",
+            ),
         ]);
+    }
+
+    /// One address may hold several hosts when something tells them apart.
+    #[test]
+    fn one_address_with_other_ports() {
+        // Ports forwarded by one gateway to different machines.
+        check(
+            "[stages.staging]\nhosts = [ { name = \"a\", address = \"gw\", port = 2201 }, { name = \"b\", address = \"gw\", port = 2202 } ]",
+        )
+        .unwrap();
+        // No port in deploy.toml: ssh_config may give each its own. With
+        // ssh_config ignored, an unset port is 22.
+        check(
+            "[stages.staging]\nhosts = [ { name = \"a\", address = \"gw\" }, { name = \"b\", address = \"gw\", port = 22 } ]",
+        )
+        .unwrap();
+        let err = error(
+            "[ssh]\nconfig = false\n[stages.staging]\nhosts = [ { name = \"a\", address = \"gw\" }, { name = \"b\", address = \"gw\", port = 22 } ]",
+        );
+        assert!(err.contains("b and a are the same machine"), "{err}");
     }
 }

@@ -25,6 +25,11 @@ pub mod lb;
 mod rollout;
 mod ssh;
 
+/// The longest duration any key or option may give. Longer ones make no
+/// sense for anything shipit waits for, and a deadline that far off
+/// overflows the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Commands that take no stage: `shipit init` must never mean a stage.
 pub const RESERVED_STAGE_NAMES: [&str; 4] = ["init", "completions", "man", "help"];
 
@@ -73,8 +78,12 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
                 let hooks = stage.hooks();
-                if let (Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
-                    (app, ssh, rollout, health, lb, env, hooks, hosts)
+                let apart = match (&hosts, &app, &ssh) {
+                    (Some(hosts), Some(app), Some(ssh)) => stage.hosts_apart(hosts, app, ssh),
+                    _ => true,
+                };
+                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
+                    (apart, app, ssh, rollout, health, lb, env, hooks, hosts)
                 {
                     stages.insert(
                         name.clone(),
@@ -369,6 +378,14 @@ impl<'a> StageCheck<'a> {
             return Some(None);
         };
         match parse_duration(&at.value) {
+            Some(d) if d > MAX_DURATION => self.fail(
+                &at.key,
+                format!(
+                    "{:?} is too long; shipit's durations are at most {} days",
+                    at.value,
+                    MAX_DURATION.as_secs() / 86_400
+                ),
+            ),
             Some(d) => Some(Some(d)),
             None => self.fail(
                 &at.key,
@@ -517,6 +534,23 @@ rolling_batch_size = "50%"
             "[stages.init]\nhosts = [ { name = \"a\" } ]",
             "/p/deploy.toml: stages.init: `init` is a shipit command (`shipit init`), so it cannot name a stage; reserved: init, completions, man, help",
         )]);
+    }
+
+    /// A duration so long that adding it to a clock overflows (a panic
+    /// mid-run) is refused with the others.
+    #[test]
+    fn durations_have_a_ceiling() {
+        assert_messages(&[
+            (
+                "[health]\nurl = \"http://{address}/\"\ntimeout = \"500000000000y\"",
+                "/p/deploy.toml: health.timeout: \"500000000000y\" is too long; shipit's durations are at most 365 days",
+            ),
+            (
+                "[ssh]\nconnect_timeout = \"366d\"",
+                "/p/deploy.toml: ssh.connect_timeout: \"366d\" is too long; shipit's durations are at most 365 days",
+            ),
+        ]);
+        assert!(check("[ssh]\ncommand_timeout = \"365d\"").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::super::{BatchSize, Host, OnFailure, Rollout};
 use super::{At, StageCheck, pick};
+use crate::host::lock;
 
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 
@@ -183,14 +184,22 @@ impl StageCheck<'_> {
         )
     }
 
-    /// `lock_lease`: how long a lock stays valid without a heartbeat.
+    /// `lock_lease`: how long a lock stays valid without a heartbeat. It
+    /// must outlast what the heartbeat itself may take (`host::lock`).
     fn lock_lease(&mut self) -> Option<Duration> {
         let at = pick!(self, rollout, lock_lease);
         let key = at.as_ref().map(|a| a.key.clone()).unwrap_or_default();
         match self.positive_duration(at)?.unwrap_or(DEFAULT_LOCK_LEASE) {
-            d if d < Duration::from_secs(2) => self.fail(
+            d if d < lock::MIN_LEASE => self.fail(
                 &key,
-                "must be at least 2s: the lock is refreshed at a quarter of it",
+                format!(
+                    "{} is too short; use at least {}: the lock is refreshed every quarter of its lease, \
+                     and a round of refreshes may take {} when a host is slow to answer, so a shorter lease \
+                     makes a live run's lock look stale",
+                    humantime::format_duration(d),
+                    humantime::format_duration(lock::MIN_LEASE),
+                    humantime::format_duration(lock::COMMAND_TIMEOUT),
+                ),
             ),
             d => Some(d),
         }
@@ -237,9 +246,18 @@ mod tests {
             ),
             (
                 "[rollout]\nlock_lease = \"1s\"",
-                "/p/deploy.toml: rollout.lock_lease: must be at least 2s: the lock is refreshed at a quarter of it",
+                "/p/deploy.toml: rollout.lock_lease: 1s is too short; use at least 48s: the lock is refreshed every \
+                 quarter of its lease, and a round of refreshes may take 30s when a host is slow to answer, so a \
+                 shorter lease makes a live run's lock look stale",
+            ),
+            (
+                "[stages.production.rollout]\nlock_lease = \"47s\"",
+                "/p/deploy.toml: stages.production.rollout.lock_lease: 47s is too short; use at least 48s: the lock is \
+                 refreshed every quarter of its lease, and a round of refreshes may take 30s when a host is slow to \
+                 answer, so a shorter lease makes a live run's lock look stale",
             ),
         ]);
+        assert!(check("[rollout]\nlock_lease = \"48s\"").is_ok());
     }
 
     #[test]

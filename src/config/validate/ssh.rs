@@ -53,7 +53,7 @@ impl StageCheck<'_> {
             Some(at) => self.proxy_jump(at).map(Some),
         };
         let connect_timeout = self
-            .duration(pick!(self, ssh, connect_timeout))?
+            .positive_duration(pick!(self, ssh, connect_timeout))?
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let command_timeout = self.positive_duration(pick!(self, ssh, command_timeout))?;
         let keepalive_interval = self
@@ -134,6 +134,18 @@ mod tests {
             (
                 "[ssh]\nport = 70000",
                 "/p/deploy.toml: ssh.port: 70000 is not a port (1-65535)",
+            ),
+            (
+                "[ssh]\nconnect_timeout = \"0s\"",
+                "/p/deploy.toml: ssh.connect_timeout: must be longer than 0",
+            ),
+            (
+                "[stages.production.ssh]\ncommand_timeout = \"0ms\"",
+                "/p/deploy.toml: stages.production.ssh.command_timeout: must be longer than 0",
+            ),
+            (
+                "[ssh]\nkeepalive_interval = \"0s\"",
+                "/p/deploy.toml: ssh.keepalive_interval: must be longer than 0",
             ),
         ]);
     }
