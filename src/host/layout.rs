@@ -139,16 +139,28 @@ if [ ! -d "$d" ]; then
   exit 0
 fi
 if [ -w "$d" ]; then echo 'deploy_to writable'; else echo 'deploy_to read-only'; fi
-if [ -L "$d/current" ]; then printf 'current\t%s\n' "$(readlink "$d/current")"
-elif [ -e "$d/current" ]; then echo 'current not-a-link'; fi
+c="$d/current" live=
+if [ ! -L "$c" ] && [ -e "$c" ]; then echo 'current not-a-link'; fi
 for r in "$d"/releases/*; do
   [ -d "$r" ] || continue
   id=${r##*/}
+  # Same inode, not same text: relative links, links to links, `..` and a
+  # symlinked deploy_to all lead to the release they lead to.
+  [ -z "$live" ] && [ -L "$c" ] && [ "$c" -ef "$r" ] && live=$id
   state=finished; [ -e "$d/.shipit/unfinished/$id" ] && state=unfinished
   bad=good; [ -e "$d/.shipit/bad/$id" ] && bad=bad
-  rev=; [ -f "$r/REVISION" ] && { IFS= read -r rev <"$r/REVISION" || :; }
+  rev=; [ -f "$r/REVISION" ] && [ ! -L "$r/REVISION" ] && { IFS= read -r rev <"$r/REVISION" || :; }
   printf 'release\t%s\t%s\t%s\t%.200s\n' "$id" "$state" "$bad" "$rev"
 done
+if [ -n "$live" ]; then printf 'current\trelease\t%s\n' "$live"
+elif [ -L "$c" ]; then
+  # Shown to people only; tabs and line breaks would break the format.
+  link=$(printf '%s' "$(readlink "$c")" | tr '\t\n' '  ')
+  if [ -e "$c" ]; then
+    real=$(cd -P "$c" 2>/dev/null && pwd -P) || real=$(readlink -f "$c" 2>/dev/null) || real=
+    printf 'current\telsewhere\t%s\t%s\n' "$link" "$(printf '%s' "$real" | tr '\t\n' '  ')"
+  else printf 'current\tdangling\t%s\n' "$link"; fi
+fi
 for f in "$@"; do [ -e "$d/shared/$f" ] || printf 'missing-shared\t%s\n' "$f"; done
 l="$d/.shipit/lock"
 if [ -d "$l" ]; then
@@ -231,10 +243,22 @@ mkdir -p "$d/.shipit/bad" && printf '%s\n' "$3" > "$d/.shipit/bad/$id""#;
 const RECORD: &str = r#"mkdir -p "$1" && printf '%s\n' "$2" >> "$1/revisions.log""#;
 
 const REMOVE: &str = r#"d=$1; shift
-live=$(readlink "$d/current" 2>/dev/null)
+c="$d/current" live=
+# Where current really leads, as a physical path; judged here, at delete
+# time, whatever the probe saw.
+if [ -e "$c" ]; then
+  live=$(cd -P "$c" 2>/dev/null && pwd -P) || live=$(readlink -f "$c" 2>/dev/null) || live=
+  if [ -z "$live" ]; then echo "cannot tell where $c leads; removing nothing" >&2; exit 3; fi
+fi
 for id; do
-  if [ "$live" = "$d/releases/$id" ]; then echo "not removing $id: current points to it" >&2; continue; fi
-  rm -rf "$d/releases/$id" && rm -f "$d/.shipit/bad/$id" "$d/.shipit/unfinished/$id" || exit
+  r="$d/releases/$id"
+  if [ -n "$live" ] && { [ -e "$r" ] || [ -L "$r" ]; }; then
+    if [ "$c" -ef "$r" ]; then echo "not removing $id: current points to it" >&2; continue; fi
+    rp=$(cd -P "$r" 2>/dev/null && pwd -P) || rp=
+    if [ -z "$rp" ]; then echo "not removing $id: cannot resolve $r" >&2; continue; fi
+    case $live/ in "$rp"/*) echo "not removing $id: current leads into it ($live)" >&2; continue ;; esac
+  fi
+  rm -rf "$r" && rm -f "$d/.shipit/bad/$id" "$d/.shipit/unfinished/$id" || exit
 done"#;
 
 #[cfg(test)]
@@ -242,6 +266,7 @@ mod tests {
     //! The scripts run for real against a temporary directory standing in
     //! for `deploy_to`, with an awkward name on purpose.
     use super::*;
+    use crate::host::Current;
     use std::process::{Command, Stdio};
 
     fn run(cmd: &Cmd, stdin: Option<&[u8]>) -> (i32, String, String) {
@@ -402,9 +427,8 @@ mod tests {
         let (_, out, _) = run(&layout.probe(&["config/.env".into(), "nope".into()]), None);
         assert_eq!(
             out,
-            format!(
-                "deploy_to writable\ncurrent\t{release}\nrelease\t20261122101500\tfinished\tgood\tabc123 main\nmissing-shared\tnope\n"
-            )
+            "deploy_to writable\nrelease\t20261122101500\tfinished\tgood\tabc123 main\n\
+             current\trelease\t20261122101500\nmissing-shared\tnope\n"
         );
 
         let (code, _, _) = run(&layout.mark_bad(&r1, "by me"), None);
@@ -529,5 +553,148 @@ mod tests {
         let (code, _, err) = run(&layout.switch(&r1), None);
         assert_eq!(code, 3);
         assert!(err.contains("is a real directory"), "{err}");
+    }
+
+    /// A `deploy_to` reached through a symlink (`link app -> real app`),
+    /// with three finished releases.
+    fn three_releases(root: &std::path::Path) -> (Layout, [ReleaseId; 3]) {
+        let real = root.join("real app");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = root.join("link app");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let layout = Layout::new(link.to_str().unwrap());
+        let ids = [
+            id("20200101000001"),
+            id("20200101000002"),
+            id("20200101000003"),
+        ];
+        for r in &ids {
+            let tgz = archive(&[("public/index.html", "hi")]);
+            assert_eq!(run(&layout.unpack(r), Some(&tgz)).0, 0);
+            assert_eq!(run(&layout.finish(r, "x"), None).0, 0);
+        }
+        (layout, ids)
+    }
+
+    fn point_current(layout: &Layout, target: &str) {
+        let _ = std::fs::remove_file(layout.current());
+        std::os::unix::fs::symlink(target, layout.current()).unwrap();
+    }
+
+    #[test]
+    fn current_is_resolved_by_where_it_leads_not_by_its_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (layout, [r1, r2, r3]) = three_releases(tmp.path());
+        let real = tmp.path().join("real app");
+        let real = real.to_str().unwrap();
+        let probe = |layout: &Layout| {
+            let (code, out, err) = run(&layout.probe(&[]), None);
+            assert_eq!(code, 0, "{err}");
+            crate::host::HostFacts::parse(layout.deploy_to(), &out)
+                .unwrap()
+                .current
+        };
+        let leads_to_r1 = [
+            // What an operator types in deploy_to during an incident.
+            format!("releases/{r1}"),
+            // Absolute, through the real path of a symlinked deploy_to.
+            format!("{real}/releases/{r1}"),
+            format!("./releases/../releases/{r1}/"),
+            // A link to a link.
+            "current-by-hand".to_string(),
+        ];
+        std::os::unix::fs::symlink(
+            format!("releases/{r1}"),
+            format!("{}/current-by-hand", layout.deploy_to()),
+        )
+        .unwrap();
+        for target in &leads_to_r1 {
+            point_current(&layout, target);
+            assert_eq!(probe(&layout), Current::Release(r1.clone()), "{target}");
+        }
+
+        // Into a release, outside releases/, nowhere: not a release.
+        point_current(&layout, &format!("releases/{r2}/public"));
+        assert_eq!(
+            probe(&layout),
+            Current::Elsewhere {
+                link: format!("releases/{r2}/public"),
+                leads_to: Some(format!("{real}/releases/{r2}/public")),
+            }
+        );
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        point_current(&layout, outside.to_str().unwrap());
+        assert!(
+            matches!(probe(&layout), Current::Elsewhere { leads_to: Some(p), .. } if p == outside.to_str().unwrap())
+        );
+        point_current(&layout, "releases/20190101000000");
+        assert_eq!(
+            probe(&layout),
+            Current::Elsewhere {
+                link: "releases/20190101000000".into(),
+                leads_to: None
+            }
+        );
+        let _ = r3;
+    }
+
+    #[test]
+    fn remove_never_deletes_what_current_leads_to_or_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (layout, ids) = three_releases(tmp.path());
+        let real = tmp.path().join("real app");
+        let all = |layout: &Layout| layout.remove_releases(&ids);
+        let exists = |r: &ReleaseId| std::path::Path::new(&layout.release(r)).is_dir();
+        let restore = |layout: &Layout| {
+            for r in &ids {
+                if !exists(r) {
+                    assert_eq!(
+                        run(&layout.unpack(r), Some(&archive(&[("public/x", "")]))).0,
+                        0
+                    );
+                    assert_eq!(run(&layout.finish(r, "x"), None).0, 0);
+                }
+            }
+        };
+        let cases = [
+            (format!("releases/{}", ids[0]), "current points to it"),
+            (
+                format!("{}/releases/{}", real.display(), ids[0]),
+                "current points to it",
+            ),
+            (
+                format!("releases/../releases/{}", ids[0]),
+                "current points to it",
+            ),
+            (
+                format!("releases/{}/public", ids[0]),
+                "current leads into it",
+            ),
+        ];
+        for (target, why) in cases {
+            restore(&layout);
+            point_current(&layout, &target);
+            let (code, _, err) = run(&all(&layout), None);
+            assert_eq!(code, 0, "{target}: {err}");
+            assert!(
+                err.contains(&format!("not removing {}: {why}", ids[0])),
+                "{target}: {err}"
+            );
+            assert!(exists(&ids[0]), "{target}: the live release survives");
+            assert!(
+                !exists(&ids[1]) && !exists(&ids[2]),
+                "{target}: the others go"
+            );
+        }
+        // current leads elsewhere or nowhere: every release may go.
+        restore(&layout);
+        point_current(&layout, "/");
+        assert_eq!(run(&all(&layout), None).0, 0);
+        assert!(ids.iter().all(|r| !exists(r)));
+        restore(&layout);
+        point_current(&layout, "releases/19990101000000");
+        assert_eq!(run(&all(&layout), None).0, 0);
+        assert!(ids.iter().all(|r| !exists(r)));
     }
 }
