@@ -60,7 +60,10 @@ impl Layout {
     }
 
     /// Creates the release directory (marked unfinished) and unpacks the
-    /// archive streamed on stdin into it.
+    /// archive streamed on stdin into it, with tar's default protections,
+    /// which shipit never turns off: leading `/` and `../` are stripped, and
+    /// links to absolute or `..` targets are made last, so nothing is
+    /// written through them.
     pub fn unpack(&self, id: &ReleaseId) -> Cmd {
         Cmd::script("unpack", UNPACK, [self.deploy_to.clone(), id.to_string()])
     }
@@ -212,20 +215,44 @@ fi
 rm -rf "$r" && mkdir "$r" || exit
 tar -xzf - -C "$r" --no-same-owner"#;
 
-const LINK_SHARED: &str = r#"d=$1 r="$1/releases/$2"; shift 2
+const LINK_SHARED: &str = r#"d=$1 id=$2 r="$1/releases/$2"; shift 2
+refuse() { printf 'release %s: refusing to link shared path %s: %s\n' "$id" "$p" "$1" >&2; exit 3; }
+# First look, change nothing: a release must not be able to make the
+# rm -rf and mkdir below follow a link it ships out of releases/<id>.
 for a; do
   p=${a#?}
+  case /$p/ in */../*|*/./*|//*) refuse 'it must be a plain path relative to the release' ;; esac
+  for b; do
+    case $p in "${b#?}"/*) refuse "it lies inside shared path ${b#?}, which becomes a link into shared/; list only one of them" ;; esac
+  done
+  rest=$p at=$r
+  while case $rest in */*) true ;; *) false ;; esac; do
+    at="$at/${rest%%/*}" rest=${rest#*/}
+    if [ -L "$at" ]; then
+      refuse "${at#"$r/"} in the release is a symlink (to $(readlink "$at")); shipit never writes through links a release ships. Make it a directory in the release, or drop the path from shared_dirs/shared_files"
+    elif [ -e "$at" ] && [ ! -d "$at" ]; then
+      refuse "${at#"$r/"} in the release is not a directory"
+    fi
+  done
   case $a in
-    d*) mkdir -p "$d/shared/$p" || exit ;;
     f*) if [ ! -e "$d/shared/$p" ]; then
           echo "shared file $d/shared/$p is missing on this host; create it there (shipit never creates or overwrites shared files)" >&2; exit 3
         fi ;;
   esac
+done
+for a; do
+  p=${a#?}
+  case $a in d*) mkdir -p "$d/shared/$p" || exit ;; esac
   rm -rf "$r/$p" && mkdir -p "$(dirname "$r/$p")" && ln -s "$d/shared/$p" "$r/$p" || exit
 done"#;
 
-const FINISH: &str = r#"d=$1 id=$2
-printf '%s\n' "$3" > "$d/releases/$id/REVISION.tmp" && mv -f "$d/releases/$id/REVISION.tmp" "$d/releases/$id/REVISION" || exit
+const FINISH: &str = r#"d=$1 id=$2 r="$1/releases/$2" t="$1/releases/$2/.REVISION.shipit"
+# Never write through a REVISION (or temporary file) the release ships as
+# a link: remove the name, create the file exclusively, rename it over.
+if [ -d "$r/REVISION" ] && [ ! -L "$r/REVISION" ]; then
+  echo "release $id ships a directory named REVISION, where shipit records the revision; rename it" >&2; exit 3
+fi
+rm -f "$t" && (set -C && printf '%s\n' "$3" > "$t") && mv -fT "$t" "$r/REVISION" || exit
 rm -f "$d/.shipit/unfinished/$id""#;
 
 const SWITCH: &str = r#"d=$1 id=$2 r="$1/releases/$2"
@@ -696,5 +723,266 @@ mod tests {
         point_current(&layout, "releases/19990101000000");
         assert_eq!(run(&all(&layout), None).0, 0);
         assert!(ids.iter().all(|r| !exists(r)));
+    }
+
+    /// Archive members as a hostile archive may hold them: names and link
+    /// targets are written raw, `/` and `..` included.
+    enum Member<'a> {
+        File(&'a str, &'a str),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+    }
+
+    fn raw_archive(members: &[Member<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for member in members {
+            let mut header = tar::Header::new_ustar();
+            let (name, kind, link, body) = match member {
+                Member::File(n, b) => (*n, tar::EntryType::Regular, "", *b),
+                Member::Dir(n) => (*n, tar::EntryType::Directory, "", ""),
+                Member::Symlink(n, t) => (*n, tar::EntryType::Symlink, *t, ""),
+                Member::Hardlink(n, t) => (*n, tar::EntryType::Link, *t, ""),
+            };
+            let old = header.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_entry_type(kind);
+            header.set_size(body.len() as u64);
+            header.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            header.set_cksum();
+            builder.append(&header, body.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A directory outside `deploy_to` that no release may touch.
+    fn victim(root: &std::path::Path) -> std::path::PathBuf {
+        let v = root.join("victim");
+        std::fs::create_dir_all(v.join("pids")).unwrap();
+        std::fs::write(v.join("pids/keep"), "precious").unwrap();
+        std::fs::write(v.join("target"), "orig").unwrap();
+        v
+    }
+
+    #[track_caller]
+    fn untouched(victim: &std::path::Path) {
+        let mut names: Vec<String> = std::fs::read_dir(victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["pids", "target"], "{}", victim.display());
+        assert_eq!(
+            std::fs::read_to_string(victim.join("target")).unwrap(),
+            "orig"
+        );
+        assert_eq!(
+            std::fs::read_to_string(victim.join("pids/keep")).unwrap(),
+            "precious"
+        );
+        assert_eq!(std::fs::read_dir(victim.join("pids")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn shared_paths_never_follow_links_the_release_ships() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let v = victim.to_str().unwrap();
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let r1 = id("20261122101500");
+        let dirs = |list: &[&str]| list.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        let link = |members: &[Member<'_>], shared_dirs: &[&str], shared_files: &[&str]| {
+            let _ = std::fs::remove_dir_all(layout.release(&r1));
+            let _ = std::fs::remove_file(format!("{}/.shipit/unfinished/{r1}", layout.deploy_to()));
+            let (code, _, err) = run(&layout.unpack(&r1), Some(&raw_archive(members)));
+            assert_eq!(code, 0, "{err}");
+            run(
+                &layout.link_shared(&r1, &dirs(shared_dirs), &dirs(shared_files)),
+                None,
+            )
+        };
+        let refused = |result: (i32, String, String), why: &str| {
+            let (code, _, err) = result;
+            assert_eq!(code, 3, "{err}");
+            assert!(err.contains(why), "{err}");
+            untouched(&victim);
+        };
+
+        // The scenario: tmp -> victim, shared_dirs = ["tmp/pids"].
+        refused(
+            link(&[Member::Symlink("tmp", v)], &["tmp/pids"], &[]),
+            &format!(
+                "release {r1}: refusing to link shared path tmp/pids: tmp in the release is a symlink (to {v})"
+            ),
+        );
+        // Nothing was linked or created in shared/ either.
+        assert!(!tmp.path().join("app/shared/tmp").exists());
+        // Relative, deeper, through a file, for a shared file.
+        refused(
+            link(
+                &[Member::Symlink("tmp", "../../../victim")],
+                &["tmp/pids"],
+                &[],
+            ),
+            "tmp in the release is a symlink (to ../../../victim)",
+        );
+        refused(
+            link(
+                &[Member::Dir("var"), Member::Symlink("var/run", v)],
+                &["var/run/app/pids"],
+                &[],
+            ),
+            "shared path var/run/app/pids: var/run in the release is a symlink",
+        );
+        refused(
+            link(&[Member::File("tmp", "x")], &["tmp/pids"], &[]),
+            "tmp in the release is not a directory",
+        );
+        std::fs::create_dir_all(tmp.path().join("app/shared/config")).unwrap();
+        std::fs::write(tmp.path().join("app/shared/config/.env"), "K=V").unwrap();
+        refused(
+            link(&[Member::Symlink("config", v)], &[], &["config/.env"]),
+            "config in the release is a symlink",
+        );
+        // A shared path inside another: the inner one would be written
+        // through the outer one's new link, into shared/.
+        refused(
+            link(&[], &["tmp", "tmp/pids"], &[]),
+            "shared path tmp/pids: it lies inside shared path tmp",
+        );
+
+        // The shared path itself shipped as a link: the link is replaced,
+        // what it points to is left alone.
+        let (code, _, err) = link(
+            &[
+                Member::Symlink("tmp", v),
+                Member::Dir("log"),
+                Member::Symlink("log/pids", v),
+            ],
+            &["tmp", "log/pids"],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        untouched(&victim);
+        let release = layout.release(&r1);
+        assert_eq!(
+            std::fs::read_link(format!("{release}/tmp")).unwrap(),
+            tmp.path().join("app/shared/tmp")
+        );
+        assert_eq!(
+            std::fs::read_link(format!("{release}/log/pids")).unwrap(),
+            tmp.path().join("app/shared/log/pids")
+        );
+    }
+
+    #[test]
+    fn revision_is_never_written_through_a_link_the_release_ships() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let target = victim.join("target");
+        let target = target.to_str().unwrap();
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let cases: [&[Member<'_>]; 3] = [
+            &[Member::Symlink("REVISION", target)],
+            &[Member::Symlink("REVISION", victim.to_str().unwrap())],
+            &[
+                Member::Symlink(".REVISION.shipit", target),
+                Member::Symlink("REVISION.tmp", target),
+            ],
+        ];
+        for (n, members) in cases.iter().enumerate() {
+            let r = id(&format!("2026112210150{n}"));
+            assert_eq!(run(&layout.unpack(&r), Some(&raw_archive(members))).0, 0);
+            let (code, _, err) = run(&layout.finish(&r, "abc123"), None);
+            assert_eq!(code, 0, "case {n}: {err}");
+            untouched(&victim);
+            let revision = format!("{}/REVISION", layout.release(&r));
+            assert!(!std::fs::symlink_metadata(&revision).unwrap().is_symlink());
+            assert_eq!(std::fs::read_to_string(&revision).unwrap(), "abc123\n");
+        }
+        let r = id("20261122101509");
+        let tgz = raw_archive(&[Member::Dir("REVISION"), Member::File("REVISION/x", "")]);
+        assert_eq!(run(&layout.unpack(&r), Some(&tgz)).0, 0);
+        let (code, _, err) = run(&layout.finish(&r, "abc123"), None);
+        assert_eq!(code, 3);
+        assert!(err.contains("ships a directory named REVISION"), "{err}");
+        // Still unfinished: never switched to, never counted.
+        assert!(
+            std::path::Path::new(&format!("{}/.shipit/unfinished/{r}", layout.deploy_to()))
+                .exists()
+        );
+    }
+
+    /// Pins the tar defaults the unpack step relies on (the machine's tar:
+    /// GNU tar on every supported CI and host image).
+    #[test]
+    fn unpack_keeps_hostile_archives_inside_the_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let v = victim.to_str().unwrap();
+        let abs = format!("{v}/abs");
+        let through = format!("{v}/pids/through");
+        let target = format!("{v}/target");
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let cases: Vec<(&str, Vec<Member<'_>>, bool)> = vec![
+            // Leading / is stripped: extracted inside, harmlessly.
+            ("absolute name", vec![Member::File(&abs, "pwn")], true),
+            (
+                "absolute hard link",
+                vec![Member::Hardlink("h", &through)],
+                false,
+            ),
+            (
+                "../ name",
+                vec![Member::File("../../victim/dd", "pwn")],
+                false,
+            ),
+            (
+                "a/../../ name",
+                vec![Member::File("a/../../../victim/dd", "pwn")],
+                false,
+            ),
+            (
+                "file through an absolute link",
+                vec![Member::Symlink("l", v), Member::File("l/pids/x", "pwn")],
+                false,
+            ),
+            (
+                "file through a ../ link",
+                vec![
+                    Member::Symlink("l", "../../../victim"),
+                    Member::File("l/x", "pwn"),
+                ],
+                false,
+            ),
+            (
+                "file through a chain of links",
+                vec![
+                    Member::Symlink("x", "y"),
+                    Member::Symlink("y", v),
+                    Member::File("x/x", "pwn"),
+                ],
+                false,
+            ),
+            (
+                "link replaced by a file of the same name",
+                vec![Member::Symlink("t", &target), Member::File("t", "pwn")],
+                true,
+            ),
+        ];
+        for (n, (what, members, extracts)) in cases.iter().enumerate() {
+            let r = id(&format!("202611221015{n:02}"));
+            let (code, _, err) = run(&layout.unpack(&r), Some(&raw_archive(members)));
+            assert_eq!(code == 0, *extracts, "{what}: exit {code}: {err}");
+            untouched(&victim);
+        }
     }
 }

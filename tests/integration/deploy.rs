@@ -481,3 +481,48 @@ fn a_current_switched_by_hand_with_a_relative_link_is_live_for_every_command() {
     assert_eq!(state.bad, [r4.clone()]);
     assert!(state.health.unwrap().1.contains(&format!("release={r3} ")));
 }
+
+/// A release that ships `tmp -> /srv/demo/victim` with `shared_dirs =
+/// ["tmp/pids"]` must not make shipit delete `/srv/demo/victim/pids`: the
+/// link step refuses, naming host, release and path, before any host is
+/// switched.
+#[test]
+fn a_release_cannot_make_shared_dirs_delete_outside_it() {
+    let fleet = fleet(2);
+    let project = Project::new(&standard_config(&fleet, "").replace(
+        "shared_dirs = [\"log\"]",
+        "shared_dirs = [\"log\", \"tmp/pids\"]",
+    ));
+    project.shipit(&["test", "deploy", "-q"]).success();
+    let r1 = fleet_release(&fleet);
+    let victim = format!("{DEPLOY_TO}/victim");
+    for host in names(&fleet) {
+        fleet.write_file(&host, &format!("{victim}/pids/keep"), "precious");
+    }
+    std::os::unix::fs::symlink(&victim, project.path().join("dist/tmp")).unwrap();
+    project.set_version("v2");
+    let run = project.shipit(&["test", "deploy"]);
+    run.code(1).stderr_has("no host was switched");
+    for host in names(&fleet) {
+        let state = host_state(&fleet, &host, DEPLOY_TO);
+        let [r2] = state.unfinished.as_slice() else {
+            panic!(
+                "{host}: one unfinished release expected: {:?}",
+                state.unfinished
+            )
+        };
+        run.stderr_has(&format!("{host}     link-shared  FAILED"))
+            .stderr_has(&format!(
+                "release {r2}: refusing to link shared path tmp/pids: tmp in the release is a symlink (to {victim})"
+            ));
+        assert_eq!(
+            fleet
+                .read_file(&host, &format!("{victim}/pids/keep"))
+                .as_deref(),
+            Some("precious"),
+            "{host}: the victim survives"
+        );
+        assert_eq!(state.current.as_deref(), Some(r1.as_str()), "{host}");
+        assert!(state.health.unwrap().1.contains(&format!("release={r1} ")));
+    }
+}
