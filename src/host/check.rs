@@ -144,6 +144,9 @@ impl Readiness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
+    /// Ok as far as it could be judged; the reason says what was not, so
+    /// it is shown like a problem, yet never fails the check.
+    OkNoted,
     Fail,
     /// Not applicable or not checkable; never fails the check.
     Skip,
@@ -152,7 +155,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Ok => "ok",
+            Status::Ok | Status::OkNoted => "ok",
             Status::Fail => "FAIL",
             Status::Skip => "skip",
         }
@@ -169,6 +172,12 @@ impl Verdict {
     pub fn ok(reason: impl Into<String>) -> Verdict {
         Verdict {
             status: Status::Ok,
+            reason: reason.into(),
+        }
+    }
+    pub fn ok_noted(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::OkNoted,
             reason: reason.into(),
         }
     }

@@ -155,6 +155,24 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         .stdout_has("/srv/demo/current/bin/restart found")
         .stdout_has("(all)  lb            ok    drain and enable parse; `echo` found (not run)");
 
+    // An expect_body that only the next release will answer: before the
+    // deploy, the status is judged and the body is said not to be.
+    let literal = format!("{lb}[stages.test.health]\nexpect_body = \"version=v2\"\n");
+    project.write_config(&standard_config(&fleet, &literal));
+    project
+        .shipit(&["test", "check"])
+        .success()
+        .stdout_has("web1  ok       ok         skip          ok       ok      ok    ok\n")
+        .stdout_has("body not judged: expect_body \"version=v2\" is a literal");
+    // The status still counts.
+    fleet.exec_ok("web1", &format!("touch {DEPLOY_TO}/shared/health-fail"));
+    project
+        .shipit(&["test", "check"])
+        .code(1)
+        .stdout_has("status 500 (want 200)")
+        .stderr_has("check failed: web1 health");
+    fleet.exec_ok("web1", &format!("rm {DEPLOY_TO}/shared/health-fail"));
+
     // Break three things on purpose.
     fleet.write_file("web1", &format!("{DEPLOY_TO}/shared/.env"), "K=V\n");
     fleet.exec_ok(
