@@ -16,11 +16,11 @@ use super::lock::is_stale;
 use super::{Context, fleet};
 use crate::config::Lb;
 use crate::config::template::Var;
-use crate::config::{Host, Stage};
+use crate::config::{Host, Source, Stage};
 use crate::error::Error;
 use crate::execute::health;
 use crate::exit::Exit;
-use crate::host::check::{self, Program, Readiness, Status, Verdict};
+use crate::host::check::{self, Found, Program, Readiness, Status, Verdict};
 use crate::host::{HostFacts, Layout};
 use crate::plan::HttpCheck;
 use crate::shell::Cmd;
@@ -139,11 +139,40 @@ async fn check_host(
         Verdict::ok("connected"),
         check::deploy_to(&layout, &readiness.deploy_to, &facts),
         check::shared_files(&layout, &stage.app.shared_files, &facts),
-        check::restart(&layout, program.as_ref(), &readiness.restart),
+        check::restart(
+            &layout,
+            program.as_ref(),
+            &readiness.restart,
+            in_source(stage, program.as_ref()).as_ref(),
+        ),
         check_health(stage, host, &facts, client).await,
         lb,
         check::lock(&stage.name, &facts, is_stale),
     ]
+}
+
+/// A program inside the release, looked up where the next release is
+/// made from: the local `app.source` directory. Unknown (`None`) for an
+/// archive, or when `app.build` makes the source (it has not run).
+fn in_source(stage: &Stage, program: Option<&Program>) -> Option<Found> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(Program::InRelease(path)) = program else {
+        return None;
+    };
+    let Source::Directory(dir) = &stage.app.source else {
+        return None;
+    };
+    if stage.app.build.is_some() || !dir.is_dir() {
+        return None;
+    }
+    let file = dir.join(path);
+    Some(match std::fs::metadata(&file) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+            Found::Yes(file.display().to_string())
+        }
+        Ok(_) => Found::NotExecutable,
+        Err(_) => Found::Missing,
+    })
 }
 
 /// A row of which only the first checks (`known`) and the local `lb`

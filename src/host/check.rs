@@ -235,7 +235,16 @@ pub fn shared_files(layout: &Layout, shared_files: &[String], facts: &HostFacts)
 }
 
 /// Is the program `app.restart` starts there? Best effort: its first word.
-pub fn restart(layout: &Layout, program: Option<&Program>, found: &Found) -> Verdict {
+/// `found` is what the host has; for a program inside the release, `next`
+/// is what the local `app.source` directory (which the next release is made
+/// from) has, when that can be known: the deploy runs the next release's
+/// copy, so the live release's copy alone must not fail the check.
+pub fn restart(
+    layout: &Layout,
+    program: Option<&Program>,
+    found: &Found,
+    next: Option<&Found>,
+) -> Verdict {
     let Some(program) = program else {
         return Verdict::skip("no app.restart");
     };
@@ -247,19 +256,40 @@ pub fn restart(layout: &Layout, program: Option<&Program>, found: &Found) -> Ver
         Program::InRelease(p) => format!("{}/{p}", layout.current()),
         Program::Command(p) => format!("`{p}`"),
     };
-    match found {
-        Found::Yes(path) => Verdict::ok(format!("{path} found")),
+    let live = match found {
+        Found::Yes(path) => return Verdict::ok(format!("{path} found")),
         Found::Missing => match program {
             Program::Command(_) => {
-                Verdict::fail(format!("{name} is not on the PATH of the SSH user's shell"))
+                return Verdict::fail(format!("{name} is not on the PATH of the SSH user's shell"));
             }
-            _ => Verdict::fail(format!("{name} does not exist")),
+            _ => "does not exist",
         },
-        Found::NotExecutable => Verdict::fail(format!("{name} is not an executable file")),
-        Found::NoCurrent => Verdict::skip(format!(
+        Found::NotExecutable => "is not an executable file",
+        Found::NoCurrent => "",
+        Found::NotChecked => return Verdict::skip("not checked"),
+    };
+    match (found, next) {
+        (Found::NoCurrent, None) => Verdict::skip(format!(
             "{name} is in the release, and no release is current yet"
         )),
-        Found::NotChecked => Verdict::skip("not checked"),
+        (Found::NoCurrent, Some(Found::Yes(source))) => Verdict::ok(format!(
+            "{source} found in app.source, from which the first release is made"
+        )),
+        (_, Some(Found::Yes(source))) => Verdict::ok_noted(format!(
+            "{name} {live} in the live release, but {source} in app.source, from which the next release \
+             is made, is fine"
+        )),
+        (_, Some(Found::Missing)) if *found == Found::NoCurrent => Verdict::fail(format!(
+            "{name} would not exist: it is not in app.source, from which the first release is made"
+        )),
+        (_, Some(Found::NotExecutable)) if *found == Found::NoCurrent => Verdict::fail(format!(
+            "{name} would not be executable: it is not executable in app.source, from which the first \
+             release is made"
+        )),
+        (_, Some(_)) => Verdict::fail(format!(
+            "{name} {live}, and app.source, from which the next release is made, has no executable copy either"
+        )),
+        (_, None) => Verdict::fail(format!("{name} {live}")),
     }
 }
 
@@ -380,27 +410,28 @@ mod tests {
 
         let bin = Program::InRelease("bin/restart".into());
         assert_eq!(
-            restart(&layout, Some(&bin), &Found::Missing),
+            restart(&layout, Some(&bin), &Found::Missing, None),
             Verdict::fail("/srv/shop/current/bin/restart does not exist")
         );
         assert_eq!(
-            restart(&layout, Some(&bin), &Found::NoCurrent).status,
+            restart(&layout, Some(&bin), &Found::NoCurrent, None).status,
             Status::Skip
         );
         assert_eq!(
             restart(
                 &layout,
                 Some(&Program::Command("pm2".into())),
-                &Found::Missing
+                &Found::Missing,
+                None
             ),
             Verdict::fail("`pm2` is not on the PATH of the SSH user's shell")
         );
         assert_eq!(
-            restart(&layout, None, &Found::NotChecked).status,
+            restart(&layout, None, &Found::NotChecked, None).status,
             Status::Skip
         );
         assert_eq!(
-            restart(&layout, Some(&Program::Unclear), &Found::NotChecked).status,
+            restart(&layout, Some(&Program::Unclear), &Found::NotChecked, None).status,
             Status::Skip
         );
 
@@ -419,6 +450,61 @@ mod tests {
             lock("production", &locked, |_| true)
                 .reason
                 .starts_with("stale: run r1")
+        );
+    }
+
+    #[test]
+    fn restart_inside_the_release_is_judged_on_the_release_to_come() {
+        let layout = Layout::new("/srv/shop");
+        let bin = Program::InRelease("bin/restart".into());
+        let next = |f: Found| Some(f);
+        let src = || Found::Yes("/p/dist/bin/restart".into());
+        // The live release lacks it (an older layout), the next has it.
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::Missing, next(src()).as_ref()),
+            Verdict::ok_noted(
+                "/srv/shop/current/bin/restart does not exist in the live release, but /p/dist/bin/restart \
+                 in app.source, from which the next release is made, is fine"
+            )
+        );
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::NotExecutable,
+                next(Found::NotExecutable).as_ref()
+            ),
+            Verdict::fail(
+                "/srv/shop/current/bin/restart is not an executable file, and app.source, from which the next \
+                 release is made, has no executable copy either"
+            )
+        );
+        // First deploy: judged on the source alone.
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::NoCurrent, next(src()).as_ref()),
+            Verdict::ok(
+                "/p/dist/bin/restart found in app.source, from which the first release is made"
+            )
+        );
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::NoCurrent,
+                next(Found::Missing).as_ref()
+            )
+            .status,
+            Status::Fail
+        );
+        // Found on the host: ok, whatever the source says.
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::Yes("/srv/shop/current/bin/restart".into()),
+                next(Found::Missing).as_ref()
+            ),
+            Verdict::ok("/srv/shop/current/bin/restart found")
         );
     }
 }

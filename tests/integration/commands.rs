@@ -138,13 +138,17 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
     let lb = "[lb]\ndrain = \"echo drain {name}\"\nenable = \"echo enable {name}\"\n";
     let project = Project::new(&standard_config(&fleet, lb));
 
-    // Never deployed: deploy_to can be created, restart and health wait for
-    // a release. Nothing fails.
-    let run = project.shipit(&["test", "check"]);
+    // Never deployed: deploy_to can be created, restart is judged in
+    // app.source (the first release is made from it), health waits for a
+    // release. Nothing fails.
+    let source_restart = project.path().join("dist/bin/restart");
+    let run = project.shipit(&["test", "check", "-v"]);
     run.success()
         .stdout_has("HOST  CONNECT  DEPLOY_TO  SHARED_FILES  RESTART  HEALTH  LB    LOCK\n")
-        .stdout_has("web1  ok       ok         skip          skip     skip    ok    ok\n")
-        .stdout_has("(all)  restart       skip  /srv/demo/current/bin/restart is in the release, and no release is current yet");
+        .stdout_has("web1  ok       ok         skip          ok       skip    ok    ok\n")
+        .stdout_has(
+            "(all)  restart       ok    ./dist/bin/restart found in app.source, from which the first release is made",
+        );
     assert!(!fleet.exists("web1", DEPLOY_TO), "check changed nothing");
 
     project.shipit(&["test", "deploy"]).success();
@@ -180,6 +184,11 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         &format!("mount --bind {DEPLOY_TO} {DEPLOY_TO} && mount -o remount,bind,ro {DEPLOY_TO}"),
     );
     fleet.exec_ok("web2", &format!("chmod -x {DEPLOY_TO}/current/bin/restart"));
+    let chmod = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&source_restart, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(0o644);
     project.write_config(&standard_config(
         &fleet,
         &format!("{lb}[stages.test.app]\nshared_files = [\".env\"]\n"),
@@ -191,9 +200,20 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         .stdout_has("web1  deploy_to     FAIL  /srv/demo is not writable by the SSH user")
         .stdout_has("web2  shared_files  FAIL  missing in /srv/demo/shared: .env")
         .stdout_has(
-            "web2  restart       FAIL  /srv/demo/current/bin/restart is not an executable file",
+            "web2  restart       FAIL  /srv/demo/current/bin/restart is not an executable file, \
+             and app.source, from which the next release is made, has no executable copy either",
         )
         .stderr_has("check failed: web1 deploy_to, web2 shared_files, web2 restart");
+    // Only the live copy is broken: the next release brings a good one.
+    chmod(0o755);
+    project
+        .shipit(&["test", "check"])
+        .code(1)
+        .stdout_has(
+            "web2  restart       ok    /srv/demo/current/bin/restart is not an executable file in the live \
+             release, but",
+        )
+        .stderr_has("check failed: web1 deploy_to, web2 shared_files\n");
     let after = host_state(&fleet, "web2", DEPLOY_TO);
     assert_eq!(
         (before.current, before.releases),
