@@ -478,7 +478,7 @@ fn a_current_switched_by_hand_with_a_relative_link_is_live_for_every_command() {
     project.shipit(&["test", "rollback", "-q"]).success();
     assert_eq!(fleet_release(&fleet), r3);
     let state = host_state(&fleet, "web1", DEPLOY_TO);
-    assert_eq!(state.bad, [r4.clone()]);
+    assert_eq!(state.bad, std::slice::from_ref(&r4));
     assert!(state.health.unwrap().1.contains(&format!("release={r3} ")));
 }
 
