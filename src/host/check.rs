@@ -205,6 +205,13 @@ pub fn deploy_to(layout: &Layout, found: &DeployTo, facts: &HostFacts) -> Verdic
         ));
     }
     match found {
+        DeployTo::Writable if matches!(facts.current, Current::Elsewhere { .. }) => {
+            Verdict::ok_noted(format!(
+                "{d} is writable; {}: until a deploy switches it, cleanup leaves this host alone \
+                 and rollback needs --to",
+                facts.current.describe()
+            ))
+        }
         DeployTo::Writable => Verdict::ok(format!("{d} is writable")),
         DeployTo::ReadOnly => Verdict::fail(format!(
             "{d} is not writable by the SSH user; fix its owner or permissions"
@@ -390,6 +397,21 @@ mod tests {
             deploy_to(&layout, &DeployTo::Writable, &odd)
                 .reason
                 .contains("/srv/shop/current is a real directory")
+        );
+
+        let by_hand = HostFacts {
+            current: Current::Elsewhere {
+                link: "/opt/hotfix".into(),
+                leads_to: Some("/opt/hotfix".into()),
+            },
+            ..HostFacts::default()
+        };
+        assert_eq!(
+            deploy_to(&layout, &DeployTo::Writable, &by_hand),
+            Verdict::ok_noted(
+                "/srv/shop is writable; current -> /opt/hotfix, which is not a release in releases/: \
+                 until a deploy switches it, cleanup leaves this host alone and rollback needs --to"
+            )
         );
 
         let missing = HostFacts {
