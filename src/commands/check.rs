@@ -14,12 +14,13 @@ use futures::future::join_all;
 
 use super::lock::is_stale;
 use super::{Context, fleet};
-use crate::config::{Host, Stage};
+use crate::config::template::Var;
+use crate::config::{Host, Source, Stage};
 use crate::error::Error;
 use crate::execute::health;
 use crate::exit::Exit;
-use crate::host::check::{self, Program, Readiness, Status, Verdict};
-use crate::host::{Current, HostFacts, Layout};
+use crate::host::check::{self, Found, Program, Readiness, Status, Verdict};
+use crate::host::{HostFacts, Layout};
 use crate::plan::HttpCheck;
 use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecRequest, Quiet, Transport, TransportError};
@@ -136,11 +137,40 @@ async fn check_host(
         Verdict::ok("connected"),
         check::deploy_to(&layout, &readiness.deploy_to, &facts),
         check::shared_files(&layout, &stage.app.shared_files, &facts),
-        check::restart(&layout, program.as_ref(), &readiness.restart),
+        check::restart(
+            &layout,
+            program.as_ref(),
+            &readiness.restart,
+            in_source(stage, program.as_ref()).as_ref(),
+        ),
         check_health(stage, host, &facts, client).await,
         lb,
         check::lock(&stage.name, &facts, is_stale),
     ]
+}
+
+/// A program inside the release, looked up where the next release is
+/// made from: the local `app.source` directory. Unknown (`None`) for an
+/// archive, or when `app.build` makes the source (it has not run).
+fn in_source(stage: &Stage, program: Option<&Program>) -> Option<Found> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(Program::InRelease(path)) = program else {
+        return None;
+    };
+    let Source::Directory(dir) = &stage.app.source else {
+        return None;
+    };
+    if stage.app.build.is_some() || !dir.is_dir() {
+        return None;
+    }
+    let file = dir.join(path);
+    Some(match std::fs::metadata(&file) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+            Found::Yes(file.display().to_string())
+        }
+        Ok(_) => Found::NotExecutable,
+        Err(_) => Found::Missing,
+    })
 }
 
 /// A row of which only the first checks (`known`) and the local `lb`
@@ -177,7 +207,10 @@ async fn read_readiness(
 }
 
 /// One GET of the health URL. On a host that runs no shipit release yet
-/// the answer is shown but cannot fail the check.
+/// the answer is shown but cannot fail the check. The body is judged only
+/// where the expectation resolves for the live release (it names
+/// `{release}`); a literal `expect_body` describes the release about to be
+/// deployed, so before a deploy only the status can be judged.
 async fn check_health(
     stage: &Stage,
     host: &Host,
@@ -187,10 +220,7 @@ async fn check_health(
     let Some(h) = &stage.health else {
         return Verdict::skip("no [health]");
     };
-    let release = match &facts.current {
-        Current::Release(id) => Some(id.to_string()),
-        _ => None,
-    };
+    let release = facts.current.release().map(ToString::to_string);
     let vars = stage.vars(host, release.as_deref().unwrap_or(""));
     let http = HttpCheck {
         url: h.url.render_plain(&vars),
@@ -204,18 +234,54 @@ async fn check_health(
         interval: h.interval,
         request_timeout: h.request_timeout,
     };
+    let body_judged = h.expect_body.as_ref().is_none_or(|b| b.uses(Var::Release));
     let seen = health::probe(client, &http).await;
-    let answer = match &seen {
-        health::Probe::Healthy => "healthy".to_string(),
-        other => other.describe(&http),
+    health_verdict(&http, release.is_some(), body_judged, &seen)
+}
+
+/// The health cell, from what one GET saw. `live`: the host runs a shipit
+/// release; `body_judged`: `expect_body` (if any) resolves for it.
+fn health_verdict(
+    http: &HttpCheck,
+    live: bool,
+    body_judged: bool,
+    seen: &health::Probe,
+) -> Verdict {
+    let url = &http.url;
+    let status_only = HttpCheck {
+        expect_body: None,
+        ..http.clone()
     };
-    match (release, seen) {
-        (Some(_), health::Probe::Healthy) => Verdict::ok(format!("{}: healthy", http.url)),
-        (Some(_), _) => Verdict::fail(format!("{}: {answer}", http.url)),
-        (None, _) => Verdict::skip(format!(
-            "no shipit release is current; {} answers: {answer}",
-            http.url
+    match seen {
+        health::Probe::Healthy if live => Verdict::ok(format!("{url}: healthy")),
+        health::Probe::Healthy => Verdict::skip(format!(
+            "no shipit release is current; {url} answers: healthy"
         )),
+        _ if !live => Verdict::skip(format!(
+            "no shipit release is current; {url} answers: {}",
+            seen.describe(&status_only)
+        )),
+        health::Probe::Unexpected { status, body }
+            if !body_judged && *status == http.expect_status =>
+        {
+            Verdict::ok_noted(format!(
+                "{url}: status {status}; body not judged: expect_body {:?} is a literal, so it describes \
+                 the release being deployed, not the live one (which answers {:?})",
+                http.expect_body.as_deref().unwrap_or_default(),
+                excerpt(body)
+            ))
+        }
+        _ if !body_judged => Verdict::fail(format!("{url}: {}", seen.describe(&status_only))),
+        _ => Verdict::fail(format!("{url}: {}", seen.describe(http))),
+    }
+}
+
+/// The start of a response body, for a reason line.
+fn excerpt(body: &str) -> String {
+    let body = body.trim();
+    match body.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &body[..end]),
+        None => body.to_string(),
     }
 }
 
@@ -390,6 +456,59 @@ mod tests {
         assert_eq!(
             check_lb(&s, &s.hosts[0], &crate::transport::local::LocalTransport).await,
             Verdict::skip("no [lb]")
+        );
+    }
+
+    #[test]
+    fn health_judges_the_body_only_where_it_resolves_for_the_live_release() {
+        let http = |body: &str| HttpCheck {
+            url: "http://w/health".into(),
+            expect_status: 200,
+            expect_body: Some(body.into()),
+            timeout: std::time::Duration::from_secs(1),
+            interval: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(1),
+        };
+        let answer = |status: u16, body: &str| health::Probe::Unexpected {
+            status,
+            body: body.into(),
+        };
+        // `release={release}`, rendered for the live release: judged.
+        let live = http("release=20261122101500");
+        assert_eq!(
+            health_verdict(&live, true, true, &health::Probe::Healthy),
+            Verdict::ok("http://w/health: healthy")
+        );
+        assert_eq!(
+            health_verdict(&live, true, true, &answer(200, "release=20261121000000")),
+            Verdict::fail(
+                "http://w/health: body lacks \"release=20261122101500\"; body: \"release=20261121000000\""
+            )
+        );
+        // A literal is for the next release: the status alone is judged.
+        let next = http("version=v2");
+        assert_eq!(
+            health_verdict(&next, true, false, &answer(200, "version=v1")),
+            Verdict::ok_noted(
+                "http://w/health: status 200; body not judged: expect_body \"version=v2\" is a literal, \
+                 so it describes the release being deployed, not the live one (which answers \"version=v1\")"
+            )
+        );
+        assert_eq!(
+            health_verdict(&next, true, false, &answer(503, "version=v1")),
+            Verdict::fail("http://w/health: status 503 (want 200); body: \"version=v1\"")
+        );
+        assert_eq!(
+            health_verdict(&next, true, false, &health::Probe::Healthy),
+            Verdict::ok("http://w/health: healthy")
+        );
+        assert_eq!(
+            health_verdict(&next, false, false, &answer(503, "")).status,
+            Status::Skip
+        );
+        assert_eq!(
+            health_verdict(&next, true, false, &health::Probe::Error("refused".into())),
+            Verdict::fail("http://w/health: refused")
         );
     }
 }

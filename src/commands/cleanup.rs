@@ -54,6 +54,10 @@ async fn remove(ctx: &Context, transport: &SshTransport) -> Result<Exit, Error> 
     // Read under the lock: what no run can change meanwhile.
     let facts = fleet::probe(transport, stage, &ctx.hosts).await?;
     let plan = removals(&ctx.hosts, &facts, stage.app.keep_releases);
+    let refused: Vec<String> = plan
+        .iter()
+        .filter_map(|h| h.refused.as_ref().map(|why| format!("{}: {why}", h.host)))
+        .collect();
     let layout = Layout::new(&stage.app.deploy_to);
     let results = join_all(plan.iter().filter(|h| !h.remove.is_empty()).map(|h| {
         let request = ExecRequest {
@@ -80,18 +84,18 @@ async fn remove(ctx: &Context, transport: &SshTransport) -> Result<Exit, Error> 
         .filter(|h| !failed.contains_key(&h.host))
         .collect();
     print!("{}", render(&done, false));
-    if failed.is_empty() {
-        Ok(Exit::Success)
-    } else {
-        Err(Error::Run {
-            exit: Exit::FailedUnchanged,
-            message: format!(
-                "cleanup failed on {}:\n  {}",
-                failed.keys().cloned().collect::<Vec<_>>().join(", "),
-                failed.into_values().collect::<Vec<_>>().join("\n  ")
-            ),
-        })
+    if failed.is_empty() && refused.is_empty() {
+        return Ok(Exit::Success);
     }
+    let mut problems: Vec<String> = refused;
+    problems.extend(failed.into_values());
+    Err(Error::Run {
+        exit: Exit::FailedUnchanged,
+        message: format!(
+            "cleanup did not run everywhere:\n  {}",
+            problems.join("\n  ")
+        ),
+    })
 }
 
 /// What cleanup does on one host.
@@ -100,6 +104,8 @@ pub struct Removal {
     pub host: String,
     pub remove: Vec<ReleaseId>,
     pub keep: Vec<ReleaseId>,
+    /// Why nothing is removed on this host (`current` leads to no release).
+    pub refused: Option<String>,
 }
 
 /// Per host, in `hosts` order: the releases `keep_releases` lets go. Also
@@ -120,8 +126,12 @@ pub fn removals(
                 .filter(|r| r.interrupted() && r.op == "deploy")
                 .and_then(|r| r.release.parse().ok());
             let protect: Vec<&ReleaseId> = resumable.iter().collect();
-            let remove =
-                releases::cleanup(&f.releases, f.current.release(), keep_releases, &protect);
+            let refused = releases::cleanup_refused(&f.current);
+            let remove = if refused.is_some() {
+                Vec::new()
+            } else {
+                releases::cleanup(&f.releases, f.current.release(), keep_releases, &protect)
+            };
             let keep = f
                 .releases
                 .iter()
@@ -132,6 +142,7 @@ pub fn removals(
                 host: h.name.clone(),
                 remove,
                 keep,
+                refused,
             })
         })
         .collect()
@@ -147,6 +158,10 @@ pub fn render(plan: &[Removal], dry_run: bool) -> String {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        if let Some(why) = &h.refused {
+            let _ = writeln!(out, "{:<width$}  nothing removed: {why}", h.host);
+            continue;
+        }
         if h.remove.is_empty() && h.keep.is_empty() {
             let _ = writeln!(out, "{:<width$}  no releases", h.host);
             continue;
@@ -180,11 +195,13 @@ mod tests {
                     host: "web1".into(),
                     remove: vec![id(1), id(2), id(3)],
                     keep: vec![id(4), id(5)],
+                    refused: None,
                 },
                 Removal {
                     host: "web2".into(),
                     remove: vec![id(1)],
                     keep: vec![id(2), id(3)],
+                    refused: None,
                 },
             ]
         );
@@ -220,5 +237,23 @@ mod tests {
         f.last_run = HostFacts::parse("/srv/shop", &journal).unwrap().last_run;
         assert!(f.last_run.as_ref().unwrap().interrupted());
         assert!(removals(&stage.hosts, &facts, 1)[0].remove.is_empty());
+    }
+
+    #[test]
+    fn a_host_whose_current_leads_to_no_release_is_left_alone() {
+        let stage = stage(2, "");
+        let mut facts = facts(&stage, Some(3), &[1, 2, 3]);
+        facts.get_mut("web2").unwrap().current = crate::host::Current::Elsewhere {
+            link: "/opt/hotfix".into(),
+            leads_to: Some("/opt/hotfix".into()),
+        };
+        let plan = removals(&stage.hosts, &facts, 1);
+        assert_eq!(plan[0].remove, [id(1)]);
+        assert!(plan[1].remove.is_empty());
+        assert_eq!(
+            render(&plan, true).lines().nth(1).unwrap(),
+            "web2  nothing removed: current -> /opt/hotfix, which is not a release in releases/; \
+             nothing is removed on this host until current leads to a release"
+        );
     }
 }

@@ -34,16 +34,10 @@ pub fn render(deploy_to: &str, hosts: &[(&str, &HostFacts)]) -> String {
             continue;
         }
         match &facts.current {
-            Current::Elsewhere(target) => {
-                let _ = writeln!(out, "  current -> {target} (not a shipit release)");
+            Current::Elsewhere { .. } | Current::NotALink => {
+                let _ = writeln!(out, "  {}", facts.current.describe());
             }
-            Current::NotALink => {
-                let _ = writeln!(
-                    out,
-                    "  {deploy_to}/current is a real directory, not a symlink"
-                );
-            }
-            _ => {}
+            Current::Missing | Current::Release(_) => {}
         }
         if facts.releases.is_empty() {
             let _ = writeln!(out, "  (no releases)");

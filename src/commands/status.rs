@@ -37,7 +37,11 @@ pub fn render(
         let current = match &facts.current {
             Current::Release(id) => id.to_string(),
             Current::Missing => "-".to_string(),
-            Current::Elsewhere(target) => format!("-> {target}"),
+            Current::Elsewhere { link, leads_to } => match leads_to {
+                Some(path) if path != link => format!("-> {link} ({path}, not a release)"),
+                Some(_) => format!("-> {link} (not a release)"),
+                None => format!("-> {link} (dangling)"),
+            },
             Current::NotALink => "(not a link)".to_string(),
         };
         let last = match &facts.last_run {

@@ -144,6 +144,9 @@ impl Readiness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Ok,
+    /// Ok as far as it could be judged; the reason says what was not, so
+    /// it is shown like a problem, yet never fails the check.
+    OkNoted,
     Fail,
     /// Not applicable or not checkable; never fails the check.
     Skip,
@@ -152,7 +155,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Ok => "ok",
+            Status::Ok | Status::OkNoted => "ok",
             Status::Fail => "FAIL",
             Status::Skip => "skip",
         }
@@ -169,6 +172,12 @@ impl Verdict {
     pub fn ok(reason: impl Into<String>) -> Verdict {
         Verdict {
             status: Status::Ok,
+            reason: reason.into(),
+        }
+    }
+    pub fn ok_noted(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status: Status::OkNoted,
             reason: reason.into(),
         }
     }
@@ -196,6 +205,13 @@ pub fn deploy_to(layout: &Layout, found: &DeployTo, facts: &HostFacts) -> Verdic
         ));
     }
     match found {
+        DeployTo::Writable if matches!(facts.current, Current::Elsewhere { .. }) => {
+            Verdict::ok_noted(format!(
+                "{d} is writable; {}: until a deploy switches it, cleanup leaves this host alone \
+                 and rollback needs --to",
+                facts.current.describe()
+            ))
+        }
         DeployTo::Writable => Verdict::ok(format!("{d} is writable")),
         DeployTo::ReadOnly => Verdict::fail(format!(
             "{d} is not writable by the SSH user; fix its owner or permissions"
@@ -226,7 +242,16 @@ pub fn shared_files(layout: &Layout, shared_files: &[String], facts: &HostFacts)
 }
 
 /// Is the program `app.restart` starts there? Best effort: its first word.
-pub fn restart(layout: &Layout, program: Option<&Program>, found: &Found) -> Verdict {
+/// `found` is what the host has; for a program inside the release, `next`
+/// is what the local `app.source` directory (which the next release is made
+/// from) has, when that can be known: the deploy runs the next release's
+/// copy, so the live release's copy alone must not fail the check.
+pub fn restart(
+    layout: &Layout,
+    program: Option<&Program>,
+    found: &Found,
+    next: Option<&Found>,
+) -> Verdict {
     let Some(program) = program else {
         return Verdict::skip("no app.restart");
     };
@@ -238,19 +263,40 @@ pub fn restart(layout: &Layout, program: Option<&Program>, found: &Found) -> Ver
         Program::InRelease(p) => format!("{}/{p}", layout.current()),
         Program::Command(p) => format!("`{p}`"),
     };
-    match found {
-        Found::Yes(path) => Verdict::ok(format!("{path} found")),
+    let live = match found {
+        Found::Yes(path) => return Verdict::ok(format!("{path} found")),
         Found::Missing => match program {
             Program::Command(_) => {
-                Verdict::fail(format!("{name} is not on the PATH of the SSH user's shell"))
+                return Verdict::fail(format!("{name} is not on the PATH of the SSH user's shell"));
             }
-            _ => Verdict::fail(format!("{name} does not exist")),
+            _ => "does not exist",
         },
-        Found::NotExecutable => Verdict::fail(format!("{name} is not an executable file")),
-        Found::NoCurrent => Verdict::skip(format!(
+        Found::NotExecutable => "is not an executable file",
+        Found::NoCurrent => "",
+        Found::NotChecked => return Verdict::skip("not checked"),
+    };
+    match (found, next) {
+        (Found::NoCurrent, None) => Verdict::skip(format!(
             "{name} is in the release, and no release is current yet"
         )),
-        Found::NotChecked => Verdict::skip("not checked"),
+        (Found::NoCurrent, Some(Found::Yes(source))) => Verdict::ok(format!(
+            "{source} found in app.source, from which the first release is made"
+        )),
+        (_, Some(Found::Yes(source))) => Verdict::ok_noted(format!(
+            "{name} {live} in the live release, but {source} in app.source, from which the next release \
+             is made, is fine"
+        )),
+        (_, Some(Found::Missing)) if *found == Found::NoCurrent => Verdict::fail(format!(
+            "{name} would not exist: it is not in app.source, from which the first release is made"
+        )),
+        (_, Some(Found::NotExecutable)) if *found == Found::NoCurrent => Verdict::fail(format!(
+            "{name} would not be executable: it is not executable in app.source, from which the first \
+             release is made"
+        )),
+        (_, Some(_)) => Verdict::fail(format!(
+            "{name} {live}, and app.source, from which the next release is made, has no executable copy either"
+        )),
+        (_, None) => Verdict::fail(format!("{name} {live}")),
     }
 }
 
@@ -353,6 +399,21 @@ mod tests {
                 .contains("/srv/shop/current is a real directory")
         );
 
+        let by_hand = HostFacts {
+            current: Current::Elsewhere {
+                link: "/opt/hotfix".into(),
+                leads_to: Some("/opt/hotfix".into()),
+            },
+            ..HostFacts::default()
+        };
+        assert_eq!(
+            deploy_to(&layout, &DeployTo::Writable, &by_hand),
+            Verdict::ok_noted(
+                "/srv/shop is writable; current -> /opt/hotfix, which is not a release in releases/: \
+                 until a deploy switches it, cleanup leaves this host alone and rollback needs --to"
+            )
+        );
+
         let missing = HostFacts {
             missing_shared: vec![".env".into()],
             ..HostFacts::default()
@@ -371,27 +432,28 @@ mod tests {
 
         let bin = Program::InRelease("bin/restart".into());
         assert_eq!(
-            restart(&layout, Some(&bin), &Found::Missing),
+            restart(&layout, Some(&bin), &Found::Missing, None),
             Verdict::fail("/srv/shop/current/bin/restart does not exist")
         );
         assert_eq!(
-            restart(&layout, Some(&bin), &Found::NoCurrent).status,
+            restart(&layout, Some(&bin), &Found::NoCurrent, None).status,
             Status::Skip
         );
         assert_eq!(
             restart(
                 &layout,
                 Some(&Program::Command("pm2".into())),
-                &Found::Missing
+                &Found::Missing,
+                None
             ),
             Verdict::fail("`pm2` is not on the PATH of the SSH user's shell")
         );
         assert_eq!(
-            restart(&layout, None, &Found::NotChecked).status,
+            restart(&layout, None, &Found::NotChecked, None).status,
             Status::Skip
         );
         assert_eq!(
-            restart(&layout, Some(&Program::Unclear), &Found::NotChecked).status,
+            restart(&layout, Some(&Program::Unclear), &Found::NotChecked, None).status,
             Status::Skip
         );
 
@@ -410,6 +472,61 @@ mod tests {
             lock("production", &locked, |_| true)
                 .reason
                 .starts_with("stale: run r1")
+        );
+    }
+
+    #[test]
+    fn restart_inside_the_release_is_judged_on_the_release_to_come() {
+        let layout = Layout::new("/srv/shop");
+        let bin = Program::InRelease("bin/restart".into());
+        let next = |f: Found| Some(f);
+        let src = || Found::Yes("/p/dist/bin/restart".into());
+        // The live release lacks it (an older layout), the next has it.
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::Missing, next(src()).as_ref()),
+            Verdict::ok_noted(
+                "/srv/shop/current/bin/restart does not exist in the live release, but /p/dist/bin/restart \
+                 in app.source, from which the next release is made, is fine"
+            )
+        );
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::NotExecutable,
+                next(Found::NotExecutable).as_ref()
+            ),
+            Verdict::fail(
+                "/srv/shop/current/bin/restart is not an executable file, and app.source, from which the next \
+                 release is made, has no executable copy either"
+            )
+        );
+        // First deploy: judged on the source alone.
+        assert_eq!(
+            restart(&layout, Some(&bin), &Found::NoCurrent, next(src()).as_ref()),
+            Verdict::ok(
+                "/p/dist/bin/restart found in app.source, from which the first release is made"
+            )
+        );
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::NoCurrent,
+                next(Found::Missing).as_ref()
+            )
+            .status,
+            Status::Fail
+        );
+        // Found on the host: ok, whatever the source says.
+        assert_eq!(
+            restart(
+                &layout,
+                Some(&bin),
+                &Found::Yes("/srv/shop/current/bin/restart".into()),
+                next(Found::Missing).as_ref()
+            ),
+            Verdict::ok("/srv/shop/current/bin/restart found")
         );
     }
 }

@@ -24,14 +24,26 @@ pub struct HostFacts {
     pub last_run: Option<RunTrace>,
 }
 
+/// Where `current` leads, as the host resolved it: by inode, not by the
+/// link's text, so `releases/<id>` (relative), links to links, `..` and a
+/// symlinked `deploy_to` all count as the release they lead to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Current {
     /// No `current` yet: a host that was never deployed to.
     #[default]
     Missing,
+    /// `current` leads to `releases/<id>`.
     Release(ReleaseId),
-    /// A symlink to something that is not one of our releases.
-    Elsewhere(String),
+    /// A symlink that does not lead to a release directory: somewhere
+    /// outside `releases/`, into a release's subdirectory, or nowhere.
+    /// Nothing can be known about what such a host runs, so cleanup leaves
+    /// it alone and rollback needs `--to`.
+    Elsewhere {
+        /// The link's text.
+        link: String,
+        /// The physical path it leads to; `None` when it dangles.
+        leads_to: Option<String>,
+    },
     /// `current` exists but is not a symlink; shipit refuses to touch it.
     NotALink,
 }
@@ -41,6 +53,28 @@ impl Current {
         match self {
             Current::Release(id) => Some(id),
             _ => None,
+        }
+    }
+
+    /// For messages about a `current` that is not a release: `current ->
+    /// /opt/app, which is not a release in releases/`.
+    pub fn describe(&self) -> String {
+        match self {
+            Current::Missing => "there is no current".into(),
+            Current::Release(id) => format!("current is release {id}"),
+            Current::Elsewhere {
+                link,
+                leads_to: Some(path),
+            } if path == link => format!("current -> {link}, which is not a release in releases/"),
+            Current::Elsewhere {
+                link,
+                leads_to: Some(path),
+            } => format!("current -> {link}, which leads to {path}, not to a release in releases/"),
+            Current::Elsewhere {
+                link,
+                leads_to: None,
+            } => format!("current -> {link}, which leads nowhere"),
+            Current::NotALink => "current is a real directory, not a symlink".into(),
         }
     }
 }
@@ -83,13 +117,27 @@ impl HostFacts {
                 }
                 ["deploy_to read-only"] => facts.deploy_to_exists = true,
                 ["current not-a-link"] => facts.current = Current::NotALink,
-                ["current", target] => {
-                    let id = target
-                        .strip_prefix(&releases_dir)
-                        .and_then(|name| name.parse::<ReleaseId>().ok());
-                    facts.current = match id {
-                        Some(id) => Current::Release(id),
-                        None => Current::Elsewhere(target.to_string()),
+                ["current", "release", name] => {
+                    facts.current = match name.parse::<ReleaseId>() {
+                        Ok(id) => Current::Release(id),
+                        // A directory in releases/ that shipit did not make.
+                        Err(_) => Current::Elsewhere {
+                            link: format!("{releases_dir}{name}"),
+                            leads_to: Some(format!("{releases_dir}{name}")),
+                        },
+                    };
+                }
+                ["current", "elsewhere", link, path] => {
+                    facts.current = Current::Elsewhere {
+                        link: link.to_string(),
+                        // It exists; the host may just lack a way to resolve it.
+                        leads_to: Some(if path.is_empty() { link } else { path }.to_string()),
+                    };
+                }
+                ["current", "dangling", link] => {
+                    facts.current = Current::Elsewhere {
+                        link: link.to_string(),
+                        leads_to: None,
                     };
                 }
                 ["release", name, state, bad, revision @ ..] => match name.parse::<ReleaseId>() {
@@ -127,7 +175,7 @@ mod tests {
 
     #[test]
     fn parses_the_probe() {
-        let out = "deploy_to writable\ncurrent\t/srv/a b/releases/20261122101500\n\
+        let out = "deploy_to writable\ncurrent\trelease\t20261122101500\n\
                    release\t20261122101500\tfinished\tgood\tabc\n\
                    release\t20261121000000\tfinished\tbad\t\n\
                    release\told-stuff\tfinished\tgood\t\n\
@@ -193,13 +241,39 @@ mod tests {
 
     #[test]
     fn current_pointing_elsewhere() {
-        let facts =
-            HostFacts::parse("/srv/a", "deploy_to writable\ncurrent\t/opt/manual\n").unwrap();
-        assert_eq!(facts.current, Current::Elsewhere("/opt/manual".into()));
+        let parse = |line: &str| {
+            HostFacts::parse("/srv/a", &format!("deploy_to writable\n{line}\n"))
+                .unwrap()
+                .current
+        };
+        let outside = parse("current\telsewhere\t../manual\t/opt/manual");
+        assert_eq!(
+            outside,
+            Current::Elsewhere {
+                link: "../manual".into(),
+                leads_to: Some("/opt/manual".into())
+            }
+        );
+        assert_eq!(
+            outside.describe(),
+            "current -> ../manual, which leads to /opt/manual, not to a release in releases/"
+        );
+        assert_eq!(outside.release(), None);
+        let dangling = parse("current\tdangling\treleases/20200101000000");
+        assert_eq!(
+            dangling.describe(),
+            "current -> releases/20200101000000, which leads nowhere"
+        );
+        // A directory in releases/ that is not a shipit release.
+        assert_eq!(
+            parse("current\trelease\told-stuff").describe(),
+            "current -> /srv/a/releases/old-stuff, which is not a release in releases/"
+        );
         let facts =
             HostFacts::parse("/srv/a", "deploy_to missing\nmissing-shared\t.env\n").unwrap();
         assert!(!facts.deploy_to_exists);
         assert_eq!(facts.missing_shared, [".env"]);
         assert!(HostFacts::parse("/srv/a", "garbage\n").is_err());
+        assert!(HostFacts::parse("/srv/a", "current\t/srv/a/releases/x\n").is_err());
     }
 }

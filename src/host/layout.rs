@@ -60,7 +60,10 @@ impl Layout {
     }
 
     /// Creates the release directory (marked unfinished) and unpacks the
-    /// archive streamed on stdin into it.
+    /// archive streamed on stdin into it, with tar's default protections,
+    /// which shipit never turns off: leading `/` and `../` are stripped, and
+    /// links to absolute or `..` targets are made last, so nothing is
+    /// written through them.
     pub fn unpack(&self, id: &ReleaseId) -> Cmd {
         Cmd::script("unpack", UNPACK, [self.deploy_to.clone(), id.to_string()])
     }
@@ -139,16 +142,28 @@ if [ ! -d "$d" ]; then
   exit 0
 fi
 if [ -w "$d" ]; then echo 'deploy_to writable'; else echo 'deploy_to read-only'; fi
-if [ -L "$d/current" ]; then printf 'current\t%s\n' "$(readlink "$d/current")"
-elif [ -e "$d/current" ]; then echo 'current not-a-link'; fi
+c="$d/current" live=
+if [ ! -L "$c" ] && [ -e "$c" ]; then echo 'current not-a-link'; fi
 for r in "$d"/releases/*; do
   [ -d "$r" ] || continue
   id=${r##*/}
+  # Same inode, not same text: relative links, links to links, `..` and a
+  # symlinked deploy_to all lead to the release they lead to.
+  [ -z "$live" ] && [ -L "$c" ] && [ "$c" -ef "$r" ] && live=$id
   state=finished; [ -e "$d/.shipit/unfinished/$id" ] && state=unfinished
   bad=good; [ -e "$d/.shipit/bad/$id" ] && bad=bad
-  rev=; [ -f "$r/REVISION" ] && { IFS= read -r rev <"$r/REVISION" || :; }
+  rev=; [ -f "$r/REVISION" ] && [ ! -L "$r/REVISION" ] && { IFS= read -r rev <"$r/REVISION" || :; }
   printf 'release\t%s\t%s\t%s\t%.200s\n' "$id" "$state" "$bad" "$rev"
 done
+if [ -n "$live" ]; then printf 'current\trelease\t%s\n' "$live"
+elif [ -L "$c" ]; then
+  # Shown to people only; tabs and line breaks would break the format.
+  link=$(printf '%s' "$(readlink "$c")" | tr '\t\n' '  ')
+  if [ -e "$c" ]; then
+    real=$(cd -P "$c" 2>/dev/null && pwd -P) || real=$(readlink -f "$c" 2>/dev/null) || real=
+    printf 'current\telsewhere\t%s\t%s\n' "$link" "$(printf '%s' "$real" | tr '\t\n' '  ')"
+  else printf 'current\tdangling\t%s\n' "$link"; fi
+fi
 for f in "$@"; do [ -e "$d/shared/$f" ] || printf 'missing-shared\t%s\n' "$f"; done
 l="$d/.shipit/lock"
 if [ -d "$l" ]; then
@@ -200,20 +215,44 @@ fi
 rm -rf "$r" && mkdir "$r" || exit
 tar -xzf - -C "$r" --no-same-owner"#;
 
-const LINK_SHARED: &str = r#"d=$1 r="$1/releases/$2"; shift 2
+const LINK_SHARED: &str = r#"d=$1 id=$2 r="$1/releases/$2"; shift 2
+refuse() { printf 'release %s: refusing to link shared path %s: %s\n' "$id" "$p" "$1" >&2; exit 3; }
+# First look, change nothing: a release must not be able to make the
+# rm -rf and mkdir below follow a link it ships out of releases/<id>.
 for a; do
   p=${a#?}
+  case /$p/ in */../*|*/./*|//*) refuse 'it must be a plain path relative to the release' ;; esac
+  for b; do
+    case $p in "${b#?}"/*) refuse "it lies inside shared path ${b#?}, which becomes a link into shared/; list only one of them" ;; esac
+  done
+  rest=$p at=$r
+  while case $rest in */*) true ;; *) false ;; esac; do
+    at="$at/${rest%%/*}" rest=${rest#*/}
+    if [ -L "$at" ]; then
+      refuse "${at#"$r/"} in the release is a symlink (to $(readlink "$at")); shipit never writes through links a release ships. Make it a directory in the release, or drop the path from shared_dirs/shared_files"
+    elif [ -e "$at" ] && [ ! -d "$at" ]; then
+      refuse "${at#"$r/"} in the release is not a directory"
+    fi
+  done
   case $a in
-    d*) mkdir -p "$d/shared/$p" || exit ;;
     f*) if [ ! -e "$d/shared/$p" ]; then
           echo "shared file $d/shared/$p is missing on this host; create it there (shipit never creates or overwrites shared files)" >&2; exit 3
         fi ;;
   esac
+done
+for a; do
+  p=${a#?}
+  case $a in d*) mkdir -p "$d/shared/$p" || exit ;; esac
   rm -rf "$r/$p" && mkdir -p "$(dirname "$r/$p")" && ln -s "$d/shared/$p" "$r/$p" || exit
 done"#;
 
-const FINISH: &str = r#"d=$1 id=$2
-printf '%s\n' "$3" > "$d/releases/$id/REVISION.tmp" && mv -f "$d/releases/$id/REVISION.tmp" "$d/releases/$id/REVISION" || exit
+const FINISH: &str = r#"d=$1 id=$2 r="$1/releases/$2" t="$1/releases/$2/.REVISION.shipit"
+# Never write through a REVISION (or temporary file) the release ships as
+# a link: remove the name, create the file exclusively, rename it over.
+if [ -d "$r/REVISION" ] && [ ! -L "$r/REVISION" ]; then
+  echo "release $id ships a directory named REVISION, where shipit records the revision; rename it" >&2; exit 3
+fi
+rm -f "$t" && (set -C && printf '%s\n' "$3" > "$t") && mv -fT "$t" "$r/REVISION" || exit
 rm -f "$d/.shipit/unfinished/$id""#;
 
 const SWITCH: &str = r#"d=$1 id=$2 r="$1/releases/$2"
@@ -231,10 +270,22 @@ mkdir -p "$d/.shipit/bad" && printf '%s\n' "$3" > "$d/.shipit/bad/$id""#;
 const RECORD: &str = r#"mkdir -p "$1" && printf '%s\n' "$2" >> "$1/revisions.log""#;
 
 const REMOVE: &str = r#"d=$1; shift
-live=$(readlink "$d/current" 2>/dev/null)
+c="$d/current" live=
+# Where current really leads, as a physical path; judged here, at delete
+# time, whatever the probe saw.
+if [ -e "$c" ]; then
+  live=$(cd -P "$c" 2>/dev/null && pwd -P) || live=$(readlink -f "$c" 2>/dev/null) || live=
+  if [ -z "$live" ]; then echo "cannot tell where $c leads; removing nothing" >&2; exit 3; fi
+fi
 for id; do
-  if [ "$live" = "$d/releases/$id" ]; then echo "not removing $id: current points to it" >&2; continue; fi
-  rm -rf "$d/releases/$id" && rm -f "$d/.shipit/bad/$id" "$d/.shipit/unfinished/$id" || exit
+  r="$d/releases/$id"
+  if [ -n "$live" ] && { [ -e "$r" ] || [ -L "$r" ]; }; then
+    if [ "$c" -ef "$r" ]; then echo "not removing $id: current points to it" >&2; continue; fi
+    rp=$(cd -P "$r" 2>/dev/null && pwd -P) || rp=
+    if [ -z "$rp" ]; then echo "not removing $id: cannot resolve $r" >&2; continue; fi
+    case $live/ in "$rp"/*) echo "not removing $id: current leads into it ($live)" >&2; continue ;; esac
+  fi
+  rm -rf "$r" && rm -f "$d/.shipit/bad/$id" "$d/.shipit/unfinished/$id" || exit
 done"#;
 
 #[cfg(test)]
@@ -242,6 +293,7 @@ mod tests {
     //! The scripts run for real against a temporary directory standing in
     //! for `deploy_to`, with an awkward name on purpose.
     use super::*;
+    use crate::host::Current;
     use std::process::{Command, Stdio};
 
     fn run(cmd: &Cmd, stdin: Option<&[u8]>) -> (i32, String, String) {
@@ -402,9 +454,8 @@ mod tests {
         let (_, out, _) = run(&layout.probe(&["config/.env".into(), "nope".into()]), None);
         assert_eq!(
             out,
-            format!(
-                "deploy_to writable\ncurrent\t{release}\nrelease\t20261122101500\tfinished\tgood\tabc123 main\nmissing-shared\tnope\n"
-            )
+            "deploy_to writable\nrelease\t20261122101500\tfinished\tgood\tabc123 main\n\
+             current\trelease\t20261122101500\nmissing-shared\tnope\n"
         );
 
         let (code, _, _) = run(&layout.mark_bad(&r1, "by me"), None);
@@ -529,5 +580,409 @@ mod tests {
         let (code, _, err) = run(&layout.switch(&r1), None);
         assert_eq!(code, 3);
         assert!(err.contains("is a real directory"), "{err}");
+    }
+
+    /// A `deploy_to` reached through a symlink (`link app -> real app`),
+    /// with three finished releases.
+    fn three_releases(root: &std::path::Path) -> (Layout, [ReleaseId; 3]) {
+        let real = root.join("real app");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = root.join("link app");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let layout = Layout::new(link.to_str().unwrap());
+        let ids = [
+            id("20200101000001"),
+            id("20200101000002"),
+            id("20200101000003"),
+        ];
+        for r in &ids {
+            let tgz = archive(&[("public/index.html", "hi")]);
+            assert_eq!(run(&layout.unpack(r), Some(&tgz)).0, 0);
+            assert_eq!(run(&layout.finish(r, "x"), None).0, 0);
+        }
+        (layout, ids)
+    }
+
+    fn point_current(layout: &Layout, target: &str) {
+        let _ = std::fs::remove_file(layout.current());
+        std::os::unix::fs::symlink(target, layout.current()).unwrap();
+    }
+
+    #[test]
+    fn current_is_resolved_by_where_it_leads_not_by_its_text() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (layout, [r1, r2, r3]) = three_releases(tmp.path());
+        let real = tmp.path().join("real app");
+        let real = real.to_str().unwrap();
+        let probe = |layout: &Layout| {
+            let (code, out, err) = run(&layout.probe(&[]), None);
+            assert_eq!(code, 0, "{err}");
+            crate::host::HostFacts::parse(layout.deploy_to(), &out)
+                .unwrap()
+                .current
+        };
+        let leads_to_r1 = [
+            // What an operator types in deploy_to during an incident.
+            format!("releases/{r1}"),
+            // Absolute, through the real path of a symlinked deploy_to.
+            format!("{real}/releases/{r1}"),
+            format!("./releases/../releases/{r1}/"),
+            // A link to a link.
+            "current-by-hand".to_string(),
+        ];
+        std::os::unix::fs::symlink(
+            format!("releases/{r1}"),
+            format!("{}/current-by-hand", layout.deploy_to()),
+        )
+        .unwrap();
+        for target in &leads_to_r1 {
+            point_current(&layout, target);
+            assert_eq!(probe(&layout), Current::Release(r1.clone()), "{target}");
+        }
+
+        // Into a release, outside releases/, nowhere: not a release.
+        point_current(&layout, &format!("releases/{r2}/public"));
+        assert_eq!(
+            probe(&layout),
+            Current::Elsewhere {
+                link: format!("releases/{r2}/public"),
+                leads_to: Some(format!("{real}/releases/{r2}/public")),
+            }
+        );
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        point_current(&layout, outside.to_str().unwrap());
+        assert!(
+            matches!(probe(&layout), Current::Elsewhere { leads_to: Some(p), .. } if p == outside.to_str().unwrap())
+        );
+        point_current(&layout, "releases/20190101000000");
+        assert_eq!(
+            probe(&layout),
+            Current::Elsewhere {
+                link: "releases/20190101000000".into(),
+                leads_to: None
+            }
+        );
+        let _ = r3;
+    }
+
+    #[test]
+    fn remove_never_deletes_what_current_leads_to_or_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (layout, ids) = three_releases(tmp.path());
+        let real = tmp.path().join("real app");
+        let all = |layout: &Layout| layout.remove_releases(&ids);
+        let exists = |r: &ReleaseId| std::path::Path::new(&layout.release(r)).is_dir();
+        let restore = |layout: &Layout| {
+            for r in &ids {
+                if !exists(r) {
+                    assert_eq!(
+                        run(&layout.unpack(r), Some(&archive(&[("public/x", "")]))).0,
+                        0
+                    );
+                    assert_eq!(run(&layout.finish(r, "x"), None).0, 0);
+                }
+            }
+        };
+        let cases = [
+            (format!("releases/{}", ids[0]), "current points to it"),
+            (
+                format!("{}/releases/{}", real.display(), ids[0]),
+                "current points to it",
+            ),
+            (
+                format!("releases/../releases/{}", ids[0]),
+                "current points to it",
+            ),
+            (
+                format!("releases/{}/public", ids[0]),
+                "current leads into it",
+            ),
+        ];
+        for (target, why) in cases {
+            restore(&layout);
+            point_current(&layout, &target);
+            let (code, _, err) = run(&all(&layout), None);
+            assert_eq!(code, 0, "{target}: {err}");
+            assert!(
+                err.contains(&format!("not removing {}: {why}", ids[0])),
+                "{target}: {err}"
+            );
+            assert!(exists(&ids[0]), "{target}: the live release survives");
+            assert!(
+                !exists(&ids[1]) && !exists(&ids[2]),
+                "{target}: the others go"
+            );
+        }
+        // current leads elsewhere or nowhere: every release may go.
+        restore(&layout);
+        point_current(&layout, "/");
+        assert_eq!(run(&all(&layout), None).0, 0);
+        assert!(ids.iter().all(|r| !exists(r)));
+        restore(&layout);
+        point_current(&layout, "releases/19990101000000");
+        assert_eq!(run(&all(&layout), None).0, 0);
+        assert!(ids.iter().all(|r| !exists(r)));
+    }
+
+    /// Archive members as a hostile archive may hold them: names and link
+    /// targets are written raw, `/` and `..` included.
+    enum Member<'a> {
+        File(&'a str, &'a str),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+    }
+
+    fn raw_archive(members: &[Member<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for member in members {
+            let mut header = tar::Header::new_ustar();
+            let (name, kind, link, body) = match member {
+                Member::File(n, b) => (*n, tar::EntryType::Regular, "", *b),
+                Member::Dir(n) => (*n, tar::EntryType::Directory, "", ""),
+                Member::Symlink(n, t) => (*n, tar::EntryType::Symlink, *t, ""),
+                Member::Hardlink(n, t) => (*n, tar::EntryType::Link, *t, ""),
+            };
+            let old = header.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_entry_type(kind);
+            header.set_size(body.len() as u64);
+            header.set_mode(if kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            header.set_cksum();
+            builder.append(&header, body.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A directory outside `deploy_to` that no release may touch.
+    fn victim(root: &std::path::Path) -> std::path::PathBuf {
+        let v = root.join("victim");
+        std::fs::create_dir_all(v.join("pids")).unwrap();
+        std::fs::write(v.join("pids/keep"), "precious").unwrap();
+        std::fs::write(v.join("target"), "orig").unwrap();
+        v
+    }
+
+    #[track_caller]
+    fn untouched(victim: &std::path::Path) {
+        let mut names: Vec<String> = std::fs::read_dir(victim)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["pids", "target"], "{}", victim.display());
+        assert_eq!(
+            std::fs::read_to_string(victim.join("target")).unwrap(),
+            "orig"
+        );
+        assert_eq!(
+            std::fs::read_to_string(victim.join("pids/keep")).unwrap(),
+            "precious"
+        );
+        assert_eq!(std::fs::read_dir(victim.join("pids")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn shared_paths_never_follow_links_the_release_ships() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let v = victim.to_str().unwrap();
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let r1 = id("20261122101500");
+        let dirs = |list: &[&str]| list.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        let link = |members: &[Member<'_>], shared_dirs: &[&str], shared_files: &[&str]| {
+            let _ = std::fs::remove_dir_all(layout.release(&r1));
+            let _ = std::fs::remove_file(format!("{}/.shipit/unfinished/{r1}", layout.deploy_to()));
+            let (code, _, err) = run(&layout.unpack(&r1), Some(&raw_archive(members)));
+            assert_eq!(code, 0, "{err}");
+            run(
+                &layout.link_shared(&r1, &dirs(shared_dirs), &dirs(shared_files)),
+                None,
+            )
+        };
+        let refused = |result: (i32, String, String), why: &str| {
+            let (code, _, err) = result;
+            assert_eq!(code, 3, "{err}");
+            assert!(err.contains(why), "{err}");
+            untouched(&victim);
+        };
+
+        // The scenario: tmp -> victim, shared_dirs = ["tmp/pids"].
+        refused(
+            link(&[Member::Symlink("tmp", v)], &["tmp/pids"], &[]),
+            &format!(
+                "release {r1}: refusing to link shared path tmp/pids: tmp in the release is a symlink (to {v})"
+            ),
+        );
+        // Nothing was linked or created in shared/ either.
+        assert!(!tmp.path().join("app/shared/tmp").exists());
+        // Relative, deeper, through a file, for a shared file.
+        refused(
+            link(
+                &[Member::Symlink("tmp", "../../../victim")],
+                &["tmp/pids"],
+                &[],
+            ),
+            "tmp in the release is a symlink (to ../../../victim)",
+        );
+        refused(
+            link(
+                &[Member::Dir("var"), Member::Symlink("var/run", v)],
+                &["var/run/app/pids"],
+                &[],
+            ),
+            "shared path var/run/app/pids: var/run in the release is a symlink",
+        );
+        refused(
+            link(&[Member::File("tmp", "x")], &["tmp/pids"], &[]),
+            "tmp in the release is not a directory",
+        );
+        std::fs::create_dir_all(tmp.path().join("app/shared/config")).unwrap();
+        std::fs::write(tmp.path().join("app/shared/config/.env"), "K=V").unwrap();
+        refused(
+            link(&[Member::Symlink("config", v)], &[], &["config/.env"]),
+            "config in the release is a symlink",
+        );
+        // A shared path inside another: the inner one would be written
+        // through the outer one's new link, into shared/.
+        refused(
+            link(&[], &["tmp", "tmp/pids"], &[]),
+            "shared path tmp/pids: it lies inside shared path tmp",
+        );
+
+        // The shared path itself shipped as a link: the link is replaced,
+        // what it points to is left alone.
+        let (code, _, err) = link(
+            &[
+                Member::Symlink("tmp", v),
+                Member::Dir("log"),
+                Member::Symlink("log/pids", v),
+            ],
+            &["tmp", "log/pids"],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        untouched(&victim);
+        let release = layout.release(&r1);
+        assert_eq!(
+            std::fs::read_link(format!("{release}/tmp")).unwrap(),
+            tmp.path().join("app/shared/tmp")
+        );
+        assert_eq!(
+            std::fs::read_link(format!("{release}/log/pids")).unwrap(),
+            tmp.path().join("app/shared/log/pids")
+        );
+    }
+
+    #[test]
+    fn revision_is_never_written_through_a_link_the_release_ships() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let target = victim.join("target");
+        let target = target.to_str().unwrap();
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let cases: [&[Member<'_>]; 3] = [
+            &[Member::Symlink("REVISION", target)],
+            &[Member::Symlink("REVISION", victim.to_str().unwrap())],
+            &[
+                Member::Symlink(".REVISION.shipit", target),
+                Member::Symlink("REVISION.tmp", target),
+            ],
+        ];
+        for (n, members) in cases.iter().enumerate() {
+            let r = id(&format!("2026112210150{n}"));
+            assert_eq!(run(&layout.unpack(&r), Some(&raw_archive(members))).0, 0);
+            let (code, _, err) = run(&layout.finish(&r, "abc123"), None);
+            assert_eq!(code, 0, "case {n}: {err}");
+            untouched(&victim);
+            let revision = format!("{}/REVISION", layout.release(&r));
+            assert!(!std::fs::symlink_metadata(&revision).unwrap().is_symlink());
+            assert_eq!(std::fs::read_to_string(&revision).unwrap(), "abc123\n");
+        }
+        let r = id("20261122101509");
+        let tgz = raw_archive(&[Member::Dir("REVISION"), Member::File("REVISION/x", "")]);
+        assert_eq!(run(&layout.unpack(&r), Some(&tgz)).0, 0);
+        let (code, _, err) = run(&layout.finish(&r, "abc123"), None);
+        assert_eq!(code, 3);
+        assert!(err.contains("ships a directory named REVISION"), "{err}");
+        // Still unfinished: never switched to, never counted.
+        assert!(
+            std::path::Path::new(&format!("{}/.shipit/unfinished/{r}", layout.deploy_to()))
+                .exists()
+        );
+    }
+
+    /// Pins the tar defaults the unpack step relies on (the machine's tar:
+    /// GNU tar on every supported CI and host image).
+    #[test]
+    fn unpack_keeps_hostile_archives_inside_the_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = victim(tmp.path());
+        let v = victim.to_str().unwrap();
+        let abs = format!("{v}/abs");
+        let through = format!("{v}/pids/through");
+        let target = format!("{v}/target");
+        let layout = Layout::new(tmp.path().join("app").to_str().unwrap());
+        let cases: Vec<(&str, Vec<Member<'_>>, bool)> = vec![
+            // Leading / is stripped: extracted inside, harmlessly.
+            ("absolute name", vec![Member::File(&abs, "pwn")], true),
+            (
+                "absolute hard link",
+                vec![Member::Hardlink("h", &through)],
+                false,
+            ),
+            (
+                "../ name",
+                vec![Member::File("../../victim/dd", "pwn")],
+                false,
+            ),
+            (
+                "a/../../ name",
+                vec![Member::File("a/../../../victim/dd", "pwn")],
+                false,
+            ),
+            (
+                "file through an absolute link",
+                vec![Member::Symlink("l", v), Member::File("l/pids/x", "pwn")],
+                false,
+            ),
+            (
+                "file through a ../ link",
+                vec![
+                    Member::Symlink("l", "../../../victim"),
+                    Member::File("l/x", "pwn"),
+                ],
+                false,
+            ),
+            (
+                "file through a chain of links",
+                vec![
+                    Member::Symlink("x", "y"),
+                    Member::Symlink("y", v),
+                    Member::File("x/x", "pwn"),
+                ],
+                false,
+            ),
+            (
+                "link replaced by a file of the same name",
+                vec![Member::Symlink("t", &target), Member::File("t", "pwn")],
+                true,
+            ),
+        ];
+        for (n, (what, members, extracts)) in cases.iter().enumerate() {
+            let r = id(&format!("202611221015{n:02}"));
+            let (code, _, err) = run(&layout.unpack(&r), Some(&raw_archive(members)));
+            assert_eq!(code == 0, *extracts, "{what}: exit {code}: {err}");
+            untouched(&victim);
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::{HostFacts, ReleaseId, ReleaseInfo};
+use super::{Current, HostFacts, ReleaseId, ReleaseInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollbackError {
@@ -18,6 +18,11 @@ pub enum RollbackError {
     },
     AlreadyCurrent {
         release: ReleaseId,
+    },
+    /// Some hosts' `current` leads to no release, so "the release before
+    /// the current one" cannot be worked out (one line per host).
+    CurrentUnknown {
+        hosts: Vec<String>,
     },
 }
 
@@ -41,6 +46,12 @@ impl fmt::Display for RollbackError {
             RollbackError::AlreadyCurrent { release } => {
                 write!(f, "every host already runs {release}; nothing to do")
             }
+            RollbackError::CurrentUnknown { hosts } => write!(
+                f,
+                "cannot tell which release to roll back from: {}. Name the target with --to ID \
+                 (see `shipit STAGE releases`), or point current at a release first",
+                hosts.join("; ")
+            ),
         }
     }
 }
@@ -70,6 +81,14 @@ pub fn rollback_target(
     let target = match to {
         Some(id) => id.clone(),
         None => {
+            let unknown: Vec<String> = fleet
+                .iter()
+                .filter(|(_, f)| matches!(f.current, Current::Elsewhere { .. }))
+                .map(|(host, f)| format!("{host}: {}", f.current.describe()))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(RollbackError::CurrentUnknown { hosts: unknown });
+            }
             let newest_current = newest_current.ok_or(RollbackError::NoCurrent)?;
             let bad: BTreeSet<&ReleaseId> = fleet
                 .iter()
@@ -111,6 +130,19 @@ pub fn rollback_target(
     Ok(RollbackChoice { target, abandoned })
 }
 
+/// Why cleanup must leave a host alone, if it must: it acts only where
+/// `current` leads to a release, since otherwise it cannot know which
+/// release the host serves from (or would roll back to).
+pub fn cleanup_refused(current: &Current) -> Option<String> {
+    match current {
+        Current::Missing | Current::Release(_) => None,
+        Current::Elsewhere { .. } | Current::NotALink => Some(format!(
+            "{}; nothing is removed on this host until current leads to a release",
+            current.describe()
+        )),
+    }
+}
+
 /// Releases cleanup removes from one host, given what is there after the
 /// run. Keeps the newest `keep` finished good releases, failed (bad)
 /// releases newer than the oldest one kept (evidence of recent failures),
@@ -147,7 +179,6 @@ pub fn cleanup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Current;
 
     fn id(n: u32) -> ReleaseId {
         format!("2026112210{n:04}").parse().unwrap()
@@ -315,5 +346,41 @@ mod tests {
         assert_eq!(removed, vec![id(8)]);
         let removed = cleanup(&releases, Some(&id(2)), 2, &[&id(8)]);
         assert!(removed.is_empty());
+    }
+
+    #[test]
+    fn a_current_that_leads_to_no_release_needs_to_and_stops_cleanup() {
+        let mut odd = host(
+            None,
+            &[(1, true, false), (2, true, false), (3, true, false)],
+        );
+        odd.current = Current::Elsewhere {
+            link: "releases/20261122100002/public".into(),
+            leads_to: Some("/srv/a/releases/20261122100002/public".into()),
+        };
+        let fine = host(
+            Some(3),
+            &[(1, true, false), (2, true, false), (3, true, false)],
+        );
+        let err = rollback_target(&[("a", &fine), ("b", &odd)], None).unwrap_err();
+        assert!(matches!(err, RollbackError::CurrentUnknown { .. }));
+        assert_eq!(
+            err.to_string(),
+            "cannot tell which release to roll back from: b: current -> releases/20261122100002/public, \
+             which leads to /srv/a/releases/20261122100002/public, not to a release in releases/. \
+             Name the target with --to ID (see `shipit STAGE releases`), or point current at a release first"
+        );
+        // Named, it goes ahead: the odd host is switched to the target too.
+        let choice = rollback_target(&[("a", &fine), ("b", &odd)], Some(&id(1))).unwrap();
+        assert_eq!(choice.target, id(1));
+
+        assert!(
+            cleanup_refused(&odd.current)
+                .unwrap()
+                .contains("nothing is removed")
+        );
+        assert!(cleanup_refused(&Current::NotALink).is_some());
+        assert_eq!(cleanup_refused(&fine.current), None);
+        assert_eq!(cleanup_refused(&Current::Missing), None);
     }
 }

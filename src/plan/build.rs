@@ -414,6 +414,9 @@ fn cleanup(
             ),
         };
     };
+    if let Some(why) = releases::cleanup_refused(&facts.current) {
+        return Action::Nothing { reason: why };
+    }
     let mut protect = vec![&input.release];
     protect.extend(previous);
     let mut after = facts.releases.clone();

@@ -138,13 +138,17 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
     let lb = "[lb]\ndrain = \"echo drain {name}\"\nenable = \"echo enable {name}\"\n";
     let project = Project::new(&standard_config(&fleet, lb));
 
-    // Never deployed: deploy_to can be created, restart and health wait for
-    // a release. Nothing fails.
-    let run = project.shipit(&["test", "check"]);
+    // Never deployed: deploy_to can be created, restart is judged in
+    // app.source (the first release is made from it), health waits for a
+    // release. Nothing fails.
+    let source_restart = project.path().join("dist/bin/restart");
+    let run = project.shipit(&["test", "check", "-v"]);
     run.success()
         .stdout_has("HOST  CONNECT  DEPLOY_TO  SHARED_FILES  RESTART  HEALTH  LB    LOCK\n")
-        .stdout_has("web1  ok       ok         skip          skip     skip    ok    ok\n")
-        .stdout_has("(all)  restart       skip  /srv/demo/current/bin/restart is in the release, and no release is current yet");
+        .stdout_has("web1  ok       ok         skip          ok       skip    ok    ok\n")
+        .stdout_has(
+            "(all)  restart       ok    ./dist/bin/restart found in app.source, from which the first release is made",
+        );
     assert!(!fleet.exists("web1", DEPLOY_TO), "check changed nothing");
 
     project.shipit(&["test", "deploy"]).success();
@@ -155,6 +159,24 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         .stdout_has("/srv/demo/current/bin/restart found")
         .stdout_has("(all)  lb            ok    drain and enable parse; `echo` found (not run)");
 
+    // An expect_body that only the next release will answer: before the
+    // deploy, the status is judged and the body is said not to be.
+    let literal = format!("{lb}[stages.test.health]\nexpect_body = \"version=v2\"\n");
+    project.write_config(&standard_config(&fleet, &literal));
+    project
+        .shipit(&["test", "check"])
+        .success()
+        .stdout_has("web1  ok       ok         skip          ok       ok      ok    ok\n")
+        .stdout_has("body not judged: expect_body \"version=v2\" is a literal");
+    // The status still counts.
+    fleet.exec_ok("web1", &format!("touch {DEPLOY_TO}/shared/health-fail"));
+    project
+        .shipit(&["test", "check"])
+        .code(1)
+        .stdout_has("status 500 (want 200)")
+        .stderr_has("check failed: web1 health");
+    fleet.exec_ok("web1", &format!("rm {DEPLOY_TO}/shared/health-fail"));
+
     // Break three things on purpose.
     fleet.write_file("web1", &format!("{DEPLOY_TO}/shared/.env"), "K=V\n");
     fleet.exec_ok(
@@ -162,6 +184,11 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         &format!("mount --bind {DEPLOY_TO} {DEPLOY_TO} && mount -o remount,bind,ro {DEPLOY_TO}"),
     );
     fleet.exec_ok("web2", &format!("chmod -x {DEPLOY_TO}/current/bin/restart"));
+    let chmod = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&source_restart, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(0o644);
     project.write_config(&standard_config(
         &fleet,
         &format!("{lb}[stages.test.app]\nshared_files = [\".env\"]\n"),
@@ -173,9 +200,20 @@ fn check_passes_on_a_ready_fleet_and_names_each_failing_check() {
         .stdout_has("web1  deploy_to     FAIL  /srv/demo is not writable by the SSH user")
         .stdout_has("web2  shared_files  FAIL  missing in /srv/demo/shared: .env")
         .stdout_has(
-            "web2  restart       FAIL  /srv/demo/current/bin/restart is not an executable file",
+            "web2  restart       FAIL  /srv/demo/current/bin/restart is not an executable file, \
+             and app.source, from which the next release is made, has no executable copy either",
         )
         .stderr_has("check failed: web1 deploy_to, web2 shared_files, web2 restart");
+    // Only the live copy is broken: the next release brings a good one.
+    chmod(0o755);
+    project
+        .shipit(&["test", "check"])
+        .code(1)
+        .stdout_has(
+            "web2  restart       ok    /srv/demo/current/bin/restart is not an executable file in the live \
+             release, but",
+        )
+        .stderr_has("check failed: web1 deploy_to, web2 shared_files\n");
     let after = host_state(&fleet, "web2", DEPLOY_TO);
     assert_eq!(
         (before.current, before.releases),

@@ -399,3 +399,130 @@ fn bad_config_exits_2_naming_file_and_key() {
         .code(2)
         .stderr_has("there is no stage `nostage`");
 }
+
+/// An operator puts a host back on an old release by hand during an
+/// incident, with a relative link. shipit must see that release as live:
+/// `status`, `cleanup` and the cleanup at the end of the next deploy keep
+/// it, and a rollback after that deploy returns to it.
+#[test]
+fn a_current_switched_by_hand_with_a_relative_link_is_live_for_every_command() {
+    let fleet = fleet(1);
+    let project = Project::new(&standard_config(&fleet, ""));
+    let mut ids = Vec::new();
+    for v in 1..=3 {
+        project.set_version(&format!("v{v}"));
+        project.shipit(&["test", "deploy", "-q"]).success();
+        ids.push(fleet_release(&fleet));
+    }
+    let (r1, r2, r3) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let back_to_r1_by_hand = || {
+        fleet.exec_ok(
+            "web1",
+            &format!(
+                "cd {DEPLOY_TO} && ln -sfn releases/{r1} current && {DEPLOY_TO}/current/bin/restart"
+            ),
+        );
+        assert_eq!(
+            fleet.read_link("web1", &format!("{DEPLOY_TO}/current")),
+            Some(format!("releases/{r1}"))
+        );
+        crate::support::fleet::wait_for(
+            std::time::Duration::from_secs(10),
+            "web1 to serve r1",
+            || {
+                host_state(&fleet, "web1", DEPLOY_TO)
+                    .health
+                    .is_some_and(|(_, body)| body.contains(&format!("release={r1} ")))
+            },
+        );
+    };
+    back_to_r1_by_hand();
+    project
+        .shipit(&["test", "status"])
+        .success()
+        .stdout_has(&format!("web1  {r1}"));
+    project
+        .shipit(&["test", "releases"])
+        .success()
+        .stdout_has(&format!("* {r1}"));
+
+    // keep_releases = 1: the newest stays, and so does the live r1.
+    project.write_config(&standard_config(
+        &fleet,
+        "[stages.test.app]\nkeep_releases = 1\n",
+    ));
+    project
+        .shipit(&["test", "cleanup"])
+        .success()
+        .stdout_has(&format!("web1  removed {r2}; kept {r1} {r3}\n"));
+    let state = host_state(&fleet, "web1", DEPLOY_TO);
+    assert_eq!(state.releases, [r1.clone(), r3.clone()]);
+    assert!(state.health.unwrap().1.contains(&format!("release={r1} ")));
+
+    // The next deploy replaces r1; its cleanup keeps r1 (the release the
+    // host ran before, which old workers may still run from) as well as
+    // r3 (the release before r4, where a rollback goes).
+    project.set_version("v4");
+    project.shipit(&["test", "deploy", "-q"]).success();
+    let r4 = fleet_release(&fleet);
+    let state = host_state(&fleet, "web1", DEPLOY_TO);
+    assert_eq!(state.releases, [r1.clone(), r3.clone(), r4.clone()]);
+    assert_eq!(state.log.last().unwrap()["previous"], r1.as_str());
+
+    // current set by hand to r4, relative: a rollback still knows it
+    // leaves r4, and goes to the release before it.
+    fleet.exec_ok(
+        "web1",
+        &format!("cd {DEPLOY_TO} && ln -sfn ./releases/../releases/{r4} current"),
+    );
+    project.shipit(&["test", "rollback", "-q"]).success();
+    assert_eq!(fleet_release(&fleet), r3);
+    let state = host_state(&fleet, "web1", DEPLOY_TO);
+    assert_eq!(state.bad, std::slice::from_ref(&r4));
+    assert!(state.health.unwrap().1.contains(&format!("release={r3} ")));
+}
+
+/// A release that ships `tmp -> /srv/demo/victim` with `shared_dirs =
+/// ["tmp/pids"]` must not make shipit delete `/srv/demo/victim/pids`: the
+/// link step refuses, naming host, release and path, before any host is
+/// switched.
+#[test]
+fn a_release_cannot_make_shared_dirs_delete_outside_it() {
+    let fleet = fleet(2);
+    let project = Project::new(&standard_config(&fleet, "").replace(
+        "shared_dirs = [\"log\"]",
+        "shared_dirs = [\"log\", \"tmp/pids\"]",
+    ));
+    project.shipit(&["test", "deploy", "-q"]).success();
+    let r1 = fleet_release(&fleet);
+    let victim = format!("{DEPLOY_TO}/victim");
+    for host in names(&fleet) {
+        fleet.write_file(&host, &format!("{victim}/pids/keep"), "precious");
+    }
+    std::os::unix::fs::symlink(&victim, project.path().join("dist/tmp")).unwrap();
+    project.set_version("v2");
+    let run = project.shipit(&["test", "deploy"]);
+    run.code(1).stderr_has("no host was switched");
+    for host in names(&fleet) {
+        let state = host_state(&fleet, &host, DEPLOY_TO);
+        let [r2] = state.unfinished.as_slice() else {
+            panic!(
+                "{host}: one unfinished release expected: {:?}",
+                state.unfinished
+            )
+        };
+        run.stderr_has(&format!("{host}     link-shared  FAILED"))
+            .stderr_has(&format!(
+                "release {r2}: refusing to link shared path tmp/pids: tmp in the release is a symlink (to {victim})"
+            ));
+        assert_eq!(
+            fleet
+                .read_file(&host, &format!("{victim}/pids/keep"))
+                .as_deref(),
+            Some("precious"),
+            "{host}: the victim survives"
+        );
+        assert_eq!(state.current.as_deref(), Some(r1.as_str()), "{host}");
+        assert!(state.health.unwrap().1.contains(&format!("release={r1} ")));
+    }
+}

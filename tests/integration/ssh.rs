@@ -570,6 +570,92 @@ async fn accept_new_records_keys_then_strict_passes() {
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), text);
 }
 
+/// accept-new records a key as new only where OpenSSH would: not when a
+/// global known_hosts file records another key, not under the wrong name
+/// with HostKeyAlias, not when a file cannot be read, not when only a
+/// certificate authority vouches for the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_new_reads_what_openssh_reads_before_calling_a_key_new() {
+    let fleet = fleet(1);
+    let home = tempfile::tempdir().unwrap();
+    let address = fleet.address("web1");
+    let real_pub =
+        std::fs::read_to_string(fleet.dir().join("hosts/web1/ssh_host_ed25519_key.pub")).unwrap();
+    let other = home.path().join("other");
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -f {}",
+        other.display()
+    ));
+    let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
+    let user = home.path().join("known_hosts");
+    let global = home.path().join("ssh_known_hosts");
+    let config = home.path().join("ssh_config");
+    let accept_new = |ssh_config: &str| {
+        std::fs::write(&config, ssh_config).unwrap();
+        let mut o = overrides(&fleet);
+        o.known_hosts = Some(user.clone());
+        o.host_key_checking = Some(HostKeyChecking::AcceptNew);
+        o.config = SshConfigSource::File(config.clone());
+        o
+    };
+    let global_config = format!("Host *\n    GlobalKnownHostsFile {}\n", global.display());
+
+    // The global file records another key: changed, not new.
+    std::fs::write(&global, format!("{address} {other_pub}")).unwrap();
+    let (ssh, errors) = connect(&targets(&fleet), &accept_new(&global_config), home.path()).await;
+    assert!(ssh.connected().is_empty());
+    let text = errors[0].to_string();
+    assert!(
+        matches!(errors[0], TransportError::HostKeyChanged { .. }),
+        "{text}"
+    );
+    assert!(text.contains("~/ssh_known_hosts line 1"), "{text}");
+    assert!(!user.exists(), "nothing recorded");
+    // The global file records this key: known, nothing recorded either.
+    std::fs::write(&global, format!("{address} {real_pub}")).unwrap();
+    let (ssh, errors) = connect(&targets(&fleet), &accept_new(&global_config), home.path()).await;
+    no_errors(&errors);
+    ssh.close().await;
+    assert!(!user.exists(), "nothing recorded");
+
+    // HostKeyAlias: looked up, and recorded, under the alias.
+    let alias_config = "Host *\n    HostKeyAlias web1-key\n    GlobalKnownHostsFile none\n";
+    let (ssh, errors) = connect(&targets(&fleet), &accept_new(alias_config), home.path()).await;
+    no_errors(&errors);
+    ssh.close().await;
+    let recorded = std::fs::read_to_string(&user).unwrap();
+    assert!(recorded.starts_with("web1-key ssh-ed25519 "), "{recorded}");
+    std::fs::write(&user, format!("web1-key {other_pub}")).unwrap();
+    let (_ssh, errors) = connect(&targets(&fleet), &accept_new(alias_config), home.path()).await;
+    let text = errors[0].to_string();
+    assert!(
+        matches!(errors[0], TransportError::HostKeyChanged { .. }),
+        "{text}"
+    );
+    assert!(text.contains("web1-key"), "{text}");
+
+    // Only a certificate authority vouches for the host: refused, saying why.
+    let ca_line = format!("@cert-authority {address} {other_pub}");
+    std::fs::write(&user, &ca_line).unwrap();
+    let (_ssh, errors) = connect(&targets(&fleet), &accept_new(""), home.path()).await;
+    let text = errors[0].to_string();
+    assert!(text.contains("trusts a certificate authority"), "{text}");
+    assert!(text.contains("does not check host certificates"), "{text}");
+    assert_eq!(std::fs::read_to_string(&user).unwrap(), ca_line);
+
+    // A known_hosts file that cannot be read is an error naming it.
+    std::fs::remove_file(&user).unwrap();
+    std::fs::create_dir(&user).unwrap();
+    let (_ssh, errors) = connect(&targets(&fleet), &accept_new(""), home.path()).await;
+    let text = errors[0].to_string();
+    assert!(matches!(errors[0], TransportError::Config { .. }), "{text}");
+    assert!(
+        text.contains(&format!("cannot read {}", user.display())),
+        "{text}"
+    );
+    assert!(errors[0].before_any_command());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hashed_known_hosts_and_key_type_ordering() {
     let fleet = fleet(1);

@@ -25,7 +25,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::ConnectOptions;
 use super::auth::{Agent, AuthFailure, KeyStore, authenticate};
-use super::known_hosts::{KnownHosts, Verdict, append, fingerprint, host_key_name, keyscan_type};
+use super::known_hosts::{HostKeyDb, Verdict, append, fingerprint, host_key_name, keyscan_type};
 use super::settings::{HostKeyChecking, HostSettings, SshEnv, display_path};
 use crate::transport::TransportError;
 
@@ -84,6 +84,8 @@ enum KeyProblem {
     Verdict(Verdict, PublicKey),
     Certificate,
     RecordFailed(PathBuf, String),
+    /// A known_hosts or revoked keys file exists but cannot be read.
+    Unreadable(String),
 }
 
 /// russh's callbacks for one connection: host key checking and noting why
@@ -91,7 +93,7 @@ enum KeyProblem {
 pub(crate) struct ClientHandler {
     host: String,
     port: u16,
-    known_hosts: Vec<PathBuf>,
+    host_keys: HostKeyDb,
     checking: HostKeyChecking,
     problem: Arc<Mutex<Option<KeyProblem>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -112,7 +114,13 @@ impl Handler for ClientHandler {
                 return Ok(false);
             }
         };
-        let verdict = KnownHosts::load(&self.known_hosts).check(&self.host, self.port, key);
+        let verdict = match self.host_keys.load() {
+            Ok(known) => known.check(&self.host_keys.name, key),
+            Err(e) => {
+                *lock(&self.problem) = Some(KeyProblem::Unreadable(e.to_string()));
+                return Ok(false);
+            }
+        };
         tracing::debug!(
             "{}:{} offered {} {}: {verdict:?}",
             self.host,
@@ -123,23 +131,23 @@ impl Handler for ClientHandler {
         match verdict {
             Verdict::Known => Ok(true),
             Verdict::Unknown if self.checking == HostKeyChecking::AcceptNew => {
-                let Some(file) = self.known_hosts.first() else {
+                let Some(file) = self.host_keys.record_to() else {
                     *lock(&self.problem) = Some(KeyProblem::Verdict(verdict, key.clone()));
                     return Ok(false);
                 };
-                match append(file, &self.host, self.port, key) {
+                match append(file, &self.host_keys.name, key) {
                     Ok(()) => {
                         tracing::debug!(
                             "recorded {} for {} in {}",
                             fingerprint(key),
-                            host_key_name(&self.host, self.port),
+                            self.host_keys.name,
                             file.display()
                         );
                         Ok(true)
                     }
                     Err(e) => {
                         *lock(&self.problem) =
-                            Some(KeyProblem::RecordFailed(file.clone(), e.to_string()));
+                            Some(KeyProblem::RecordFailed(file.to_path_buf(), e.to_string()));
                         Ok(false)
                     }
                 }
@@ -314,10 +322,13 @@ impl Shared {
         via: Option<Arc<Connection>>,
         jump_labels: &[String],
     ) -> Result<Connection, TransportError> {
-        let known = KnownHosts::load(&hop.known_hosts);
+        let known = hop.host_keys.load().map_err(|e| TransportError::Config {
+            host: label.to_string(),
+            detail: e.to_string(),
+        })?;
         let config = Arc::new(client_config(
             &self.options,
-            &known.known_algorithms(&hop.host_name, hop.port),
+            &known.known_algorithms(&hop.host_keys.name),
         ));
         let sshd = match &via {
             Some(v) => format!("{}>{}:{}", v.endpoint, hop.host_name, hop.port),
@@ -342,7 +353,7 @@ impl Shared {
             let handler = ClientHandler {
                 host: hop.host_name.clone(),
                 port: hop.port,
-                known_hosts: hop.known_hosts.clone(),
+                host_keys: hop.host_keys.clone(),
                 checking: hop.host_key_checking,
                 problem: problem.clone(),
                 lost: lost.clone(),
@@ -538,16 +549,29 @@ fn keyscan_command(
     env: &SshEnv,
 ) -> String {
     let file = hop
-        .known_hosts
-        .first()
+        .host_keys
+        .record_to()
         .map(|f| display_path(f, &env.home))
         .unwrap_or_else(|| "~/.ssh/known_hosts".into());
-    let scan = format!(
+    let mut scan = format!(
         "ssh-keyscan -p {} -t {} {}",
         hop.port,
         keyscan_type(&key.algorithm()),
         hop.host_name
     );
+    // Under HostKeyAlias, the key is looked up under the alias.
+    if hop.host_keys.name != host_key_name(&hop.host_name, hop.port) {
+        let name = &hop.host_keys.name;
+        let rename = format!("s/^[^ ]* /{name} /");
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:[]@".contains(c));
+        scan = if plain {
+            format!("{scan} | sed '{rename}'")
+        } else {
+            format!("{scan} | sed {}", crate::shell::quote(&rename))
+        };
+    }
     match jump_labels.split_last() {
         None => format!("{scan} >> {file}"),
         Some((last, [])) => format!("ssh {last} {scan} >> {file}"),
@@ -562,10 +586,10 @@ fn key_error(
     jump_labels: &[String],
     env: &SshEnv,
 ) -> TransportError {
-    let address = host_key_name(&hop.host_name, hop.port);
+    let address = hop.host_keys.name.clone();
     let first_file = hop
-        .known_hosts
-        .first()
+        .host_keys
+        .record_to()
         .map(|f| display_path(f, &env.home))
         .unwrap_or_default();
     let show = |f: &PathBuf| display_path(f, &env.home);
@@ -574,6 +598,10 @@ fn key_error(
             host: label.into(),
             address,
             detail: "the server presented a host certificate, which shipit does not check".into(),
+        },
+        KeyProblem::Unreadable(detail) => TransportError::Config {
+            host: label.into(),
+            detail,
         },
         KeyProblem::RecordFailed(file, e) => TransportError::Connect {
             host: label.into(),
@@ -629,6 +657,18 @@ fn key_error(
                     address
                 },
                 line,
+            },
+            Verdict::CertAuthority { file, line } => TransportError::Connect {
+                host: label.into(),
+                address,
+                detail: format!(
+                    "no host key is recorded for it, but {} line {line} trusts a certificate authority for it, \
+                     and shipit does not check host certificates; it will not take the plain key ({}) as new \
+                     in their place, even with accept-new. Verify the key out of band, then record it with: {}",
+                    show(&file),
+                    fingerprint(&key),
+                    keyscan_command(hop, &key, jump_labels, env)
+                ),
             },
             Verdict::Revoked { file, line } => TransportError::HostKeyRevoked {
                 host: label.into(),
@@ -691,7 +731,12 @@ mod tests {
             user: "root".into(),
             identity_files: vec![],
             identities_only: false,
-            known_hosts: vec!["/home/a/.ssh/known_hosts".into()],
+            host_keys: HostKeyDb {
+                name: "[10.0.0.5]:2222".into(),
+                user_files: vec!["/home/a/.ssh/known_hosts".into()],
+                global_files: vec![],
+                revoked: None,
+            },
             host_key_checking: HostKeyChecking::Strict,
             jumps: vec![],
         };
@@ -706,6 +751,12 @@ mod tests {
         assert_eq!(
             keyscan_command(&hop, &key, &["b1".into(), "b2".into()], &env),
             "ssh -J b1 b2 ssh-keyscan -p 2222 -t ed25519 10.0.0.5 >> ~/.ssh/known_hosts"
+        );
+        let mut aliased = hop.clone();
+        aliased.host_keys.name = "web1-key".into();
+        assert_eq!(
+            keyscan_command(&aliased, &key, &[], &env),
+            "ssh-keyscan -p 2222 -t ed25519 10.0.0.5 | sed 's/^[^ ]* /web1-key /' >> ~/.ssh/known_hosts"
         );
     }
 

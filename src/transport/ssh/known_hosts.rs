@@ -1,6 +1,9 @@
-//! Decides whether a server's host key is the one we expect, reading
-//! known_hosts files exactly as OpenSSH does, and records keys of new hosts
-//! for `accept-new`.
+//! Decides whether a server's host key is the one we expect, reading what
+//! OpenSSH reads (user and global known_hosts files, `RevokedHostKeys`,
+//! under the `HostKeyAlias` name if one is set), and records keys of new
+//! hosts for `accept-new`. A file that exists but cannot be read is an
+//! error, never an empty file: an unreadable file could hold the line that
+//! says a key changed.
 //!
 //! russh's own check misses too much for a deploy tool (no wildcards, no
 //! `!negation`, no tab separators, ignores `@revoked`, reports a host known
@@ -40,6 +43,92 @@ pub(crate) struct Line {
     pub key: PublicKey,
 }
 
+/// Everything OpenSSH consults about one hop's host key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostKeyDb {
+    /// The name keys are filed under: `HostKeyAlias`, else `host`, or
+    /// `[host]:port` off port 22.
+    pub name: String,
+    /// `UserKnownHostsFile`: read; `accept-new` records into the first.
+    pub user_files: Vec<PathBuf>,
+    /// `GlobalKnownHostsFile`: read, never written.
+    pub global_files: Vec<PathBuf>,
+    /// `RevokedHostKeys`: public keys refused for every host.
+    pub revoked: Option<PathBuf>,
+}
+
+impl HostKeyDb {
+    /// Reads every file. Missing known_hosts files are empty, as in
+    /// OpenSSH; a missing `RevokedHostKeys` file is an error, as in OpenSSH.
+    pub fn load(&self) -> Result<KnownHosts, ReadError> {
+        let mut files = self.user_files.clone();
+        files.extend(self.global_files.iter().cloned());
+        let mut all = KnownHosts::load(&files)?;
+        if let Some(file) = &self.revoked {
+            all.lines.extend(load_revoked(file)?);
+        }
+        Ok(all)
+    }
+
+    /// Where `accept-new` records a new key.
+    pub fn record_to(&self) -> Option<&Path> {
+        self.user_files.first().map(PathBuf::as_path)
+    }
+}
+
+/// A known_hosts (or revoked keys) file that exists but cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadError {
+    pub file: PathBuf,
+    pub detail: String,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot read {}: {}; host keys cannot be checked without it (fix it, or point ssh.known_hosts / \
+             UserKnownHostsFile / GlobalKnownHostsFile elsewhere)",
+            self.file.display(),
+            self.detail
+        )
+    }
+}
+
+/// `RevokedHostKeys` in its text form: one public key per line.
+fn load_revoked(file: &Path) -> Result<Vec<Line>, ReadError> {
+    let error = |detail: String| ReadError {
+        file: file.to_path_buf(),
+        detail,
+    };
+    let bytes = std::fs::read(file).map_err(|e| error(e.to_string()))?;
+    if bytes.starts_with(b"SSHKRL") {
+        return Err(error(
+            "it is a binary key revocation list (KRL), which shipit cannot read; \
+             list the revoked keys one per line, or as @revoked lines in known_hosts"
+                .into(),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| error("it is not text".into()))?;
+    let mut lines = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let key = PublicKey::from_openssh(trimmed)
+            .map_err(|_| error(format!("line {} is not a public key", index + 1)))?;
+        lines.push(Line {
+            file: file.to_path_buf(),
+            line: index + 1,
+            marker: Some(Marker::Revoked),
+            patterns: HostPatterns::Patterns(vec!["*".into()]),
+            key,
+        });
+    }
+    Ok(lines)
+}
+
 /// What known_hosts says about the key a server offered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -55,6 +144,11 @@ pub(crate) enum Verdict {
     Changed { file: PathBuf, line: usize },
     /// The key is listed as `@revoked`: refuse.
     Revoked { file: PathBuf, line: usize },
+    /// No key is recorded for this host, but a `@cert-authority` line
+    /// covers it: OpenSSH would check a host certificate against that CA.
+    /// shipit does not check certificates, so it refuses rather than take
+    /// the plain key as new.
+    CertAuthority { file: PathBuf, line: usize },
 }
 
 /// The lines of one or more known_hosts files.
@@ -64,31 +158,38 @@ pub(crate) struct KnownHosts {
 }
 
 impl KnownHosts {
-    /// Reads the files; missing ones are empty. Lines that do not parse are
-    /// skipped (as OpenSSH does) and logged.
-    pub fn load(files: &[PathBuf]) -> KnownHosts {
+    /// Reads the files; missing ones are empty, and one that exists but
+    /// cannot be read is an error. Lines that do not parse are skipped (as
+    /// OpenSSH does) and logged.
+    pub fn load(files: &[PathBuf]) -> Result<KnownHosts, ReadError> {
         let mut all = KnownHosts::default();
         for file in files {
-            match std::fs::read_to_string(file) {
-                Ok(text) => all.lines.extend(parse(file, &text)),
+            match std::fs::read(file) {
+                Ok(bytes) => all
+                    .lines
+                    .extend(parse(file, &String::from_utf8_lossy(&bytes))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::debug!("cannot read {}: {e}", file.display()),
+                Err(e) => {
+                    return Err(ReadError {
+                        file: file.clone(),
+                        detail: e.to_string(),
+                    });
+                }
             }
         }
-        all
+        Ok(all)
     }
 
-    /// Checks `key`, offered by `host` on `port`.
-    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
-        let name = host_key_name(host, port);
+    /// Checks `key`, offered by the host whose keys are filed under `name`
+    /// (see [`HostKeyDb::name`]).
+    pub fn check(&self, name: &str, key: &PublicKey) -> Verdict {
         let mut changed = None;
         let mut other = Vec::new();
-        // `@revoked` wins over everything; `@cert-authority` lines never
-        // apply, since host certificates are not requested.
+        // `@revoked` wins over everything.
         if let Some(line) = self.lines.iter().find(|l| {
             l.marker == Some(Marker::Revoked)
                 && l.key.key_data() == key.key_data()
-                && patterns_match(&l.patterns, &name)
+                && patterns_match(&l.patterns, name)
         }) {
             return Verdict::Revoked {
                 file: line.file.clone(),
@@ -96,7 +197,7 @@ impl KnownHosts {
             };
         }
         for line in self.lines.iter().filter(|l| l.marker.is_none()) {
-            if !patterns_match(&line.patterns, &name) {
+            if !patterns_match(&line.patterns, name) {
                 continue;
             }
             if line.key.key_data() == key.key_data() {
@@ -111,7 +212,15 @@ impl KnownHosts {
         match (changed, other.is_empty()) {
             (Some((file, line)), _) => Verdict::Changed { file, line },
             (None, false) => Verdict::OtherType { known: other },
-            (None, true) => Verdict::Unknown,
+            (None, true) => match self.lines.iter().find(|l| {
+                l.marker == Some(Marker::CertAuthority) && patterns_match(&l.patterns, name)
+            }) {
+                Some(ca) => Verdict::CertAuthority {
+                    file: ca.file.clone(),
+                    line: ca.line,
+                },
+                None => Verdict::Unknown,
+            },
         }
     }
 
@@ -119,11 +228,10 @@ impl KnownHosts {
     /// host key algorithms offered to the server put these first, so a host
     /// with several keys proves itself with one we can check (OpenSSH does
     /// the same).
-    pub fn known_algorithms(&self, host: &str, port: u16) -> Vec<Algorithm> {
-        let name = host_key_name(host, port);
+    pub fn known_algorithms(&self, name: &str) -> Vec<Algorithm> {
         let mut algorithms: Vec<Algorithm> = Vec::new();
         for line in self.lines.iter().filter(|l| l.marker.is_none()) {
-            if patterns_match(&line.patterns, &name) {
+            if patterns_match(&line.patterns, name) {
                 let alg = line.key.algorithm();
                 if !algorithms.iter().any(|a| same_type(a, &alg)) {
                     algorithms.push(alg);
@@ -249,25 +357,25 @@ pub(crate) fn keyscan_type(algorithm: &Algorithm) -> &'static str {
     }
 }
 
-/// The known_hosts line recording `key` for `host`:`port`.
-pub(crate) fn entry_line(host: &str, port: u16, key: &PublicKey) -> String {
+/// The known_hosts line recording `key` under `name`.
+pub(crate) fn entry_line(name: &str, key: &PublicKey) -> String {
     let mut key = key.clone();
     key.set_comment("");
     let encoded = key
         .to_openssh()
         .unwrap_or_else(|_| format!("{} <unencodable key>", key.algorithm().as_str()));
-    format!("{} {}", host_key_name(host, port), encoded.trim_end())
+    format!("{name} {}", encoded.trim_end())
 }
 
 /// Serialises appends from every connection in this process, so two hosts
 /// accepted at once cannot interleave their lines.
 static APPEND: Mutex<()> = Mutex::new(());
 
-/// Appends `key` for `host`:`port` to `file` (creating it and its directory
-/// if needed) unless an identical entry appeared meanwhile. One `write` per
+/// Appends `key` under `name` to `file` (creating it and its directory if
+/// needed) unless an identical entry appeared meanwhile. One `write` per
 /// line on an `O_APPEND` file, so other processes appending to the same file
 /// do not tear it either.
-pub(crate) fn append(file: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+pub(crate) fn append(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
     let _guard = APPEND
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -279,7 +387,7 @@ pub(crate) fn append(file: &Path, host: &str, port: u16, key: &PublicKey) -> std
     let parsed = KnownHosts {
         lines: parse(file, &existing),
     };
-    if parsed.check(host, port, key) == Verdict::Known {
+    if parsed.check(name, key) == Verdict::Known {
         return Ok(());
     }
     if let Some(dir) = file.parent()
@@ -295,7 +403,7 @@ pub(crate) fn append(file: &Path, host: &str, port: u16, key: &PublicKey) -> std
     if !existing.is_empty() && !existing.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&entry_line(host, port, key));
+    text.push_str(&entry_line(name, key));
     text.push('\n');
     let mut out = std::fs::OpenOptions::new()
         .append(true)
@@ -455,12 +563,28 @@ mod tests {
                 22,
                 Verdict::Known,
             ),
-            // CA lines are not host keys.
+            // CA lines are not host keys, and a host covered by one only
+            // is not "unknown".
             (
                 format!("@cert-authority web1 {ED}"),
                 "web1",
                 22,
+                Verdict::CertAuthority {
+                    file: "kh".into(),
+                    line: 1,
+                },
+            ),
+            (
+                format!("@cert-authority *.example.com {ED}"),
+                "web1",
+                22,
                 Verdict::Unknown,
+            ),
+            (
+                format!("@cert-authority web1 {ED2}\nweb1 {ED}"),
+                "web1",
+                22,
+                Verdict::Known,
             ),
             // A malformed line elsewhere does not break the good ones.
             (
@@ -472,7 +596,7 @@ mod tests {
         ];
         for (text, host, port, expected) in cases {
             assert_eq!(
-                db(&text).check(host, port, &ed),
+                db(&text).check(&host_key_name(host, port), &ed),
                 expected,
                 "{text:?} vs {host}:{port}"
             );
@@ -483,7 +607,7 @@ mod tests {
     fn line_numbers_count_every_line() {
         let text = format!("# comment\n\nbroken line\nweb1 {ED2}\n");
         assert_eq!(
-            db(&text).check("web1", 22, &key(ED)),
+            db(&text).check("web1", &key(ED)),
             Verdict::Changed {
                 file: "kh".into(),
                 line: 4
@@ -495,10 +619,10 @@ mod tests {
     fn known_algorithms_in_file_order() {
         let text = format!("web1 {ECDSA}\nother {ED}\n*eb1 {ED}\nweb1 {ED2}\n");
         assert_eq!(
-            db(&text).known_algorithms("web1", 22),
+            db(&text).known_algorithms("web1"),
             [key(ECDSA).algorithm(), Algorithm::Ed25519]
         );
-        assert!(db(&text).known_algorithms("nope", 22).is_empty());
+        assert!(db(&text).known_algorithms("nope").is_empty());
     }
 
     #[test]
@@ -517,9 +641,9 @@ mod tests {
     fn append_records_once_and_keeps_lines_whole() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sub/known_hosts");
-        append(&file, "10.0.0.1", 2222, &key(ED)).unwrap();
-        append(&file, "10.0.0.1", 2222, &key(ED)).unwrap();
-        append(&file, "web", 22, &key(ED)).unwrap();
+        append(&file, "[10.0.0.1]:2222", &key(ED)).unwrap();
+        append(&file, "[10.0.0.1]:2222", &key(ED)).unwrap();
+        append(&file, "web", &key(ED)).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
         let ed = ED.to_string();
         assert_eq!(text, format!("[10.0.0.1]:2222 {ed}\nweb {ed}\n"));
@@ -527,7 +651,7 @@ mod tests {
         // A file without a final newline gets one before the new line.
         let other = dir.path().join("kh2");
         std::fs::write(&other, format!("old {ED2}")).unwrap();
-        append(&other, "web", 22, &key(ED)).unwrap();
+        append(&other, "web", &key(ED)).unwrap();
         let text = std::fs::read_to_string(&other).unwrap();
         assert_eq!(text, format!("old {ED2}\nweb {ED}\n"));
     }
@@ -539,16 +663,99 @@ mod tests {
         std::thread::scope(|s| {
             for i in 0..16 {
                 let file = &file;
-                s.spawn(move || append(file, &format!("host{i}"), 22, &key(ED)).unwrap());
+                s.spawn(move || append(file, &format!("host{i}"), &key(ED)).unwrap());
             }
         });
-        let parsed = KnownHosts::load(std::slice::from_ref(&file));
+        let parsed = KnownHosts::load(std::slice::from_ref(&file)).unwrap();
         for i in 0..16 {
-            assert_eq!(
-                parsed.check(&format!("host{i}"), 22, &key(ED)),
-                Verdict::Known
-            );
+            assert_eq!(parsed.check(&format!("host{i}"), &key(ED)), Verdict::Known);
         }
         assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 16);
+    }
+
+    #[test]
+    fn the_db_reads_user_and_global_files_and_revoked_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let user = path("known_hosts");
+        let global = path("ssh_known_hosts");
+        std::fs::write(&user, "").unwrap();
+        std::fs::write(&global, format!("# system-wide\nweb1,web1-key {ED2}\n")).unwrap();
+        let db = |name: &str| HostKeyDb {
+            name: name.into(),
+            user_files: vec![user.clone(), path("known_hosts2")],
+            global_files: vec![global.clone(), path("ssh_known_hosts2")],
+            revoked: None,
+        };
+        // A key the global file records differently has changed: it is not
+        // new, whatever the (empty) user file says.
+        assert_eq!(
+            db("web1").load().unwrap().check("web1", &key(ED)),
+            Verdict::Changed {
+                file: global.clone(),
+                line: 2
+            }
+        );
+        assert_eq!(
+            db("web1").load().unwrap().check("web1", &key(ED2)),
+            Verdict::Known
+        );
+        // Looked up under the alias, when there is one.
+        assert_eq!(
+            db("web1-key").load().unwrap().check("web1-key", &key(ED2)),
+            Verdict::Known
+        );
+        assert_eq!(
+            db("web2").load().unwrap().check("web2", &key(ED)),
+            Verdict::Unknown
+        );
+        assert_eq!(db("web2").record_to(), Some(user.as_path()));
+
+        // A file that exists but cannot be read is an error naming it.
+        std::fs::create_dir(path("known_hosts2")).unwrap();
+        let err = db("web2").load().unwrap_err();
+        assert_eq!(err.file, path("known_hosts2"));
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read {}: ", path("known_hosts2").display())),
+            "{err}"
+        );
+        std::fs::remove_dir(path("known_hosts2")).unwrap();
+
+        // RevokedHostKeys, one public key a line, applies to every host.
+        let revoked = path("revoked");
+        std::fs::write(&revoked, format!("# gone\n{ED} old web key\n")).unwrap();
+        let with_revoked = HostKeyDb {
+            revoked: Some(revoked.clone()),
+            ..db("web2")
+        };
+        std::fs::write(&user, format!("web2 {ED}\n")).unwrap();
+        assert_eq!(
+            with_revoked.load().unwrap().check("web2", &key(ED)),
+            Verdict::Revoked {
+                file: revoked.clone(),
+                line: 2
+            }
+        );
+        // It must exist and be readable, as in OpenSSH; a binary KRL is
+        // refused rather than misread.
+        std::fs::write(&revoked, b"SSHKRL\n\0\x01").unwrap();
+        assert!(with_revoked.load().unwrap_err().detail.contains("KRL"));
+        std::fs::remove_file(&revoked).unwrap();
+        assert_eq!(with_revoked.load().unwrap_err().file, revoked);
+    }
+
+    #[test]
+    fn a_file_with_a_stray_byte_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        let mut text = b"# caf\xe9 (latin-1)\n".to_vec();
+        text.extend(format!("web1 {ED2}\n").as_bytes());
+        std::fs::write(&file, text).unwrap();
+        let known = KnownHosts::load(std::slice::from_ref(&file)).unwrap();
+        assert_eq!(
+            known.check("web1", &key(ED)),
+            Verdict::Changed { file, line: 2 }
+        );
     }
 }

@@ -6,9 +6,11 @@
 //! network: per-host deploy.toml value > `[ssh]` deploy.toml value >
 //! ssh_config (`Host` blocks matched against the address) > OpenSSH's
 //! defaults. ssh_config is parsed with ssh2-config; what that crate does not
-//! model (`IdentitiesOnly`, `UserKnownHostsFile`, `StrictHostKeyChecking`,
-//! `%` tokens) is interpreted here, and `Match` blocks are refused because
-//! ssh2-config would silently fold their lines into the preceding `Host`.
+//! model (`IdentitiesOnly`, `UserKnownHostsFile`, `GlobalKnownHostsFile`,
+//! `HostKeyAlias`, `RevokedHostKeys`, `StrictHostKeyChecking`, `%` tokens)
+//! is interpreted here. `Match` blocks are refused because ssh2-config would
+//! silently fold their lines into the preceding `Host`, and
+//! `KnownHostsCommand` because ignoring it would hide keys OpenSSH checks.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,6 +18,12 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use ssh2_config::{HostParams, ParseRule, SshConfig};
+
+use super::known_hosts::{HostKeyDb, host_key_name};
+
+/// `GlobalKnownHostsFile` when ssh_config does not set it (OpenSSH's default).
+pub(crate) const GLOBAL_KNOWN_HOSTS: [&str; 2] =
+    ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
 /// `ssh.host_key_checking` in deploy.toml (and `StrictHostKeyChecking`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,8 +128,8 @@ pub(crate) struct HostSettings {
     /// that exist).
     pub identity_files: Vec<PathBuf>,
     pub identities_only: bool,
-    /// known_hosts files; new keys are appended to the first.
-    pub known_hosts: Vec<PathBuf>,
+    /// What the host key is checked against, and under which name.
+    pub host_keys: HostKeyDb,
     pub host_key_checking: HostKeyChecking,
     /// Hops to go through first, outermost first. Always empty for hops.
     pub jumps: Vec<HostSettings>,
@@ -408,7 +416,15 @@ fn resolve(
         },
     };
 
-    let known_hosts = match &overrides.known_hosts {
+    if let Some(command) = unsupported("knownhostscommand")
+        && !command.iter().any(|c| c.eq_ignore_ascii_case("none"))
+    {
+        return Err(format!(
+            "{label}: KnownHostsCommand in ssh config is not supported by shipit, which would not see the \
+             keys it supplies; record them in a known_hosts file instead"
+        ));
+    }
+    let user_files = match &overrides.known_hosts {
         Some(path) => vec![path.clone()],
         None => match unsupported("userknownhostsfile") {
             Some(files) if !files.is_empty() => {
@@ -423,8 +439,30 @@ fn resolve(
                     .map(|f| expand_path(f, &tokens))
                     .collect::<Result<_, _>>()?
             }
-            _ => vec![env.home.join(".ssh").join("known_hosts")],
+            _ => vec![
+                env.home.join(".ssh").join("known_hosts"),
+                env.home.join(".ssh").join("known_hosts2"),
+            ],
         },
+    };
+    // Not replaced by ssh.known_hosts, as UserKnownHostsFile does not
+    // replace it in OpenSSH: keys recorded system-wide count everywhere.
+    let global_files = match unsupported("globalknownhostsfile") {
+        Some(files) if files.iter().any(|f| f.eq_ignore_ascii_case("none")) => Vec::new(),
+        Some(files) if !files.is_empty() => {
+            files.iter().map(|f| expand_tilde(f, &env.home)).collect()
+        }
+        _ => GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect(),
+    };
+    let revoked = match unsupported("revokedhostkeys").and_then(|v| v.first()) {
+        Some(file) if !file.eq_ignore_ascii_case("none") => Some(expand_path(file, &tokens)?),
+        _ => None,
+    };
+    // OpenSSH looks keys up, and records them, under the alias as written,
+    // without the port.
+    let name = match unsupported("hostkeyalias").and_then(|v| v.first()) {
+        Some(alias) => alias.to_ascii_lowercase(),
+        None => host_key_name(&host_name, port),
     };
 
     let host_key_checking = match overrides.host_key_checking {
@@ -442,7 +480,12 @@ fn resolve(
         user,
         identity_files,
         identities_only,
-        known_hosts,
+        host_keys: HostKeyDb {
+            name,
+            user_files,
+            global_files,
+            revoked,
+        },
         host_key_checking,
         jumps: Vec::new(),
     })
@@ -629,7 +672,21 @@ mod tests {
             ]
         );
         assert!(!s.identities_only);
-        assert_eq!(s.known_hosts, [dir.path().join(".ssh/known_hosts")]);
+        assert_eq!(
+            s.host_keys,
+            HostKeyDb {
+                name: "web1.example.com".into(),
+                user_files: vec![
+                    dir.path().join(".ssh/known_hosts"),
+                    dir.path().join(".ssh/known_hosts2")
+                ],
+                global_files: vec![
+                    "/etc/ssh/ssh_known_hosts".into(),
+                    "/etc/ssh/ssh_known_hosts2".into()
+                ],
+                revoked: None,
+            }
+        );
         assert_eq!(s.host_key_checking, HostKeyChecking::Strict);
         assert!(s.jumps.is_empty());
     }
@@ -712,7 +769,7 @@ Host d
         let s = resolve_with(text, "a");
         assert!(s.identities_only);
         assert_eq!(
-            s.known_hosts,
+            s.host_keys.user_files,
             [PathBuf::from("/home/alice/kh1"), PathBuf::from("/etc/kh_a")]
         );
         assert_eq!(s.host_key_checking, HostKeyChecking::AcceptNew);
@@ -790,6 +847,60 @@ Host direct
     }
 
     #[test]
+    fn global_files_alias_and_revoked_keys_come_from_ssh_config() {
+        let text = "\
+Host web1
+    HostName 10.0.0.5
+    Port 2222
+    HostKeyAlias Web1-Key
+    GlobalKnownHostsFile ~/global1 /etc/global2
+    RevokedHostKeys ~/revoked_%h
+Host web2
+    GlobalKnownHostsFile none
+Host web3
+    KnownHostsCommand /usr/bin/fetch-keys %H
+";
+        let s = resolve_with(text, "web1");
+        assert_eq!(
+            s.host_keys,
+            HostKeyDb {
+                // As OpenSSH: the alias, without the port, is the name.
+                name: "web1-key".into(),
+                user_files: vec![
+                    PathBuf::from("/home/alice/.ssh/known_hosts"),
+                    PathBuf::from("/home/alice/.ssh/known_hosts2")
+                ],
+                global_files: vec![
+                    PathBuf::from("/home/alice/global1"),
+                    PathBuf::from("/etc/global2")
+                ],
+                revoked: Some(PathBuf::from("/home/alice/revoked_10.0.0.5")),
+            }
+        );
+        let s = resolve_with(text, "web2");
+        assert!(s.host_keys.global_files.is_empty());
+        assert_eq!(s.host_keys.name, "web2");
+        // ssh.known_hosts replaces the user files only.
+        let home = Path::new("/home/alice");
+        let overrides = SshOverrides {
+            known_hosts: Some("/kh".into()),
+            ..SshOverrides::default()
+        };
+        let s =
+            resolve_target(&target("web1"), &overrides, &config(text, home), &env(home)).unwrap();
+        assert_eq!(s.host_keys.user_files, [PathBuf::from("/kh")]);
+        assert_eq!(s.host_keys.global_files.len(), 2);
+        let err = resolve_target(
+            &target("web3"),
+            &SshOverrides::default(),
+            &config(text, home),
+            &env(home),
+        )
+        .unwrap_err();
+        assert!(err.contains("KnownHostsCommand"), "{err}");
+    }
+
+    #[test]
     fn include_is_followed() {
         let dir = tempfile::tempdir().unwrap();
         let ssh = dir.path().join(".ssh");
@@ -845,7 +956,7 @@ Host web1
         let s = resolve_target(&target("web1"), &overrides, &cfg, &env(home)).unwrap();
         assert_eq!((s.user.as_str(), s.port), ("deploy", 2022));
         assert_eq!(s.identity_files, [PathBuf::from("/keys/deploy")]);
-        assert_eq!(s.known_hosts, [PathBuf::from("/kh")]);
+        assert_eq!(s.host_keys.user_files, [PathBuf::from("/kh")]);
         assert_eq!(s.host_key_checking, HostKeyChecking::AcceptNew);
         assert_eq!(s.jumps.len(), 1);
         // `[ssh]` user/port are for targets, not for the jump host.
