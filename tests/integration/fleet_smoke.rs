@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::fleet::{Fleet, FleetOptions, Haproxy, demo_app_dir, http_get, wait_for};
+use crate::support::fleet::{
+    Fleet, FleetOptions, FleetSpec, Haproxy, demo_app_dir, http_get, wait_for,
+};
 
 /// OpenSSH with nothing but the fleet's key and the given known_hosts file.
 fn strict_ssh(fleet: &Fleet, known_hosts: &Path, address: &str, remote_cmd: &str) -> Output {
@@ -297,4 +299,105 @@ fn fleet_fault_injection() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("No space left on device"));
     fleet.unfill("web1", "/srv/app");
     assert!(!fleet.exists("web1", "/srv/app/big"));
+}
+
+/// On the host, in one SSH command: seconds from the start of sshd's shell (the
+/// process that read ~/.bashrc) to the moment the command itself runs. Measured
+/// with the host's own clock, so a slow SSH handshake does not count.
+fn shell_startup(fleet: &Fleet, host: &str) -> Duration {
+    let out = fleet
+        .ssh(host)
+        .arg(r#"echo "$(cut -d' ' -f22 /proc/$$/stat) $(getconf CLK_TCK) $(cut -d' ' -f1 /proc/uptime)""#)
+        .output()
+        .expect("run ssh");
+    assert!(
+        out.status.success(),
+        "ssh {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout_line(&out);
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad output {line:?}")))
+        .collect();
+    let started = f[0] / f[1];
+    Duration::from_secs_f64((f[2] - started).max(0.0))
+}
+
+#[test]
+fn fleet_hosts_have_private_homes_and_a_shell_delay() {
+    let delay = Duration::from_secs(1);
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 2,
+        shell_delay: delay,
+        ..Default::default()
+    });
+    assert_eq!(fleet.env("FLEET_SHELL_DELAY"), Some("1"));
+
+    // Every SSH command pays the delay: over the wire and as seen on the host.
+    let t = Instant::now();
+    let out = fleet.ssh("web1").arg("true").output().expect("ssh web1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() >= delay,
+        "ssh web1 true took {:?}, less than the shell delay",
+        t.elapsed()
+    );
+    let slow = shell_startup(&fleet, "web2");
+    assert!(
+        slow >= delay,
+        "the shell started its command after {slow:?}"
+    );
+
+    // Without it (changed at run time, web2 only), the shell runs the command at
+    // once; web1 keeps paying.
+    fleet.set_shell_delay("web2", Duration::ZERO);
+    let fast = shell_startup(&fleet, "web2");
+    assert!(
+        fast < delay / 2,
+        "without a shell delay the shell still took {fast:?} (with: {slow:?})"
+    );
+    assert!(shell_startup(&fleet, "web1") >= delay);
+
+    // ~ is private per host (and not the machine's own /root).
+    let marker = format!("fleet-home-{}", std::process::id());
+    let out = fleet
+        .ssh("web1")
+        .arg(format!(
+            "cd && test \"$HOME\" = /root && echo web1 >{marker} && cat ~/{marker}"
+        ))
+        .output()
+        .expect("ssh web1");
+    assert_eq!(
+        stdout_line(&out),
+        "web1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fleet.home_dir("web1").join(&marker).exists());
+    let out = fleet
+        .ssh("web2")
+        .arg(format!("test ! -e ~/{marker} && ls -A ~"))
+        .output()
+        .expect("ssh web2");
+    assert!(
+        out.status.success(),
+        "web2 sees web1's ~/{marker}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_line(&out), ".bashrc\n.profile", "web2's home");
+    assert!(
+        !Path::new("/root").join(&marker).exists(),
+        "the marker leaked into the machine's /root"
+    );
+    assert_eq!(
+        fleet
+            .exec_ok("web1", "cat ~/.bashrc | grep -c '^sleep 1$'")
+            .trim(),
+        "1"
+    );
 }

@@ -37,6 +37,9 @@ pub enum Haproxy {
     Host,
 }
 
+/// The original three knobs, kept exactly as they were so that tests written with
+/// a struct literal (`FleetOptions { hosts, haproxy, bastion }`) compile unchanged.
+/// Converts into a [`FleetSpec`], which has every knob.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
     /// Number of web hosts, named `web1..webN`.
@@ -57,6 +60,65 @@ impl Default for FleetOptions {
     }
 }
 
+/// Where a load balancer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// In the test machine's own network namespace, on the fleet gateway address;
+    /// its files live in the fleet directory.
+    Local,
+    /// On an extra SSH-reachable host `lb` (`.5`); its files live under the lb's /srv.
+    Host,
+}
+
+/// The load balancer in front of the web hosts (frontend on port 8000 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lb {
+    #[default]
+    None,
+    Haproxy(At),
+}
+
+/// Everything `fleet.sh up` can build. Write new tests as
+/// `Fleet::start(FleetSpec { hosts: 3, shell_delay: ..., ..Default::default() })`.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Number of web hosts, named `web1..webN` (1..=200).
+    pub hosts: usize,
+    pub lb: Lb,
+    /// Add a host `bastion` and hide the web hosts behind it.
+    pub bastion: bool,
+    /// What every SSH command pays for its login shell to start (a sleep in each
+    /// host's private ~/.bashrc, like an rbenv/pyenv/nvm line). Zero by default: the
+    /// integration tests keep it so, to keep CI time down. Must be below 60 s.
+    pub shell_delay: Duration,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetOptions::default().into()
+    }
+}
+
+impl From<FleetOptions> for FleetSpec {
+    fn from(o: FleetOptions) -> Self {
+        FleetSpec {
+            hosts: o.hosts,
+            lb: match o.haproxy {
+                Haproxy::None => Lb::None,
+                Haproxy::Local => Lb::Haproxy(At::Local),
+                Haproxy::Host => Lb::Haproxy(At::Host),
+            },
+            bastion: o.bastion,
+            shell_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Seconds as fleet.sh takes them: "0", "0.1", "2.5".
+fn seconds_arg(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
 /// A web host: its name and the address shipit should connect to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetHost {
@@ -69,6 +131,7 @@ pub struct Fleet {
     tmp: Option<TempDir>,
     dir: PathBuf,
     env: BTreeMap<String, String>,
+    spec: FleetSpec,
 }
 
 /// Path of `fleet.sh` in this checkout.
@@ -154,8 +217,10 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
 static GC: Once = Once::new();
 
 impl Fleet {
-    /// Starts a fleet. Panics with fleet.sh's full output if it cannot.
-    pub fn start(opts: FleetOptions) -> Fleet {
+    /// Starts a fleet (from a [`FleetSpec`] or the older [`FleetOptions`]). Panics
+    /// with fleet.sh's full output if it cannot.
+    pub fn start(spec: impl Into<FleetSpec>) -> Fleet {
+        let opts: FleetSpec = spec.into();
         // Once per test process: remove fleets left behind by killed test runs.
         GC.call_once(|| {
             let mut gc = fleet_sh();
@@ -176,17 +241,20 @@ impl Fleet {
             .arg(&dir)
             .arg("--hosts")
             .arg(opts.hosts.to_string());
-        match opts.haproxy {
-            Haproxy::None => {}
-            Haproxy::Local => {
+        match opts.lb {
+            Lb::None => {}
+            Lb::Haproxy(At::Local) => {
                 up.args(["--haproxy", "local"]);
             }
-            Haproxy::Host => {
+            Lb::Haproxy(At::Host) => {
                 up.args(["--haproxy", "host"]);
             }
         }
         if opts.bastion {
             up.arg("--bastion");
+        }
+        if !opts.shell_delay.is_zero() {
+            up.arg("--shell-delay").arg(seconds_arg(opts.shell_delay));
         }
         // The test process owns the fleet: `gc` reclaims it (and deletes the temp
         // directory) if we die without running Drop.
@@ -215,7 +283,13 @@ impl Fleet {
             tmp: Some(tmp),
             dir,
             env: parse_env(&text),
+            spec: opts,
         }
+    }
+
+    /// What this fleet was built from.
+    pub fn spec(&self) -> &FleetSpec {
+        &self.spec
     }
 
     /// The fleet directory (keys, known_hosts, logs, per-host files under `hosts/`).
@@ -302,6 +376,21 @@ impl Fleet {
     /// [`Fleet::read_link`] and friends for those.
     pub fn srv_dir(&self, host: &str) -> PathBuf {
         self.dir.join("hosts").join(host).join("srv")
+    }
+
+    /// Root's private home on the host (mounted over `/root` there), as a path
+    /// usable from the test process.
+    pub fn home_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host).join("home")
+    }
+
+    /// Changes the shell start-up latency of `host` (or of every host with `"all"`)
+    /// from the next SSH command on; see [`FleetSpec::shell_delay`].
+    pub fn set_shell_delay(&self, host: &str, delay: Duration) {
+        self.fleet_cmd(
+            &["shell-delay", host, &seconds_arg(delay)],
+            &format!("setting the shell delay of {host}"),
+        );
     }
 
     /// Runs `args` as root inside the host (its network and mount namespaces, so it
