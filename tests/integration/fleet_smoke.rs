@@ -7,9 +7,12 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crate::support::fleet::{
-    Fleet, FleetOptions, FleetSpec, Haproxy, demo_app_dir, http_get, wait_for,
+    At, Fleet, FleetOptions, FleetSpec, Haproxy, Lb, demo_app_dir, http_get, wait_for,
 };
+use crate::support::load;
 
 /// OpenSSH with nothing but the fleet's key and the given known_hosts file.
 fn strict_ssh(fleet: &Fleet, known_hosts: &Path, address: &str, remote_cmd: &str) -> Output {
@@ -400,4 +403,271 @@ fn fleet_hosts_have_private_homes_and_a_shell_delay() {
             .trim(),
         "1"
     );
+}
+
+/// Release r1 of the demo app on every web host, each answering /health.
+fn serve_demo_app(fleet: &Fleet) {
+    for host in fleet.hosts() {
+        install_demo_app(fleet, &host.name, "r1");
+    }
+    for host in fleet.hosts() {
+        let health = format!("http://{}:8080/health", host.address);
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{} /health", host.name),
+            || matches!(http_get(&health), Some((200, _))),
+        );
+    }
+}
+
+/// `n` requests through the load balancer: answers per host (the third word of
+/// the demo app's `v1 r1 web2`), failures under "failed".
+fn answers(fleet: &Fleet, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let key = match http_get(&format!("{}/", fleet.lb_url())) {
+            Some((200, body)) => body.split_whitespace().nth(2).unwrap_or("?").to_string(),
+            _ => "failed".to_string(),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn web_names(fleet: &Fleet) -> Vec<String> {
+    fleet.hosts().into_iter().map(|h| h.name).collect()
+}
+
+/// A `GET /slow?seconds=N` through the load balancer, in the background.
+fn slow_request(
+    fleet: &Fleet,
+    seconds: u32,
+) -> std::thread::JoinHandle<Result<(u16, String), String>> {
+    let url = format!("{}/slow?seconds={seconds}", fleet.lb_url());
+    std::thread::spawn(move || load::get(&url, Duration::from_secs(30)))
+}
+
+/// Connections from the load balancer to the apps (:8080) that are open now.
+fn lb_connections_to_apps(fleet: &Fleet) -> usize {
+    let out = fleet.lb_exec("ss -Htn state established '( dport = :8080 )'");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn fleet_nginx_serves_reloads_gracefully_and_shows_old_workers() {
+    for at in [At::Local, At::Host] {
+        let fleet = Fleet::start(FleetSpec {
+            hosts: 3,
+            lb: Lb::Nginx(at),
+            ..Default::default()
+        });
+        assert_eq!(fleet.lb_kind(), "nginx");
+        let hosts = fleet.hosts();
+        let lines: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("server {}:8080;", h.address))
+            .collect();
+        let upstreams = fleet.nginx_upstream_path();
+        assert_eq!(
+            std::fs::read_to_string(&upstreams).unwrap(),
+            lines.join("\n") + "\n"
+        );
+        assert!(fleet.nginx("-t").contains("test is successful"));
+        if at == At::Host {
+            assert_eq!(fleet.nginx_upstream_file(), "/srv/nginx/upstreams/app.conf");
+            assert!(
+                fleet
+                    .nginx_cmd()
+                    .starts_with("nginx -c /srv/nginx/nginx.conf")
+            );
+        }
+
+        // (No request before the apps run: each failed one would take its server
+        // out for nginx's default fail_timeout, 10 s.)
+        serve_demo_app(&fleet);
+        let seen = answers(&fleet, 9);
+        assert_eq!(
+            seen.keys().cloned().collect::<Vec<_>>(),
+            web_names(&fleet),
+            "{at:?}: {seen:?}"
+        );
+
+        // A request in flight across a reload: its worker is of the old generation
+        // ("is shutting down") until the request is done, then exits.
+        let before = fleet.nginx_workers();
+        assert!(
+            !before.is_empty() && before.iter().all(|w| !w.shutting_down),
+            "{before:?}"
+        );
+        let slow = slow_request(&fleet, 4);
+        wait_for(
+            Duration::from_secs(10),
+            "nginx to hold the slow request",
+            || lb_connections_to_apps(&fleet) == 1,
+        );
+        // web3 leaves the upstream file; a reload makes that take effect.
+        std::fs::write(&upstreams, lines[..2].join("\n") + "\n").unwrap();
+        fleet.nginx_reload();
+        wait_for(
+            Duration::from_secs(10),
+            "an nginx worker shutting down",
+            || fleet.nginx_workers().iter().any(|w| w.shutting_down),
+        );
+        let old: Vec<u32> = fleet
+            .nginx_workers()
+            .iter()
+            .filter(|w| w.shutting_down)
+            .map(|w| w.pid)
+            .collect();
+        assert!(
+            old.iter().all(|p| before.iter().any(|w| w.pid == *p)),
+            "{old:?} {before:?}"
+        );
+        let seen = answers(&fleet, 8);
+        assert_eq!(
+            seen.keys().cloned().collect::<Vec<_>>(),
+            ["web1", "web2"],
+            "{at:?}: web3 still served after the reload: {seen:?}"
+        );
+        let (status, body) = slow.join().unwrap().expect("the slow request");
+        assert_eq!(status, 200, "{body}");
+        wait_for(
+            Duration::from_secs(10),
+            "the old nginx worker to exit",
+            || fleet.nginx_workers().iter().all(|w| !w.shutting_down),
+        );
+        let access = std::fs::read_to_string(fleet.nginx_dir().join("access.log")).unwrap();
+        assert!(
+            access.contains(&format!("upstream={}:8080", hosts[0].address)),
+            "{access}"
+        );
+    }
+}
+
+#[test]
+fn fleet_caddy_serves_and_its_upstreams_are_edited_through_the_admin_api() {
+    for at in [At::Local, At::Host] {
+        let fleet = Fleet::start(FleetSpec {
+            hosts: 3,
+            lb: Lb::Caddy(at),
+            ..Default::default()
+        });
+        assert_eq!(fleet.lb_kind(), "caddy");
+        let dials: Vec<String> = fleet
+            .hosts()
+            .iter()
+            .map(|h| format!("{}:8080", h.address))
+            .collect();
+        assert_eq!(fleet.caddy_upstreams(), dials);
+        serve_demo_app(&fleet);
+        // Active health checks bring every upstream in within a check or two.
+        wait_for(
+            Duration::from_secs(10),
+            "Caddy to route to every host",
+            || answers(&fleet, 6).len() == 3 && !answers(&fleet, 6).contains_key("failed"),
+        );
+
+        // Remove web3 (index 2) and add it back, by the handler's @id.
+        let path = format!("/id/{}/upstreams", fleet.caddy_route_id());
+        let (status, body) = fleet.caddy_api("DELETE", &format!("{path}/2"), None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(fleet.caddy_upstreams(), dials[..2]);
+        let seen = answers(&fleet, 8);
+        assert_eq!(
+            seen.keys().cloned().collect::<Vec<_>>(),
+            ["web1", "web2"],
+            "{seen:?}"
+        );
+        let (status, body) = fleet.caddy_api(
+            "POST",
+            &path,
+            Some(&format!(r#"{{"dial": "{}"}}"#, dials[2])),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(fleet.caddy_upstreams(), dials);
+        wait_for(
+            Duration::from_secs(10),
+            "web3 back in Caddy's rotation",
+            || answers(&fleet, 3).contains_key("web3"),
+        );
+
+        // In-flight requests per upstream.
+        assert!(
+            fleet
+                .caddy_upstream_stats()
+                .iter()
+                .all(|u| u.num_requests == 0)
+        );
+        let slow = slow_request(&fleet, 3);
+        wait_for(
+            Duration::from_secs(10),
+            "Caddy to count the slow request",
+            || {
+                fleet
+                    .caddy_upstream_stats()
+                    .iter()
+                    .map(|u| u.num_requests)
+                    .sum::<u64>()
+                    == 1
+            },
+        );
+        let stats = fleet.caddy_upstream_stats();
+        assert_eq!(
+            stats.iter().map(|u| u.address.clone()).collect::<Vec<_>>(),
+            dials,
+            "{stats:?}"
+        );
+        assert_eq!(slow.join().unwrap().expect("the slow request").0, 200);
+
+        if at == At::Host {
+            // On the lb, the admin API is where Caddy users expect it.
+            let out = fleet
+                .ssh("lb")
+                .arg(format!("curl -sf localhost:2019{path}"))
+                .output()
+                .expect("ssh lb");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&dials[0]),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn fleet_prometheus_scrapes_haproxy() {
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 2,
+        lb: Lb::Haproxy(At::Local),
+        prometheus: true,
+        ..Default::default()
+    });
+    serve_demo_app(&fleet);
+    wait_for(
+        Duration::from_secs(10),
+        "both servers UP in HAProxy",
+        || {
+            web_names(&fleet)
+                .iter()
+                .all(|h| fleet.haproxy_server_status(h).as_deref() == Some("UP"))
+        },
+    );
+    assert_eq!(answers(&fleet, 10).get("failed"), None);
+    let query = r#"haproxy_server_http_responses_total{proxy="app",code="2xx"}"#;
+    let mut series = Vec::new();
+    wait_for(
+        Duration::from_secs(20),
+        "Prometheus to have scraped answers of both servers",
+        || {
+            series = fleet.prometheus_query(query);
+            let servers: Vec<&str> = series
+                .iter()
+                .filter(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()) > Some(0.0))
+                .filter_map(|s| s["metric"]["server"].as_str())
+                .collect();
+            servers.contains(&"web1") && servers.contains(&"web2")
+        },
+    );
+    eprintln!("{query}: {series:?}");
 }
