@@ -44,6 +44,19 @@ fn stdout_line(out: &Output) -> String {
 
 /// Installs the demo app on `host` as release `release` and starts it.
 fn install_demo_app(fleet: &Fleet, host: &str, release: &str) {
+    install_release(fleet, host, release, &[], "bin/restart");
+}
+
+/// Installs the demo app on `host` as release `release` with `files` (knobs such
+/// as `("ERROR_RATE", "0.25")`) in the release, switches to it and runs `restart`
+/// there (e.g. `bin/restart-worker`).
+fn install_release(
+    fleet: &Fleet,
+    host: &str,
+    release: &str,
+    files: &[(&str, &str)],
+    restart: &str,
+) {
     let tar = Command::new("tar")
         .arg("-C")
         .arg(demo_app_dir())
@@ -68,7 +81,13 @@ fn install_demo_app(fleet: &Fleet, host: &str, release: &str) {
         "unpacking on {host}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fleet.exec_ok(host, "/srv/app/current/bin/restart");
+    for (name, contents) in files {
+        fleet.write_file(host, &format!("{dir}/{name}"), contents);
+    }
+    fleet.exec_ok(
+        host,
+        &format!("ln -sfn {dir} /srv/app/current && cd /srv/app/current && {restart}"),
+    );
 }
 
 #[test]
@@ -670,4 +689,194 @@ fn fleet_prometheus_scrapes_haproxy() {
         },
     );
     eprintln!("{query}: {series:?}");
+}
+
+/// Every knob of the demo app (demo/app/app.py), one release each, on one host.
+#[test]
+fn demo_app_knobs_misbehave_per_release() {
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 1,
+        ..Default::default()
+    });
+    let addr = fleet.address("web1");
+    let health = format!("http://{addr}:8080/health");
+    let root = format!("http://{addr}:8080/");
+    let wait_serving = |release: &str| {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{release} to serve"),
+            || matches!(http_get(&root), Some((_, body)) if body.contains(release)),
+        )
+    };
+
+    // REVISION: reported by /health and GET /.
+    install_release(
+        &fleet,
+        "web1",
+        "r1",
+        &[("REVISION", "3f2a9c1\n")],
+        "bin/restart",
+    );
+    wait_for(Duration::from_secs(10), "r1 /health", || {
+        http_get(&health) == Some((200, "ok release=r1 revision=3f2a9c1 version=v1\n".into()))
+    });
+    assert_eq!(http_get(&root), Some((200, "v1 r1 web1 3f2a9c1\n".into())));
+
+    // ERROR_RATE: exactly every 4th GET / fails, /health never.
+    install_release(
+        &fleet,
+        "web1",
+        "r2",
+        &[("ERROR_RATE", "25%")],
+        "bin/restart",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "r2 /health",
+        || matches!(http_get(&health), Some((200, body)) if body.contains("release=r2")),
+    );
+    let statuses: Vec<u16> = (0..20).map(|_| http_get(&root).expect("GET /").0).collect();
+    let expected: Vec<u16> = (1..=20)
+        .map(|n| if n % 4 == 0 { 500 } else { 200 })
+        .collect();
+    assert_eq!(statuses, expected);
+    assert!((0..5).all(|_| matches!(http_get(&health), Some((200, _)))));
+
+    // HEALTHY_FOR: passes, then 503 for good.
+    install_release(&fleet, "web1", "r3", &[("HEALTHY_FOR", "2")], "bin/restart");
+    let mut seen = Vec::new();
+    wait_for(Duration::from_secs(15), "r3 /health to turn 503", || {
+        match http_get(&health) {
+            Some((200, body)) if body.contains("release=r3") => seen.push(200),
+            Some((503, body)) => {
+                assert!(body.contains("healthy for 2 s"), "{body}");
+                seen.push(503)
+            }
+            _ => {}
+        }
+        seen.last() == Some(&503)
+    });
+    assert_eq!(seen.first(), Some(&200), "r3 never passed: {seen:?}");
+    assert!((0..3).all(|_| http_get(&health).map(|a| a.0) == Some(503)));
+    assert_eq!(
+        http_get(&root).map(|a| a.0),
+        Some(200),
+        "GET / still serves"
+    );
+
+    // HEALTH_FLAP each: every other /health answer fails.
+    install_release(
+        &fleet,
+        "web1",
+        "r4",
+        &[("HEALTH_FLAP", "each")],
+        "bin/restart",
+    );
+    wait_serving("r4");
+    let flaps: Vec<u16> = (0..6)
+        .map(|_| http_get(&health).expect("/health").0)
+        .collect();
+    assert_eq!(flaps, [200, 503, 200, 503, 200, 503]);
+
+    // HEALTH_FLAP seconds: up and down by the clock (env overrides the file).
+    install_release(
+        &fleet,
+        "web1",
+        "r5",
+        &[("HEALTH_FLAP", "60")],
+        "APP_HEALTH_FLAP=0.3 bin/restart",
+    );
+    wait_serving("r5");
+    let (mut up, mut down) = (0, 0);
+    wait_for(Duration::from_secs(10), "r5 /health to flap", || {
+        match http_get(&health).map(|a| a.0) {
+            Some(200) => up += 1,
+            Some(503) => down += 1,
+            _ => {}
+        }
+        up > 1 && down > 1
+    });
+
+    // BIND 127.0.0.1: not reachable from here, fine on the host itself.
+    install_release(
+        &fleet,
+        "web1",
+        "r6",
+        &[("BIND", "127.0.0.1")],
+        "bin/restart",
+    );
+    let on_host = "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:8080/health\").read().decode(), end=\"\")'";
+    wait_for(Duration::from_secs(10), "r6 on 127.0.0.1", || {
+        fleet
+            .exec("web1", on_host)
+            .stdout
+            .starts_with(b"ok release=r6")
+    });
+    assert_eq!(
+        http_get(&health),
+        None,
+        "r6 reachable from outside its host"
+    );
+    fleet.exec_ok("web1", "kill $(cat /srv/app/shared/app.pid)");
+
+    // Worker mode: no port, a heartbeat, its own restart and health check.
+    install_release(
+        &fleet,
+        "web1",
+        "w1",
+        &[("REVISION", "aa11")],
+        "bin/restart-worker",
+    );
+    let check = "/srv/app/current/bin/worker-health";
+    wait_for(
+        Duration::from_secs(10),
+        "the worker's first heartbeat",
+        || {
+            fleet
+                .exec("web1", &format!("{check} 3 revision=aa11"))
+                .status
+                .success()
+        },
+    );
+    assert!(fleet.exists("web1", "/srv/app/shared/worker.pid"));
+    assert_eq!(http_get(&health), None, "a worker listens on no port");
+    let beat = fleet
+        .read_file("web1", "/srv/app/shared/worker.heartbeat")
+        .unwrap();
+    assert!(
+        beat.starts_with("release=w1 version=v1 revision=aa11 time="),
+        "{beat}"
+    );
+    assert!(
+        !fleet
+            .exec("web1", &format!("{check} 3 revision=bb22"))
+            .status
+            .success()
+    );
+    // A worker release that crashes after 1 s fails the check; restart replaces it.
+    install_release(
+        &fleet,
+        "web1",
+        "w2",
+        &[("HEALTHY_FOR", "1")],
+        "bin/restart-worker",
+    );
+    wait_for(Duration::from_secs(10), "w2 to crash", || {
+        let out = fleet.exec("web1", check);
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running")
+    });
+    install_release(&fleet, "web1", "w3", &[], "bin/restart-worker");
+    wait_for(Duration::from_secs(10), "w3 to beat", || {
+        fleet
+            .exec("web1", &format!("{check} 3 release=w3"))
+            .status
+            .success()
+    });
+    // health-fail stalls the heartbeat: the check fails once it is 2 s old.
+    fleet.write_file("web1", "/srv/app/shared/health-fail", "");
+    wait_for(
+        Duration::from_secs(10),
+        "w3's heartbeat to go stale",
+        || !fleet.exec("web1", &format!("{check} 1")).status.success(),
+    );
 }
