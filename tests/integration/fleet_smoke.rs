@@ -880,3 +880,107 @@ fn demo_app_knobs_misbehave_per_release() {
         || !fleet.exec("web1", &format!("{check} 1")).status.success(),
     );
 }
+
+/// The load generator through each of the fleet's balancers: per-status, per-host
+/// and per-window counts, with one host answering 500 for every other request.
+#[test]
+fn fleet_load_counts_statuses_hosts_and_windows_through_every_balancer() {
+    use crate::support::load::{Load, LoadOptions};
+    for lb in [
+        Lb::Haproxy(At::Local),
+        Lb::Nginx(At::Local),
+        Lb::Caddy(At::Local),
+    ] {
+        let fleet = Fleet::start(FleetSpec {
+            hosts: 2,
+            lb,
+            ..Default::default()
+        });
+        install_release(&fleet, "web1", "r1", &[], "bin/restart");
+        install_release(
+            &fleet,
+            "web2",
+            "r2",
+            &[("ERROR_RATE", "50%")],
+            "bin/restart",
+        );
+        wait_for(
+            Duration::from_secs(15),
+            "both hosts behind the balancer",
+            || {
+                let seen = answers(&fleet, 4);
+                seen.contains_key("web1") && seen.contains_key("web2")
+            },
+        );
+
+        let load = Load::start_with(
+            &fleet.lb_url(),
+            LoadOptions {
+                connections: 4,
+                rate: 100,
+                keep_alive: lb == Lb::Haproxy(At::Local),
+                ..Default::default()
+            },
+        );
+        wait_for(Duration::from_secs(20), "100 requests sent", || {
+            load.sent() >= 100
+        });
+        let report = load.stop();
+        let all = Duration::ZERO..Duration::MAX;
+        let context = format!(
+            "{lb:?}: {}\n{}",
+            report.summary(),
+            report.status_table(Duration::from_millis(500))
+        );
+
+        let statuses = report.statuses(all.clone());
+        assert_eq!(
+            statuses.keys().collect::<Vec<_>>(),
+            [&Some(200), &Some(500)],
+            "{context}"
+        );
+        let hosts = report.hosts(all.clone());
+        assert_eq!(
+            hosts.keys().collect::<Vec<_>>(),
+            ["web1", "web2"],
+            "{context}"
+        );
+        let by_host_status = report.count_by(all.clone(), |s| {
+            Some(format!("{}:{}", s.answer.as_ref()?.host, s.status?))
+        });
+        let web2_ok = by_host_status.get("web2:200").copied().unwrap_or(0);
+        let web2_err = by_host_status.get("web2:500").copied().unwrap_or(0);
+        assert_eq!(
+            by_host_status.get("web1:500"),
+            None,
+            "{by_host_status:?}\n{context}"
+        );
+        assert!(
+            web2_ok.abs_diff(web2_err) <= 1,
+            "web2 fails every other request: {by_host_status:?}"
+        );
+        let failed = report.failures();
+        assert_eq!(report.failed_of(all.clone()), (web2_err, report.total()));
+        assert!(failed.iter().all(|s| {
+            s.answer
+                .as_ref()
+                .is_some_and(|a| a.host == "web2" && a.release == "r2")
+        }));
+        let windows = report.failures_per_window(Duration::from_millis(500));
+        assert_eq!(
+            windows.iter().map(|w| w.1).sum::<usize>(),
+            failed.len(),
+            "{context}"
+        );
+        assert_eq!(
+            windows.iter().map(|w| w.2).sum::<usize>(),
+            report.total(),
+            "{context}"
+        );
+        assert_eq!(
+            report.versions_by_host(all).into_keys().collect::<Vec<_>>(),
+            ["v1@web1", "v1@web2"]
+        );
+        eprintln!("{context}");
+    }
+}
