@@ -71,11 +71,12 @@
 # <gateway>:9090, scraping HAProxy's exporter every second; data in DIR/prometheus.
 #
 # Scale: up to 200 web hosts. `up` queues the network set-up and runs it with one
-# `ip -batch` per namespace, starts keepers and sshds in parallel, and probes logins 16
-# at a time; sshd allows 1000 unauthenticated connections (MaxStartups) so a bastion
-# can forward to every host at once. `down` finds a fleet's processes in one pass over
-# /proc and deletes its namespaces in one batch. Host keys are cached (gen_host_keys):
-# the first fleet with N hosts on a machine pays ~0.4 s of CPU per new host name.
+# `ip -batch` per namespace, starts keepers and sshds in parallel, and probes logins
+# 16 at a time; sshd allows 1000 unauthenticated connections (MaxStartups) so a
+# bastion can forward to every host at once; daemons get the hard fd limit as their
+# soft one (nginx raises its workers' to 16384). `down` finds a fleet's processes in
+# one pass over /proc and deletes its namespaces in one batch. Host keys are cached
+# (gen_host_keys): the first fleet with a new host name pays ~0.4 s of CPU for it.
 #
 # Commands (see usage() below): up, down, gc, exec, sshd, link, fill, unfill, info,
 # shell-delay.
@@ -744,6 +745,7 @@ write_nginx_config() { # realdir P bind web-prefix
 # is shutting down" (ps, /proc/PID/cmdline), then exit; all are children of the master
 # (pid in $p/nginx.pid).
 worker_processes 2;
+worker_rlimit_nofile 16384;
 pid $p/nginx.pid;
 error_log $p/error.log info;
 events {
@@ -933,6 +935,9 @@ cmd_up() {
 		die "--$lb_kind local cannot reach web hosts hidden behind --bastion; use --$lb_kind host"
 	fi
 	((EUID == 0)) || die "must run as root (network and mount namespaces)"
+	# Daemons started here (sshd, balancers, Prometheus) inherit the soft fd limit; a
+	# CI machine's 1024 is tight for a balancer in front of 200 hosts under load.
+	ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 	local t
 	for t in ip nsenter unshare setsid ssh ssh-keygen socat "$SSHD_BIN" "$SFTP_SERVER"; do
 		command -v "$t" >/dev/null || die "missing $t (apt-get install -y openssh-server openssh-client iproute2 util-linux socat)"
