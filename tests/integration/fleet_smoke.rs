@@ -1,6 +1,9 @@
-//! The test fleet itself works: isolated hosts, real sshd with strict host keys, the
-//! demo app behind HAProxy, bastion isolation, and the fault-injection knobs. If one
-//! of these fails, every shipit integration test built on the fleet is suspect.
+//! The test fleet itself works: isolated hosts with private homes and a shell
+//! start-up delay, real sshd with strict host keys, the demo app behind HAProxy,
+//! nginx or Caddy, Prometheus scraping HAProxy, bastion isolation, the
+//! fault-injection knobs, the demo app's misbehaviour knobs and the load
+//! generator's counts. If one of these fails, every shipit integration test built
+//! on the fleet is suspect.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;

@@ -422,7 +422,8 @@ impl Fleet {
         std::fs::read_to_string(self.dir.join("hosts.toml")).expect("hosts.toml of a running fleet")
     }
 
-    /// Base URL of the HAProxy frontend, e.g. `http://10.201.3.1:8000`.
+    /// Base URL of the load balancer's frontend (HAProxy, nginx or Caddy), e.g.
+    /// `http://10.201.3.1:8000`.
     pub fn lb_url(&self) -> String {
         self.env_required("FLEET_LB_URL", "load balancer")
             .to_string()
