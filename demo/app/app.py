@@ -1,25 +1,55 @@
 #!/usr/bin/env python3
-"""Demo web service that shipit deploys (README demo and integration tests).
+"""Demo service that shipit deploys (README demo and integration tests).
 
 Standard library only. Expects the usual release layout on a host:
 
     <deploy_to>/releases/<release>/app.py   (this file, reached via <deploy_to>/current)
-    <deploy_to>/shared/app.pid              written at start-up
-    <deploy_to>/shared/log/app.log          log (shared_dirs = ["log"])
+    <deploy_to>/shared/app.pid              written at start-up (worker.pid in worker mode)
+    <deploy_to>/shared/log/app.log          log (worker.log; shared_dirs = ["log"])
     <deploy_to>/shared/health-fail          if present, /health answers 500 (if it
                                             holds a version, only that version fails)
 
-Endpoints:
-    GET /health  200 "ok release=<release> version=<version>"  (500 "failing" if
-                 shared/health-fail exists and is empty or names this version)
-    GET /        200 "<version> <release> <hostname>"
+Endpoints (web mode, the default):
+    GET /health  200 "ok release=<release> version=<version>", with " revision=<rev>"
+                 after the release when the release has a REVISION file; 500 "failing"
+                 if shared/health-fail says so, 503 "unhealthy: ..." as the knobs say
+    GET /        200 "<version> <release> <hostname>" (then " <rev>" with a REVISION);
+                 500 "error <version> <release> <hostname> ..." for a share of
+                 requests with ERROR_RATE
     GET /slow?seconds=N  the same after sleeping N s (max 30): an in-flight request
                  that a graceful stop must let finish
 
-Knobs: APP_PORT (default 8080); boot delay in seconds from the file BOOT_DELAY next
-to this file or, overriding it, the env var APP_BOOT_DELAY (slept before the port is
-bound, to simulate a slow boot). SIGTERM/SIGINT: stop accepting, finish in-flight
-requests (at most 10 s), exit 0.
+Knobs: each is a file in the release directory (next to this file), so that one
+release can misbehave and the next not, or an environment variable that overrides
+the file (set in the restart command: `APP_ERROR_RATE=0.2 bin/restart`).
+    APP_PORT                    port, default 8080
+    BIND         APP_BIND       address to listen on, default 0.0.0.0; 127.0.0.1 makes
+                                the app reachable from its own host only
+    BOOT_DELAY   APP_BOOT_DELAY seconds to sleep before the port is bound (slow boot)
+    REVISION     APP_REVISION   the release's revision (a git sha, say), reported by
+                                /health and GET / (see above)
+    ERROR_RATE   APP_ERROR_RATE share of GET / answered 500 while /health stays fine:
+                                "0.2" or "20%". Exact: of every run of requests, the
+                                share is met as closely as whole requests allow (0.25:
+                                the 4th, 8th, 12th... fail)
+    HEALTHY_FOR  APP_HEALTHY_FOR /health passes for this many seconds after the app
+                                started serving, then answers 503 for good
+    HEALTH_FLAP  APP_HEALTH_FLAP /health alternates: a number S passes for S seconds,
+                                fails (503) for S seconds, and so on, from the start
+                                of serving; "each" fails every other answer (the
+                                1st passes, the 2nd fails, ...)
+    MODE         APP_MODE       "web" (default) or "worker"
+
+Worker mode (MODE worker, or bin/restart-worker): no port at all. A loop writes
+<deploy_to>/shared/worker.heartbeat every 0.5 s ("release=<id> version=<v>
+[revision=<rev>] time=<epoch seconds>"), with its pid in shared/worker.pid, and logs
+to shared/log/worker.log. bin/worker-health checks it (pid alive, heartbeat fresh).
+BOOT_DELAY delays the first heartbeat; HEALTHY_FOR makes the worker exit with status
+1 after that many seconds (a crash); while shared/health-fail says so, it stops
+writing heartbeats (a stuck worker).
+
+SIGTERM/SIGINT: stop accepting, finish in-flight requests (at most 10 s), exit 0 (a
+worker finishes its current beat).
 """
 
 import logging
@@ -71,8 +101,20 @@ def _read(path, default=""):
         return default
 
 
+def _knob(name, default=None):
+    """A knob: env APP_<NAME> if set, else the file <NAME> in the release, else default."""
+    raw = os.environ.get(f"APP_{name}")
+    if raw is None:
+        raw = _read(os.path.join(APP_DIR, name), None)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip()
+
+
 VERSION = _read(os.path.join(APP_DIR, "VERSION"), "unknown")
 HOSTNAME = socket.gethostname()
+REVISION = _knob("REVISION")
+MODE = _knob("MODE", "web")
 
 
 def _setup_logging():
@@ -83,8 +125,9 @@ def _setup_logging():
     )
     handler = None
     if SHARED:
+        name = "worker.log" if MODE == "worker" else "app.log"
         try:
-            handler = logging.FileHandler(os.path.join(SHARED, "log", "app.log"))
+            handler = logging.FileHandler(os.path.join(SHARED, "log", name))
         except OSError:
             handler = None  # no shared/log (yet): stderr is all we have
     if handler is None:
@@ -100,10 +143,37 @@ def _setup_logging():
 LOG = _setup_logging()
 
 
+PIDFILE = "worker.pid" if MODE == "worker" else "app.pid"
+
+
+def _seconds(name):
+    """A knob in seconds (>= 0), None if unset or not a number."""
+    raw = _knob(name)
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        LOG.warning("ignoring %s %r: not a number of seconds", name, raw)
+        return None
+
+
+def _error_rate():
+    raw = _knob("ERROR_RATE")
+    if raw is None:
+        return 0.0
+    try:
+        rate = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        LOG.warning("ignoring ERROR_RATE %r: not a share like 0.2 or 20%%", raw)
+        return 0.0
+    return min(1.0, max(0.0, rate))
+
+
 def _write_pidfile():
     if not SHARED:
         return
-    path = os.path.join(SHARED, "app.pid")
+    path = os.path.join(SHARED, PIDFILE)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -114,16 +184,55 @@ def _write_pidfile():
 
 
 def _boot_delay():
-    raw = os.environ.get("APP_BOOT_DELAY")
-    if raw is None:
-        raw = _read(os.path.join(APP_DIR, "BOOT_DELAY"), None)
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        LOG.warning("ignoring boot delay %r: not a number", raw)
-        return 0.0
+    return _seconds("BOOT_DELAY") or 0.0
+
+
+class Misbehaviour:
+    """The knobs that make a release fail on purpose, and their state."""
+
+    def __init__(self):
+        self.error_rate = _error_rate()
+        self.healthy_for = _seconds("HEALTHY_FOR")
+        flap = _knob("HEALTH_FLAP")
+        self.flap_each = flap == "each"
+        self.flap_period = None if self.flap_each else _seconds("HEALTH_FLAP")
+        if self.flap_period == 0:
+            self.flap_period = None
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.requests = 0  # GET / answered so far
+        self.checks = 0  # /health answered so far
+
+    def start(self):
+        """The app serves from now on: HEALTHY_FOR and HEALTH_FLAP count from here."""
+        self.started = time.monotonic()
+
+    def error(self):
+        """Whether this GET / answers 500: request n fails when floor(n * rate) grows."""
+        if self.error_rate <= 0:
+            return False
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+        return int(n * self.error_rate) > int((n - 1) * self.error_rate)
+
+    def unhealthy(self):
+        """Why /health fails now (a string), or None."""
+        age = time.monotonic() - self.started
+        if self.healthy_for is not None and age >= self.healthy_for:
+            return f"unhealthy: healthy for {self.healthy_for:g} s after start only"
+        if self.flap_each:
+            with self.lock:
+                self.checks += 1
+                n = self.checks
+            if n % 2 == 0:
+                return "unhealthy: flapping (every other check)"
+        elif self.flap_period is not None and int(age / self.flap_period) % 2 == 1:
+            return f"unhealthy: flapping ({self.flap_period:g} s up, {self.flap_period:g} s down)"
+        return None
+
+
+KNOBS = Misbehaviour()
 
 
 class Server(ThreadingHTTPServer):
@@ -181,9 +290,16 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/health":
             if SHARED and _failing():
                 return 500, "failing\n"
-            return 200, f"ok release={RELEASE} version={VERSION}\n"
+            why = KNOBS.unhealthy()
+            if why:
+                return 503, why + "\n"
+            revision = f" revision={REVISION}" if REVISION else ""
+            return 200, f"ok release={RELEASE}{revision} version={VERSION}\n"
         if path == "/":
-            return 200, f"{VERSION} {RELEASE} {HOSTNAME}\n"
+            who = f"{VERSION} {RELEASE} {HOSTNAME}{' ' + REVISION if REVISION else ''}"
+            if KNOBS.error():
+                return 500, f"error {who} (ERROR_RATE {KNOBS.error_rate:g})\n"
+            return 200, who + "\n"
         if path == "/slow":
             # A long in-flight request, for checking that a restart drains it.
             query = self.path.partition("?")[2]
@@ -217,8 +333,73 @@ class Handler(BaseHTTPRequestHandler):
         LOG.info("%s %s", self.address_string(), fmt % args)
 
 
+def _remove_pidfile():
+    if SHARED:
+        pidfile = os.path.join(SHARED, PIDFILE)
+        if _read(pidfile) == str(os.getpid()):
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
+
+
+HEARTBEAT_INTERVAL = 0.5  # seconds between a worker's heartbeats
+
+
+def worker():
+    """Worker mode: no port; a heartbeat file, rewritten every HEARTBEAT_INTERVAL."""
+    stopping = threading.Event()
+
+    def stop(signum, _frame):
+        LOG.info("signal %d: stopping", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _write_pidfile()
+    delay = _boot_delay()
+    if delay:
+        LOG.info("booting: sleeping %.1f s before the first heartbeat", delay)
+        if stopping.wait(delay):
+            _remove_pidfile()
+            return 0
+    KNOBS.start()
+    LOG.info("working, version=%s", VERSION)
+    heartbeat = os.path.join(SHARED, "worker.heartbeat") if SHARED else None
+    revision = f" revision={REVISION}" if REVISION else ""
+    stuck = False
+    while not stopping.is_set():
+        age = time.monotonic() - KNOBS.started
+        if KNOBS.healthy_for is not None and age >= KNOBS.healthy_for:
+            LOG.error("crashing on purpose (HEALTHY_FOR %g s)", KNOBS.healthy_for)
+            return 1  # the pid file stays behind, naming a dead process
+        if SHARED and _failing():
+            if not stuck:
+                LOG.warning("shared/health-fail: no more heartbeats")
+            stuck = True
+        elif heartbeat:
+            stuck = False
+            tmp = f"{heartbeat}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(f"release={RELEASE} version={VERSION}{revision} time={time.time():.3f}\n")
+                os.replace(tmp, heartbeat)
+            except OSError as e:
+                LOG.warning("cannot write %s: %s", heartbeat, e)
+        stopping.wait(HEARTBEAT_INTERVAL)
+    LOG.info("stopped")
+    _remove_pidfile()
+    return 0
+
+
 def main():
+    if MODE == "worker":
+        return worker()
+    if MODE != "web":
+        print(f"app: MODE must be web or worker, not {MODE!r}", file=sys.stderr)
+        return 2
     port = int(os.environ.get("APP_PORT", "8080"))
+    bind = _knob("BIND", "0.0.0.0")
 
     # Until the server exists, a SIGTERM has nothing to drain: just leave.
     def early_exit(signum, _frame):
@@ -235,10 +416,10 @@ def main():
         time.sleep(delay)
 
     try:
-        server = Server(("0.0.0.0", port), Handler)
+        server = Server((bind, port), Handler)
     except OSError as e:
-        LOG.error("cannot listen on :%d: %s", port, e)
-        print(f"app: cannot listen on :{port}: {e}", file=sys.stderr)
+        LOG.error("cannot listen on %s:%d: %s", bind, port, e)
+        print(f"app: cannot listen on {bind}:{port}: {e}", file=sys.stderr)
         return 1
 
     def graceful(signum, _frame):
@@ -253,18 +434,13 @@ def main():
     signal.signal(signal.SIGTERM, graceful)
     signal.signal(signal.SIGINT, graceful)
 
-    LOG.info("listening on :%d version=%s", port, VERSION)
+    KNOBS.start()
+    LOG.info("listening on %s:%d version=%s", bind, port, VERSION)
     server.serve_forever(poll_interval=0.1)
     server.socket.close()  # new connections are refused from here on
     drained = server.wait_idle(DRAIN_TIMEOUT)
     LOG.info("stopped (%s)", "drained" if drained else "drain timeout, dropping requests")
-    if SHARED:
-        pidfile = os.path.join(SHARED, "app.pid")
-        if _read(pidfile) == str(os.getpid()):
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
+    _remove_pidfile()
     return 0
 
 

@@ -6,20 +6,24 @@
 #   * its own private mount + UTS namespace: its own /srv, `hostname` = its name, an
 #     /etc/hosts naming every fleet host, and a resolv.conf without nameservers (the
 #     machine's DNS server is unreachable from the fleet network, so lookups fail at
-#     once instead of hanging). Root's ~/.bashrc is hidden behind an empty file: the
-#     real one runs pyenv, which costs ~90 ms on every SSH exec,
+#     once instead of hanging),
+#   * its own home for root: DIR/hosts/<name>/home mounted over /root, with its own
+#     .bashrc and .profile (the machine's own /root, pyenv and all, is hidden). sshd's
+#     bash reads ~/.bashrc for every command; `--shell-delay S` puts a `sleep S` there,
+#     the start-up latency of an rbenv/pyenv/nvm line, paid by every SSH command
+#     (default 0; `shell-delay` changes it on a running fleet),
 #   * a real OpenSSH sshd on port 22 (root, key only, LogLevel VERBOSE),
 #   * later, whatever shipit deploys there (the demo app listens on :8080).
 #
 # A tiny "keeper" process (`sleep infinity`) owns each host's namespaces. sshd, `exec`,
-# `fill` and the lb's HAProxy all enter the keeper's namespaces (rather than sshd's),
+# `fill` and the lb's balancer all enter the keeper's namespaces (rather than sshd's),
 # so a host keeps its /srv, its mounts and its running app while sshd is stopped.
 #
 # Topology for fleet <id> (1..200, allocated atomically so fleets can run in parallel):
 #
 #   root netns (shipit and the tests) --- bridge sfb<id> 10.201.<id>.1/24
-#       |-- sf<id>v<i>  <veth>  eth0 of web<i>   10.201.<id>.(10+i)   (not with --bastion)
-#       |-- sf<id>vlb   <veth>  eth0 of lb       10.201.<id>.5        (--haproxy host)
+#       |-- sf<id>v<i>  <veth>  eth0 of web<i>   10.201.<id>.(10+i)   (i = 1..200; not with --bastion)
+#       |-- sf<id>vlb   <veth>  eth0 of lb       10.201.<id>.5        (--haproxy|nginx|caddy host)
 #       `-- sf<id>vb    <veth>  eth0 of bastion  10.201.<id>.250      (--bastion)
 #
 #   With --bastion the web hosts instead live on a private network 10.202.<id>.0/24:
@@ -27,9 +31,15 @@
 #   10.202.<id>.(10+i)). The bastion does not forward packets, so only SSH forwarding
 #   (ssh -J) reaches them. The root netns gets an `unreachable` route for that subnet,
 #   so a direct connect fails at once with "No route to host" instead of leaking out of
-#   the machine's real uplink. A `--haproxy host` lb gets a second leg (eth1,
-#   10.202.<id>.5) on the private bridge, like a load balancer in a DMZ.
-#   (--haproxy local is refused with --bastion: it could not reach the web hosts.)
+#   the machine's real uplink. An lb host gets a second leg (eth1, 10.202.<id>.5) on
+#   the private bridge, like a load balancer in a DMZ. (A local balancer is refused
+#   with --bastion: it could not reach the web hosts.)
+#
+# One load balancer per fleet, `local` (in the root netns on the gateway address
+# 10.201.<id>.1, files in DIR) or `host` (on the host `lb`, 10.201.<id>.5, files under
+# its /srv = DIR/hosts/lb/srv). Each has its frontend on :8000, balances round robin
+# over web1..webN:8080, and never retries a request on another server: a request sent
+# to a dead server fails, which is what negative controls measure.
 #
 # HAProxy (--haproxy local|host): frontend `app` on :8000, backend `app` with servers
 # web1..webN on :8080, checks GET /health every 500 ms (fall 2, rise 2), retries 0, no
@@ -38,25 +48,58 @@
 # `up` waits for the first checks, so every server is DOWN until an app runs.
 # With --haproxy host it runs on the host `lb`; its admin socket is /srv/haproxy/
 # admin.sock there, which is DIR/hosts/lb/srv/haproxy/admin.sock from outside.
+# Its stats listener also serves HAProxy's Prometheus exporter on :8404/metrics.
 #
-# Commands (see usage() below): up, down, gc, exec, sshd, link, fill, unfill, info.
+# nginx (--nginx local|host), Debian's 1.22: `upstream app { include
+# P/upstreams/app.conf; }` where P is DIR/nginx or /srv/nginx on the lb; that file
+# (one `server ADDR:8080;` line per web host) is what a deploy tool owns. proxy_next_
+# upstream off, nginx's default passive checks (a failed request takes its server out
+# for 10 s), no active ones. Run it as `nginx -c P/nginx.conf -e P/error.log` (-t,
+# -s reload); pid, logs (access.log names the upstream) and temp files live in P. A
+# reload starts new workers; old ones are titled "nginx: worker process is shutting
+# down" until their requests finish. All are children of the master.
+#
+# Caddy (--caddy local|host), Debian's 2.6: JSON config P/caddy.json (P = DIR/caddy or
+# /srv/caddy), admin API on <gateway>:2019 (local) or on every address of the lb
+# (localhost:2019 there, 10.201.<id>.5:2019 from outside), server `app` on :8000 with
+# one reverse_proxy handler `"@id": "app"`: GET/PATCH/POST/DELETE /id/app/upstreams[/N]
+# edits its upstreams. Active checks GET /health every 500 ms, no passive ones, no
+# retries. GET /reverse_proxy/upstreams shows num_requests (in flight) and fails per
+# upstream address, for addresses some handler of the running config still lists.
+#
+# Prometheus (--prometheus, needs --haproxy): Debian's, in the root netns on
+# <gateway>:9090, scraping HAProxy's exporter every second; data in DIR/prometheus.
+#
+# Scale: up to 200 web hosts. `up` queues the network set-up and runs it with one
+# `ip -batch` per namespace, starts keepers and sshds in parallel, and probes logins
+# 16 at a time; sshd allows 1000 unauthenticated connections (MaxStartups) so a
+# bastion can forward to every host at once; daemons get the hard fd limit as their
+# soft one (nginx raises its workers' to 16384). `down` finds a fleet's processes in
+# one pass over /proc and deletes its namespaces in one batch. Host keys are cached
+# (gen_host_keys): the first fleet with a new host name pays ~0.4 s of CPU for it.
+#
+# Commands (see usage() below): up, down, gc, exec, sshd, link, fill, unfill, info,
+# shell-delay.
 #
 # Files in DIR (the caller owns DIR; `down` leaves the files there for post-mortems):
 #   fleet.id, fleet.env (shell-sourceable summary), hosts.toml, id_ed25519{,.pub},
 #   authorized_keys, known_hosts, known_hosts.hashed, ssh_config (`ssh -F DIR/ssh_config
-#   web1` works, bastion included), empty_bashrc, resolv.conf,
+#   web1` works, bastion included), resolv.conf,
 #   haproxy.cfg, haproxy.pid, haproxy.sock                 (--haproxy local)
-#   hosts/<name>/{srv/, sshd_config, ssh_host_*_key*, sshd.pid, sshd.log, etc_hosts,
-#                 ns.pid (keeper), keeper.log, host.env}
+#   nginx/, caddy/                                         (--nginx|--caddy local)
+#   prometheus/{prometheus.yml,prometheus.pid,prometheus.log,data/}  (--prometheus)
+#   hosts/<name>/{srv/, home/, sshd_config, ssh_host_*_key*, sshd.pid, sshd.log,
+#                 etc_hosts, ns.pid (keeper), keeper.log, host.env}
 #   hosts/lb/srv/haproxy/{haproxy.cfg,haproxy.pid,admin.sock} (--haproxy host; the lb
-#                 itself sees them as /srv/haproxy/...)
+#                 itself sees them as /srv/haproxy/...), likewise hosts/lb/srv/nginx/
+#                 and hosts/lb/srv/caddy/ for --nginx|--caddy host
 #
 # Global state in /run/shipit-fleet: <id>/{owner,dir} is the allocation lock; `owner`
 # holds "PID STARTTIME" so `gc` can tell a dead owner from a recycled pid. keycache/
 # holds generated host keys (see gen_host_keys).
 #
 # Needs root, iproute2, util-linux (nsenter, unshare, setsid), openssh-server and
-# -client, socat; haproxy for --haproxy.
+# -client, socat; haproxy, nginx, caddy, prometheus (and curl) for those options.
 
 set -euo pipefail
 
@@ -70,13 +113,20 @@ readonly KEY_CACHE=$STATE_ROOT/keycache
 readonly MAX_ID=200
 readonly SSHD_BIN=/usr/sbin/sshd
 readonly HAPROXY_BIN=/usr/sbin/haproxy
+readonly NGINX_BIN=/usr/sbin/nginx
+readonly CADDY_BIN=/usr/bin/caddy
+readonly PROMETHEUS_BIN=/usr/bin/prometheus
+readonly LB_PORT=8000           # every load balancer's frontend
+readonly CADDY_ADMIN_PORT=2019  # Caddy's admin API (its usual port)
+readonly PROMETHEUS_PORT=9090
 readonly SFTP_SERVER=/usr/lib/openssh/sftp-server
 readonly READY_TIMEOUT=10 # seconds every sshd gets to accept a real login
 readonly APP_PORT=8080     # where the demo app listens; HAProxy checks this port
 
 # Where the --haproxy host admin socket lives inside the lb host. It sits under the lb's
 # /srv, which is DIR/hosts/lb/srv on the real filesystem, so tests reach the very same
-# socket from the root namespace without entering the lb.
+# socket from the root namespace without entering the lb. nginx and Caddy on the lb
+# keep their files in /srv/nginx and /srv/caddy the same way.
 readonly LB_HAPROXY_DIR=/srv/haproxy
 
 prog=${0##*/}
@@ -84,7 +134,8 @@ prog=${0##*/}
 usage() {
 	cat <<EOF
 usage:
-  $prog up DIR --hosts N [--haproxy none|local|host] [--bastion]
+  $prog up DIR --hosts N [--haproxy|--nginx|--caddy none|local|host]
+          [--prometheus] [--bastion] [--shell-delay SECONDS]
           [--owner PID] [--gc-removes-dir]
   $prog down DIR
   $prog gc
@@ -94,6 +145,7 @@ usage:
   $prog fill DIR HOST PATH SIZE
   $prog unfill DIR HOST PATH
   $prog info DIR
+  $prog shell-delay DIR HOST|all SECONDS
 
 Set FLEET_VERBOSE=1 to log each step of 'up' with timestamps.
 EOF
@@ -160,57 +212,81 @@ fleet_netns() { # id -> names of this fleet's namespaces
 	ip netns list 2>/dev/null | awk -v p="sf$1-" 'index($1, p) == 1 { print $1 }'
 }
 
-kill_netns_pids() { # netns
-	local ns=$1 i pids
+# Pids of every process in any of the given namespaces, in one pass over /proc (`ip
+# netns pids` scans all of /proc once per namespace: 200 scans for 200 hosts).
+# Zombies have no namespaces left and are not listed.
+netns_pids() { # netns...
+	local inodes
+	(($# > 0)) || return 0
+	inodes=$(cd /run/netns && stat -L -c %i -- "$@" 2>/dev/null | tr '\n' ' ') || true
+	[[ -n $inodes ]] || return 0
+	find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l %p\n' 2>/dev/null | awk -v want="$inodes" '
+		BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) ok["net:[" w[i] "]"] = 1 }
+		$1 in ok { split($2, p, "/"); print p[3] }'
+}
+
+kill_netns_pids() { # netns...
+	local i pids
 	# SIGKILL in a loop: a listener may fork a child between listing and killing.
 	for ((i = 0; i < 100; i++)); do
-		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		pids=$(netns_pids "$@")
 		[[ -z $pids ]] && return 0
 		# shellcheck disable=SC2086 # word splitting of the pid list is intended
 		kill -KILL $pids 2>/dev/null || true
 		sleep 0.02
 	done
-	warn "processes in netns $ns survive SIGKILL: $(ip netns pids "$ns" | tr '\n' ' ')"
+	warn "processes in the fleet's namespaces survive SIGKILL: $(netns_pids "$@" | tr '\n' ' ')"
 	return 1
 }
 
-# Pids of the local-mode HAProxy of fleet DIR: from the pidfile, plus a scan of the
-# command lines in case the pidfile is gone. Both match the exact config path, so an
-# unrelated haproxy (or a recycled pid) is never touched.
-local_haproxy_pids() { # dir
-	local dir=$1 cfg pid re
-	cfg="$dir/haproxy.cfg"
-	{
-		if [[ -r $dir/haproxy.pid ]]; then
-			while read -r pid; do
-				[[ $pid =~ ^[0-9]+$ ]] || continue
-				if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-f $cfg "; then
-					echo "$pid"
-				fi
-			done <"$dir/haproxy.pid"
-		fi
-		re=$(printf '%s' "$cfg" | sed 's/[].[\\*^$+?(){}|]/\\&/g')
-		pgrep -f -- "^$HAPROXY_BIN .*-f $re( |\$)" || true
-	} | sort -u
+# Pids of the daemons a fleet runs in the root netns (a local HAProxy, nginx or Caddy,
+# and Prometheus): processes of those binaries whose command line names a path in DIR.
+# Matching both the binary and DIR means an unrelated haproxy, a recycled pid, or an
+# `ssh -F DIR/ssh_config` is never touched. Their children (nginx workers, whose titles
+# name nothing) are found by kill_local_daemons. Daemons on the lb host die with its
+# namespace instead.
+local_daemon_pids() { # dir
+	local dir=$1 pid cmd
+	find /proc/[0-9]*/exe -maxdepth 0 -printf '%l %p\n' 2>/dev/null |
+		awk -v bins="$HAPROXY_BIN $NGINX_BIN $CADDY_BIN $PROMETHEUS_BIN" '
+			BEGIN { n = split(bins, b, " "); for (i = 1; i <= n; i++) ok[b[i]] = 1 }
+			$1 in ok { split($2, p, "/"); print p[3] }' |
+		while read -r pid; do
+			cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+			if [[ " $cmd" == *[\ =]"$dir/"* ]]; then
+				echo "$pid"
+			fi
+		done
 }
 
 # Remove every resource of fleet <id>. Does not release the id (the caller does that
 # last, so nobody can reuse the id while its resources still exist).
 teardown_resources() { # id [dir]
 	local id=$1 dir=${2:-} ns link ok=0 pids i
-	for ns in $(fleet_netns "$id"); do
-		kill_netns_pids "$ns" || ok=1
-		ip netns del "$ns" 2>/dev/null || { warn "cannot delete netns $ns"; ok=1; }
-	done
+	local -a nss
+	mapfile -t nss < <(fleet_netns "$id")
+	if ((${#nss[@]} > 0)); then
+		kill_netns_pids "${nss[@]}" || ok=1
+		printf 'netns del %s\n' "${nss[@]}" | ip -force -batch - >/dev/null 2>&1 || true
+		for ns in $(fleet_netns "$id"); do
+			warn "cannot delete netns $ns"
+			ok=1
+		done
+	fi
 	if [[ -n $dir ]]; then
 		for ((i = 0; i < 50; i++)); do
-			pids=$(local_haproxy_pids "$dir")
+			pids=$(local_daemon_pids "$dir")
 			[[ -z $pids ]] && break
+			# Stopped first, so an nginx master cannot fork a new worker to replace
+			# one killed before it (that worker would outlive it, orphaned).
 			# shellcheck disable=SC2086
-			kill -KILL $pids 2>/dev/null || true
+			kill -STOP $pids 2>/dev/null || true
+			# shellcheck disable=SC2086
+			kill -KILL $pids $(for p in $pids; do pgrep -P "$p"; done) 2>/dev/null || true
 			sleep 0.02
 		done
-		[[ -z $(local_haproxy_pids "$dir") ]] || { warn "haproxy of $dir survives"; ok=1; }
+		pids=$(local_daemon_pids "$dir")
+		[[ -z $pids ]] || { warn "daemons of $dir survive: $(echo $pids)"; ok=1; }
 	fi
 	# veth peers vanish with their namespace; this catches a half-created pair and the bridge.
 	for link in $(ip -o link show 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
@@ -305,12 +381,15 @@ PrintMotd no
 LogLevel VERBOSE
 # Needed on the bastion for ssh -J; harmless elsewhere.
 AllowTcpForwarding yes
+# The bastion forwards one connection per host: with 200 hosts at once, the default
+# 10:30:100 would drop most of them while they authenticate.
+MaxStartups 1000
 Subsystem sftp $SFTP_SERVER
 EOF
 }
 
 # The keeper: enters the host's netns, makes private mount + UTS namespaces, mounts
-# the host's /srv, the empty .bashrc, its own /etc/hosts (every fleet host by name)
+# the host's /srv, its own home over /root, its own /etc/hosts (every fleet host by name)
 # and a resolv.conf without nameservers (the machine's DNS server is unreachable from
 # the fleet network; without this every lookup would hang for seconds instead of
 # failing at once), records its pid, then sleeps forever.
@@ -318,7 +397,7 @@ EOF
 readonly KEEPER_SCRIPT='set -e
 hostname "$1"
 mount --bind "$2" /srv
-mount --bind "$3" /root/.bashrc
+mount --bind "$3" /root
 mount --bind "$5" /etc/hosts
 mount --bind "$6" /etc/resolv.conf
 cd /root
@@ -326,47 +405,108 @@ echo $$ >"$4.tmp"
 mv "$4.tmp" "$4"
 exec sleep infinity'
 
+# Root's home on a host: DIR/hosts/<name>/home, mounted over /root in the host's mount
+# namespace, so ~ (history, ~/.ssh, whatever a deploy leaves there) is private to the
+# host, as on a separate machine. Its .bashrc is read by sshd's bash for EVERY command,
+# also non-interactive ones (bash does that when sshd runs it). A shell delay > 0 puts
+# a sleep there: the start-up cost of an `eval "$(rbenv init -)"` / pyenv / nvm line,
+# paid per SSH command. `fleet.sh exec` starts no shell, so it never pays it.
+# The home directory itself exists already (mode 700; `up` makes them all at once).
+# Builtins only: at 200 hosts every fork here costs a second.
+write_home() { # dir name delay-seconds
+	local home="$1/hosts/$2/home"
+	[[ -e $home/.profile ]] || printf '%s\n' \
+		'# ~/.profile: executed by Bourne-compatible login shells (as on Debian).' \
+		'if [ "$BASH" ]; then' '  if [ -f ~/.bashrc ]; then' '    . ~/.bashrc' '  fi' 'fi' \
+		'mesg n 2> /dev/null || true' >"$home/.profile"
+	bashrc_text "$2" "$3" >"$home/.bashrc"
+}
+
+bashrc_text() { # name delay-seconds
+	echo "# ~/.bashrc of root on $1; generated by fleet.sh. sshd's bash reads it for"
+	echo "# every command, interactive or not."
+	if [[ $2 != 0 ]]; then
+		echo "# Shell start-up latency (fleet.sh --shell-delay), like an rbenv/pyenv/nvm line:"
+		echo "sleep $2"
+	fi
+}
+
+# Replaces a running host's .bashrc atomically: an SSH command starting meanwhile
+# reads the old or the new one, never half of one.
+write_bashrc() { # file name delay-seconds
+	bashrc_text "$2" "$3" >"$1.tmp"
+	mv "$1.tmp" "$1"
+}
+
+# A shell delay: plain decimal seconds below 60 ("0", "0.1", "2.5").
+valid_delay() {
+	[[ $1 =~ ^[0-9]{1,2}(\.[0-9]+)?$ ]] && ((10#${1%%.*} < 60))
+}
+
 start_keeper() { # name
 	local name=$1 d="$UP_DIR/hosts/$1"
-	rm -f "$d/ns.pid"
+	[[ ! -e $d/ns.pid ]] || rm -f "$d/ns.pid"
 	# setsid: a Ctrl-C aimed at the caller must not take the fleet down with it.
-	setsid env -i PATH="$CLEAN_PATH" ip netns exec "$(host_ns "$name")" \
+	setsid env -i PATH="$CLEAN_PATH" ip netns exec "sf$UP_ID-$name" \
 		unshare --mount --uts --propagation private -- \
-		sh -c "$KEEPER_SCRIPT" keeper "$name" "$d/srv" "$UP_DIR/empty_bashrc" "$d/ns.pid" \
+		sh -c "$KEEPER_SCRIPT" keeper "$name" "$d/srv" "$d/home" "$d/ns.pid" \
 		"$d/etc_hosts" "$UP_DIR/resolv.conf" \
 		</dev/null >/dev/null 2>>"$d/keeper.log" &
 }
 
-host_ns() { echo "sf$UP_ID-$1"; }
 
-# Create netns + veths for one host. Each link is "linkns:ifname:bridge:addr/len:peer-if"
+# Network set-up is batched: create_host_net only queues `ip` commands, net_apply runs
+# them with one `ip -batch` per namespace (root first, then the others in the order
+# they were first named, so the bastion's private bridge exists before web hosts'
+# veths are plugged into it). Seven `ip` runs per host cost ~75 ms a host; a batch
+# costs ~1 ms a host, which is what makes 200 hosts start in seconds.
+NET_ROOT=""
+declare -A NET_NS=()
+declare -a NET_ORDER=()
+
+net_q() { # ns line  (ns "" = the root netns)
+	if [[ -z $1 ]]; then
+		NET_ROOT+="$2"$'\n'
+	else
+		[[ -v NET_NS[$1] ]] || NET_ORDER+=("$1")
+		NET_NS[$1]+="$2"$'\n'
+	fi
+}
+
+net_apply() {
+	local ns err
+	if [[ -n $NET_ROOT ]]; then
+		err=$(ip -batch - <<<"$NET_ROOT" 2>&1) || die "network set-up failed: $err"
+	fi
+	for ns in "${NET_ORDER[@]}"; do
+		err=$(ip -n "$ns" -batch - <<<"${NET_NS[$ns]}" 2>&1) || die "network set-up of $ns failed: $err"
+	done
+	NET_ROOT="" NET_NS=() NET_ORDER=()
+}
+
+# Queue netns + veths for one host. Each link is "linkns:ifname:bridge:addr/len:peer-if"
 # (linkns empty = root netns); the first link carries the default route via gw and
 # its address is the host's SSH address.
 create_host_net() { # name gw link...
 	local name=$1 gw=$2 ns spec lns lif br addr pif links="" host_addr=""
 	shift 2
-	ns=$(host_ns "$name")
-	ip netns add "$ns" || die "host $name: cannot create netns $ns"
-	ip -n "$ns" link set lo up
+	ns="sf$UP_ID-$name"
+	net_q "" "netns add $ns"
+	net_q "$ns" "link set lo up"
 	for spec in "$@"; do
 		IFS=: read -r lns lif br addr pif <<<"$spec"
-		ipn "$lns" link add "$lif" type veth peer name "$pif" netns "$ns" ||
-			die "host $name: cannot create veth $lif"
-		ipn "$lns" link set "$lif" master "$br" up
-		ip -n "$ns" addr add "$addr" dev "$pif"
-		ip -n "$ns" link set "$pif" up
+		net_q "$lns" "link add $lif type veth peer name $pif netns $ns"
+		net_q "$lns" "link set $lif master $br up"
+		net_q "$ns" "addr add $addr dev $pif"
+		net_q "$ns" "link set $pif up"
 		if [[ -z $host_addr ]]; then
-			ip -n "$ns" route add default via "$gw"
+			net_q "$ns" "route add default via $gw"
 			host_addr=${addr%/*}
 		fi
 		links+="${lns:--}:$lif "
 	done
-	cat >"$UP_DIR/hosts/$name/host.env" <<EOF
-HOST_NAME='$name'
-HOST_NS='$ns'
-HOST_ADDR='$host_addr'
-HOST_LINKS='${links% }'
-EOF
+	printf "HOST_NAME='%s'\nHOST_NS='%s'\nHOST_ADDR='%s'\nHOST_LINKS='%s'\n" \
+		"$name" "$ns" "$host_addr" "${links% }" >"$UP_DIR/hosts/$name/host.env"
 }
 
 # Host keys. RSA-3072 generation costs ~0.4 s of CPU per host, which dominated `up`
@@ -390,11 +530,12 @@ gen_host_keys() { # name
 	mv -T "$tmp" "$c" 2>/dev/null || rm -rf "$tmp"
 }
 
-start_sshd() { # dir name  (works for up and for `sshd start`)
-	local dir=$1 name=$2 d kpid
+start_sshd() { # dir name [keeper-pid]  (works for up and for `sshd start`)
+	local dir=$1 name=$2 d kpid=${3:-}
 	d="$dir/hosts/$name"
-	kpid=$(keeper_pid "$dir" "$name")
-	rm -f "$d/sshd.pid"
+	# `up` passes the pid of the keeper it just started; otherwise check it.
+	[[ -n $kpid ]] || kpid=$(keeper_pid "$dir" "$name")
+	[[ ! -e $d/sshd.pid ]] || rm -f "$d/sshd.pid"
 	# sshd re-execs itself per connection, hence the absolute -f. It daemonizes, so
 	# nsenter returns as soon as the config and host keys have been checked.
 	if ! env -i PATH="$CLEAN_PATH" nsenter -t "$kpid" -m -n -u -- \
@@ -407,7 +548,9 @@ start_sshd() { # dir name  (works for up and for `sshd start`)
 
 ssh_probe() { # dir addr [jump-addr]
 	local dir=$1 addr=$2 jump=${3:-}
-	local -a o=(-F "$dir/ssh_config" -o ConnectTimeout=2)
+	# curve25519: OpenSSH 9's default sntrup761 key exchange costs the client ~50 ms
+	# of CPU per login, which is most of the cost of probing 200 hosts.
+	local -a o=(-F "$dir/ssh_config" -o ConnectTimeout=2 -o KexAlgorithms=curve25519-sha256)
 	[[ -n $jump ]] && o+=(-J "root@$jump")
 	ssh "${o[@]}" "root@$addr" true </dev/null
 }
@@ -436,18 +579,27 @@ wait_ssh() { # dir name addr [jump-addr]
 	done
 }
 
-# Run wait_ssh for several hosts in parallel; fail naming every host that failed.
+# Run wait_ssh for several hosts, PROBE_JOBS at a time (all at once, 200 logins on 2
+# cores time each other out); fail naming every host that failed.
+readonly PROBE_JOBS=16
 wait_ssh_all() { # dir jump name=addr...
-	local dir=$1 jump=$2 spec failed=""
+	local dir=$1 jump=$2 spec failed="" pid rc
 	shift 2
-	local -A pids=()
+	local -A names_of=()
+	reap_one() {
+		rc=0
+		wait -n -p pid "${!names_of[@]}" || rc=$?
+		if [[ -n ${pid:-} && -v names_of[$pid] ]]; then
+			((rc == 0)) || failed+=" ${names_of[$pid]}"
+			unset "names_of[$pid]"
+		fi
+	}
 	for spec in "$@"; do
+		while ((${#names_of[@]} >= PROBE_JOBS)); do reap_one; done
 		wait_ssh "$dir" "${spec%%=*}" "${spec#*=}" "$jump" &
-		pids[${spec%%=*}]=$!
+		names_of[$!]=${spec%%=*}
 	done
-	for spec in "${!pids[@]}"; do
-		wait "${pids[$spec]}" || failed+=" $spec"
-	done
+	while ((${#names_of[@]} > 0)); do reap_one; done
 	[[ -z $failed ]] || die "sshd not accepting logins within ${READY_TIMEOUT}s on:$failed"
 }
 
@@ -505,8 +657,11 @@ EOF
 		done
 		cat <<EOF
 
+# The stats page, and HAProxy's built-in Prometheus exporter on /metrics (what
+# --prometheus scrapes, e.g. haproxy_server_http_responses_total{proxy="app"}).
 listen stats
     bind $bind:8404
+    http-request use-service prometheus-exporter if { path /metrics }
     stats enable
     stats uri /
     stats refresh 2s
@@ -536,9 +691,213 @@ wait_haproxy() { # sock
 	done
 }
 
+# The web servers as ADDR:PORT, one per line.
+web_servers() { # web-prefix
+	local i
+	for ((i = 1; i <= HOSTS; i++)); do
+		echo "$1.$((10 + i)):$APP_PORT"
+	done
+}
+
+# LB_PRE: the command prefix that runs a command where a load balancer lives: here
+# (local), or in the lb host's namespaces (host), with a clean environment either way.
+LB_PRE=()
+lb_prefix() { # dir at
+	LB_PRE=(env -i PATH="$CLEAN_PATH")
+	if [[ $2 == host ]]; then
+		LB_PRE+=(nsenter -t "$(keeper_pid "$1" lb)" -m -n -u --)
+	fi
+}
+
+# Polls until a TCP port accepts connections (from the root netns).
+wait_port() { # addr port what
+	local deadline
+	deadline=$(($(now_ms) + 10000))
+	until timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; do
+		(($(now_ms) < deadline)) || die "$3 does not accept connections on $1:$2 within 10 s"
+		sleep 0.05
+	done
+}
+
+# nginx (--nginx): the layout a deploy tool driving nginx expects. P is the directory
+# as nginx sees it (DIR/nginx, or /srv/nginx on the lb):
+#   P/nginx.conf, P/upstreams/app.conf (the server list, owned by the deploy tool),
+#   P/nginx.pid, P/error.log, P/access.log (with the upstream that answered), P/tmp/.
+# Invoke it as `nginx -c P/nginx.conf -e P/error.log` (plus -t, -s reload): -e keeps it
+# away from the machine's /var/log/nginx even before it has read its config.
+write_nginx_config() { # realdir P bind web-prefix
+	local real=$1 p=$2 bind=$3 prefix=$4 srv
+	mkdir -p "$real/upstreams" "$real/tmp"
+	for srv in $(web_servers "$prefix"); do
+		echo "server $srv;"
+	done >"$real/upstreams/app.conf"
+	cat >"$real/nginx.conf" <<EOF
+# nginx for shipit fleet $UP_ID; generated by fleet.sh.
+#
+# upstream app takes its servers from upstreams/app.conf, one "server ADDR:PORT;" line
+# per web host: the file a deploy tool owns and edits. proxy_next_upstream off: a
+# request sent to a dead server fails visibly instead of being retried on another
+# (like HAProxy's retries 0), so tests see real drops. No active health checks (open
+# source nginx has none); passive ones as nginx ships them: a failed request takes its
+# server out of rotation for 10 s (max_fails=1 fail_timeout=10s). Reload gracefully with
+#   nginx -c $p/nginx.conf -e $p/error.log -s reload
+# Workers of the old generation finish their requests, titled "nginx: worker process
+# is shutting down" (ps, /proc/PID/cmdline), then exit; all are children of the master
+# (pid in $p/nginx.pid).
+worker_processes 2;
+worker_rlimit_nofile 16384;
+pid $p/nginx.pid;
+error_log $p/error.log info;
+events {
+    worker_connections 4096;
+}
+http {
+    log_format upstream '\$time_iso8601 \$remote_addr "\$request" \$status upstream=\$upstream_addr pid=\$pid rt=\$request_time';
+    access_log $p/access.log upstream;
+    client_body_temp_path $p/tmp/body;
+    proxy_temp_path $p/tmp/proxy;
+    fastcgi_temp_path $p/tmp/fastcgi;
+    uwsgi_temp_path $p/tmp/uwsgi;
+    scgi_temp_path $p/tmp/scgi;
+
+    upstream app {
+        include $p/upstreams/app.conf;
+    }
+
+    server {
+        listen $bind:$LB_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_next_upstream off;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 60s;
+        }
+    }
+}
+EOF
+}
+
+start_nginx() { # dir at realdir P bind
+	local dir=$1 at=$2 real=$3 p=$4 bind=$5 deadline
+	command -v "$NGINX_BIN" >/dev/null || die "missing $NGINX_BIN (apt-get install -y nginx)"
+	rm -f "$real/nginx.pid"
+	lb_prefix "$dir" "$at"
+	"${LB_PRE[@]}" "$NGINX_BIN" -c "$p/nginx.conf" -e "$p/error.log" \
+		</dev/null >"$real/start.log" 2>&1 || {
+		cat "$real/start.log" "$real/error.log" >&2 2>/dev/null
+		die "nginx failed to start (config $real/nginx.conf)"
+	}
+	deadline=$(($(now_ms) + 5000))
+	until [[ -s $real/nginx.pid ]]; do
+		(($(now_ms) < deadline)) || die "nginx wrote no pid file $real/nginx.pid"
+		sleep 0.02
+	done
+	wait_port "$bind" "$LB_PORT" nginx
+}
+
+# Caddy (--caddy): JSON config P/caddy.json, admin API on ADMIN (see cmd_up), a server
+# "app" on :8000 whose only route is a reverse_proxy handler with "@id": "app", so
+# GET/PATCH/POST/DELETE /id/app/upstreams[/N] edits its upstream list in place.
+# Round robin, no retries (try_duration 0: a request sent to a dead upstream fails),
+# active health checks GET /health every 500 ms (an upstream leaves selection at its
+# first failed check), no passive ones. Log P/caddy.log; nothing persisted (no
+# autosave): the config file is the start state every time.
+write_caddy_config() { # realdir P bind admin origins web-prefix
+	local real=$1 p=$2 bind=$3 admin=$4 origins=$5 prefix=$6 srv ups="" orig=""
+	mkdir -p "$real/data" "$real/config"
+	for srv in $(web_servers "$prefix"); do
+		ups+="${ups:+, }{\"dial\": \"$srv\"}"
+	done
+	for srv in $origins; do
+		orig+="${orig:+, }\"$srv\""
+	done
+	[[ -z $orig ]] || orig=$'\n'"    \"origins\": [$orig],"
+	cat >"$real/caddy.json" <<EOF
+{
+  "admin": {
+    "listen": "$admin",$orig
+    "config": {"persist": false}
+  },
+  "logging": {"logs": {"default": {"level": "INFO",
+    "writer": {"output": "file", "filename": "$p/caddy.log"}}}},
+  "storage": {"module": "file_system", "root": "$p/data"},
+  "apps": {"http": {"servers": {"app": {
+    "listen": ["$bind:$LB_PORT"],
+    "automatic_https": {"disable": true},
+    "routes": [{"handle": [{
+      "@id": "app",
+      "handler": "reverse_proxy",
+      "upstreams": [$ups],
+      "load_balancing": {"selection_policy": {"policy": "round_robin"}},
+      "health_checks": {"active": {"uri": "/health", "interval": "500ms", "timeout": "1s"}}
+    }]}]
+  }}}}
+}
+EOF
+}
+
+start_caddy() { # dir at realdir P bind admin-url
+	local dir=$1 at=$2 real=$3 p=$4 bind=$5 url=$6 deadline
+	command -v "$CADDY_BIN" >/dev/null || die "missing $CADDY_BIN (apt-get install -y caddy)"
+	command -v curl >/dev/null || die "missing curl (apt-get install -y curl)"
+	rm -f "$real/caddy.pid"
+	# `caddy run` stays in the foreground; setsid detaches it from us and our caller.
+	lb_prefix "$dir" "$at"
+	setsid "${LB_PRE[@]}" env HOME="$p" XDG_DATA_HOME="$p/data" XDG_CONFIG_HOME="$p/config" \
+		"$CADDY_BIN" run --config "$p/caddy.json" --pidfile "$p/caddy.pid" \
+		</dev/null >"$real/caddy.out" 2>&1 &
+	deadline=$(($(now_ms) + 10000))
+	until [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url/config/" 2>/dev/null) == 200 ]]; do
+		if (($(now_ms) > deadline)); then
+			tail -n 20 "$real/caddy.out" "$real/caddy.log" >&2 2>/dev/null || true
+			die "caddy's admin API $url does not answer within 10 s"
+		fi
+		sleep 0.05
+	done
+	wait_port "$bind" "$LB_PORT" caddy
+}
+
+# Prometheus (--prometheus), in the root netns on the gateway address: scrapes HAProxy's
+# exporter every second, keeps its data in DIR/prometheus/data.
+start_prometheus() { # dir bind target
+	local dir=$1 bind=$2 target=$3 real="$1/prometheus" deadline
+	command -v "$PROMETHEUS_BIN" >/dev/null || die "missing $PROMETHEUS_BIN (apt-get install -y prometheus)"
+	command -v curl >/dev/null || die "missing curl (apt-get install -y curl)"
+	mkdir -p "$real/data"
+	cat >"$real/prometheus.yml" <<EOF
+# Prometheus for shipit fleet $UP_ID; generated by fleet.sh.
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: haproxy
+    metrics_path: /metrics
+    static_configs:
+      - targets: ['$target']
+EOF
+	setsid env -i PATH="$CLEAN_PATH" "$PROMETHEUS_BIN" --config.file="$real/prometheus.yml" \
+		--storage.tsdb.path="$real/data" --storage.tsdb.retention.time=1d \
+		--web.listen-address="$bind:$PROMETHEUS_PORT" --log.level=warn \
+		</dev/null >"$real/prometheus.log" 2>&1 &
+	echo $! >"$real/prometheus.pid"
+	deadline=$(($(now_ms) + 30000))
+	until [[ $(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$bind:$PROMETHEUS_PORT/-/ready" 2>/dev/null) == 200 ]]; do
+		if (($(now_ms) > deadline)); then
+			tail -n 20 "$real/prometheus.log" >&2 || true
+			die "prometheus is not ready on $bind:$PROMETHEUS_PORT within 30 s"
+		fi
+		sleep 0.1
+	done
+}
+
 cmd_up() {
-	local dir="" owner=$PPID haproxy=none bastion=0 gc_rm=0
-	HOSTS=0
+	local dir="" owner=$PPID haproxy=none bastion=0 gc_rm=0 prometheus=0
+	# The load balancer: its kind (none|haproxy|nginx|caddy) and where it runs.
+	local lb_kind=none lb_at="" lb_flags=0 opt
+	HOSTS=0 SHELL_DELAY=0
 	[[ $# -ge 1 ]] || {
 		usage >&2
 		exit 2
@@ -548,22 +907,37 @@ cmd_up() {
 	while [[ $# -gt 0 ]]; do
 		case $1 in
 		--hosts) HOSTS=${2:?--hosts needs a number}; shift 2 ;;
-		--haproxy) haproxy=${2:?--haproxy needs none|local|host}; shift 2 ;;
+		--haproxy | --nginx | --caddy)
+			opt=${1#--}
+			[[ ${2:-} =~ ^(none|local|host)$ ]] || die "$1 needs none, local or host"
+			lb_flags=$((lb_flags + 1))
+			[[ $2 == none ]] || lb_kind=$opt lb_at=$2
+			shift 2
+			;;
+		--prometheus) prometheus=1; shift ;;
 		--bastion) bastion=1; shift ;;
+		--shell-delay) SHELL_DELAY=${2:?--shell-delay needs seconds}; shift 2 ;;
 		--owner) owner=${2:?--owner needs a pid}; shift 2 ;;
 		--gc-removes-dir) gc_rm=1; shift ;;
 		*) die "up: unknown option $1" ;;
 		esac
 	done
-	if ! [[ $HOSTS =~ ^[0-9]+$ ]] || ((HOSTS < 1 || HOSTS > 100)); then
-		die "--hosts must be 1..100"
+	if ! [[ $HOSTS =~ ^[0-9]+$ ]] || ((HOSTS < 1 || HOSTS > 200)); then
+		die "--hosts must be 1..200"
 	fi
-	[[ $haproxy =~ ^(none|local|host)$ ]] || die "--haproxy must be none, local or host"
+	((lb_flags <= 1)) || die "one load balancer per fleet: give only one of --haproxy, --nginx, --caddy"
+	[[ $lb_kind == haproxy ]] && haproxy=$lb_at
+	((prometheus == 0)) || [[ $lb_kind == haproxy ]] ||
+		die "--prometheus scrapes HAProxy's exporter: it needs --haproxy local|host"
+	valid_delay "$SHELL_DELAY" || die "--shell-delay must be seconds below 60, like 0.1: $SHELL_DELAY"
 	[[ $owner =~ ^[0-9]+$ && -d /proc/$owner ]] || die "--owner $owner is not a running pid"
-	if ((bastion)) && [[ $haproxy == local ]]; then
-		die "--haproxy local cannot reach web hosts hidden behind --bastion; use --haproxy host"
+	if ((bastion)) && [[ $lb_at == local ]]; then
+		die "--$lb_kind local cannot reach web hosts hidden behind --bastion; use --$lb_kind host"
 	fi
 	((EUID == 0)) || die "must run as root (network and mount namespaces)"
+	# Daemons started here (sshd, balancers, Prometheus) inherit the soft fd limit; a
+	# CI machine's 1024 is tight for a balancer in front of 200 hosts under load.
+	ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 	local t
 	for t in ip nsenter unshare setsid ssh ssh-keygen socat "$SSHD_BIN" "$SFTP_SERVER"; do
 		command -v "$t" >/dev/null || die "missing $t (apt-get install -y openssh-server openssh-client iproute2 util-linux socat)"
@@ -575,6 +949,10 @@ cmd_up() {
 	# Paths end up unquoted in sshd/haproxy configs and in fleet.env.
 	[[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] || die "DIR must match [A-Za-z0-9._/+-]+: $dir"
 	((${#dir} + 32 < 108)) || die "DIR too long for unix socket paths: $dir"
+	# Hosts mount their own /srv and /root over these; sshd on a host reads DIR.
+	case $dir/ in
+	/root/* | /srv/*) die "DIR must not be under /root or /srv (hosts mount their own there): $dir" ;;
+	esac
 	local old
 	if old=$(fleet_id_of "$dir"); then
 		die "$dir already holds running fleet $old; run '$prog down $dir' first"
@@ -606,42 +984,52 @@ cmd_up() {
 		names+=("web$i")
 		addrs+=("$web_net.$((10 + i))")
 	done
-	[[ $haproxy == host ]] && names+=(lb) addrs+=("$net.5")
+	[[ $lb_at == host ]] && names+=(lb) addrs+=("$net.5")
 	((bastion)) && names+=(bastion) addrs+=("$net.250")
 
 	# --- files: keys first (in the background: RSA keygen is the slowest step)
 	mkdir -p /run/sshd /srv
-	: >"$dir/empty_bashrc"
 	local -a keyjobs=()
 	local n
+	local -a hostdirs=()
+	for n in "${names[@]}"; do hostdirs+=("$dir/hosts/$n"); done
+	mkdir -p "${hostdirs[@]/%//srv}"
+	mkdir -p -m 700 "${hostdirs[@]/%//home}"
+	local -a old_keys
 	for n in "${names[@]}"; do
-		mkdir -p "$dir/hosts/$n/srv"
-		rm -f "$dir/hosts/$n"/ssh_host_*
-		gen_host_keys "$n" &
-		keyjobs+=($!)
+		write_home "$dir" "$n" "$SHELL_DELAY"
+		old_keys=("$dir/hosts/$n"/ssh_host_*)
+		[[ ! -e ${old_keys[0]} ]] || rm -f "${old_keys[@]}"
+		if [[ ${FLEET_FRESH_KEYS:-0} != 1 && -s $KEY_CACHE/$n/ssh_host_rsa_key.pub ]]; then
+			cp -p "$KEY_CACHE/$n"/ssh_host_* "$dir/hosts/$n/" # cheaper than a job
+		else
+			gen_host_keys "$n" &
+			keyjobs+=($!)
+		fi
 	done
 	rm -f "$dir/id_ed25519" "$dir/id_ed25519.pub"
 	ssh-keygen -q -t ed25519 -N '' -C "shipit-fleet-$id" -f "$dir/id_ed25519"
 	cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
 
+	vlog "files written"
 	# --- network
-	ip link add "sfb$id" type bridge || die "cannot create bridge sfb$id"
-	ip addr add "$net.1/24" dev "sfb$id"
-	ip link set "sfb$id" up
+	net_q "" "link add sfb$id type bridge"
+	net_q "" "addr add $net.1/24 dev sfb$id"
+	net_q "" "link set sfb$id up"
 	if ((bastion)); then
 		# No route to the private subnet from here, immediately and by design.
-		ip route add unreachable "$priv.0/24"
+		net_q "" "route add unreachable $priv.0/24"
 		create_host_net bastion "$net.1" ":sf${id}vb:sfb$id:$net.250/24:eth0"
-		ip -n "sf$id-bastion" link add "sfp$id" type bridge
-		ip -n "sf$id-bastion" addr add "$priv.1/24" dev "sfp$id"
-		ip -n "sf$id-bastion" link set "sfp$id" up
+		net_q "sf$id-bastion" "link add sfp$id type bridge"
+		net_q "sf$id-bastion" "addr add $priv.1/24 dev sfp$id"
+		net_q "sf$id-bastion" "link set sfp$id up"
 	fi
 	local linkns="" bridge="sfb$id"
 	((bastion)) && linkns="sf$id-bastion" bridge="sfp$id"
 	for ((i = 1; i <= HOSTS; i++)); do
 		create_host_net "web$i" "$web_gw" "$linkns:sf${id}v$i:$bridge:$web_net.$((10 + i))/24:eth0"
 	done
-	if [[ $haproxy == host ]]; then
+	if [[ $lb_at == host ]]; then
 		if ((bastion)); then
 			create_host_net lb "$net.1" ":sf${id}vlb:sfb$id:$net.5/24:eth0" \
 				"sf$id-bastion:sf${id}vlp:sfp$id:$priv.5/24:eth1"
@@ -649,17 +1037,18 @@ cmd_up() {
 			create_host_net lb "$net.1" ":sf${id}vlb:sfb$id:$net.5/24:eth0"
 		fi
 	fi
+	vlog "network queued"
+	net_apply
 	vlog "network created"
 
 	echo "# fleet host: no DNS server reachable; names are in /etc/hosts" >"$dir/resolv.conf"
+	local all_hosts=""
 	for i in "${!names[@]}"; do
-		n=${names[$i]}
-		{
-			printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$n"
-			for t in "${!names[@]}"; do
-				printf '%s\t%s\n' "${addrs[$t]}" "${names[$t]}"
-			done
-		} >"$dir/hosts/$n/etc_hosts"
+		all_hosts+="${addrs[$i]}"$'\t'"${names[$i]}"$'\n'
+	done
+	for n in "${names[@]}"; do
+		printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n%s' \
+			"$n" "$all_hosts" >"$dir/hosts/$n/etc_hosts"
 		start_keeper "$n"
 	done
 
@@ -717,9 +1106,19 @@ EOF
 		done
 	done
 	vlog "keepers running"
+	# In parallel: each start costs ~35 ms, mostly waiting for sshd to daemonize.
+	local -A sshd_jobs=()
+	local kpid
 	for n in "${names[@]}"; do
-		start_sshd "$dir" "$n"
+		read -r kpid <"$dir/hosts/$n/ns.pid"
+		start_sshd "$dir" "$n" "$kpid" &
+		sshd_jobs[$n]=$!
 	done
+	local failed=""
+	for n in "${!sshd_jobs[@]}"; do
+		wait "${sshd_jobs[$n]}" || failed+=" $n"
+	done
+	[[ -z $failed ]] || die "sshd failed to start on:$failed"
 	vlog "sshd started"
 
 	# --- haproxy
@@ -750,6 +1149,38 @@ EOF
 		;;
 	esac
 
+	# --- nginx or Caddy: files under P, as the balancer sees it (DIR/<kind> here, or
+	# /srv/<kind> on the lb, which is DIR/hosts/lb/srv/<kind> from here).
+	local lb_bind="$net.1" lb_real="$dir/$lb_kind" lb_p="$dir/$lb_kind"
+	if [[ $lb_at == host ]]; then
+		lb_bind="$net.5" lb_real="$dir/hosts/lb/srv/$lb_kind" lb_p="/srv/$lb_kind" lb_addr="$net.5"
+	fi
+	local nginx_cmd="" nginx_upstreams="" caddy_admin=""
+	case $lb_kind in
+	nginx)
+		write_nginx_config "$lb_real" "$lb_p" "$lb_bind" "$web_net"
+		start_nginx "$dir" "$lb_at" "$lb_real" "$lb_p" "$lb_bind"
+		lb_url="http://$lb_bind:$LB_PORT"
+		nginx_cmd="nginx -c $lb_p/nginx.conf -e $lb_p/error.log"
+		nginx_upstreams="$lb_p/upstreams/app.conf"
+		;;
+	caddy)
+		# Here: on the gateway address (the port is free there, unlike on 127.0.0.1,
+		# which parallel fleets share). On the lb: on every address, so it is both
+		# `localhost:2019` on the lb (Caddy's default) and LB:2019 from outside.
+		caddy_admin="$lb_bind:$CADDY_ADMIN_PORT"
+		if [[ $lb_at == host ]]; then
+			write_caddy_config "$lb_real" "$lb_p" "$lb_bind" "0.0.0.0:$CADDY_ADMIN_PORT" \
+				"localhost:$CADDY_ADMIN_PORT 127.0.0.1:$CADDY_ADMIN_PORT $caddy_admin" "$web_net"
+		else
+			write_caddy_config "$lb_real" "$lb_p" "$lb_bind" "$caddy_admin" "" "$web_net"
+		fi
+		start_caddy "$dir" "$lb_at" "$lb_real" "$lb_p" "$lb_bind" "http://$caddy_admin"
+		lb_url="http://$lb_bind:$LB_PORT"
+		;;
+	esac
+	[[ $lb_kind == none || $lb_kind == haproxy ]] || vlog "$lb_kind started"
+
 	# --- readiness: real logins (the bastion first when web hosts hide behind it)
 	local -a direct=() hidden=()
 	for i in "${!names[@]}"; do
@@ -779,7 +1210,13 @@ EOF
 	fi
 
 	[[ -z $hap_sock ]] || wait_haproxy "$hap_sock"
-	vlog "haproxy ready"
+	vlog "load balancer ready"
+	local prom_url=""
+	if ((prometheus)); then
+		start_prometheus "$dir" "$net.1" "${hap_admin%:*}:8404"
+		prom_url="http://$net.1:$PROMETHEUS_PORT"
+		vlog "prometheus ready"
+	fi
 
 	# --- fleet.env and hosts.toml
 	local web_list="" ssh_list="${names[*]}" priv_subnet="" bastion_addr="" hap_backend="" hap_sock_on_lb=""
@@ -806,6 +1243,9 @@ EOF
 		echo "FLEET_KNOWN_HOSTS_HASHED='$dir/known_hosts.hashed'"
 		echo "FLEET_SSH_CONFIG='$dir/ssh_config'"
 		echo "FLEET_APP_PORT='$APP_PORT'"
+		echo "FLEET_SHELL_DELAY='$SHELL_DELAY'"
+		echo "FLEET_LB='$lb_kind'"
+		echo "FLEET_LB_AT='$lb_at'"
 		echo "FLEET_HAPROXY='$haproxy'"
 		echo "FLEET_LB_URL='$lb_url'"
 		echo "FLEET_LB_ADDR='$lb_addr'"
@@ -814,6 +1254,13 @@ EOF
 		echo "FLEET_HAPROXY_ADMIN_TCP='$hap_admin'"
 		echo "FLEET_HAPROXY_STATS_URL='${hap_admin:+http://${hap_admin%:*}:8404/}'"
 		echo "FLEET_HAPROXY_BACKEND='$hap_backend'"
+		echo "FLEET_NGINX_CMD='$nginx_cmd'"
+		echo "FLEET_NGINX_UPSTREAM_FILE='$nginx_upstreams'"
+		echo "FLEET_NGINX_DIR='${nginx_cmd:+$lb_real}'"
+		echo "FLEET_CADDY_ADMIN='$caddy_admin'"
+		echo "FLEET_CADDY_ROUTE_ID='${caddy_admin:+app}'"
+		echo "FLEET_CADDY_DIR='${caddy_admin:+$lb_real}'"
+		echo "FLEET_PROMETHEUS_URL='$prom_url'"
 		echo "FLEET_BASTION_ADDR='$bastion_addr'"
 	} >"$dir/fleet.env"
 	{
@@ -1056,6 +1503,22 @@ cmd_unfill() {
 		die "host $2: unfill $3 failed"
 }
 
+cmd_shell_delay() {
+	[[ $# -eq 3 ]] || die "usage: $prog shell-delay DIR HOST|all SECONDS"
+	local dir n
+	dir=$(resolve_dir "$1")
+	valid_delay "$3" || die "shell-delay: SECONDS must be below 60, like 0.1: $3"
+	if [[ $2 == all ]]; then
+		for n in "$dir"/hosts/*/home; do
+			n=${n%/home}
+			write_bashrc "$n/home/.bashrc" "${n##*/}" "$3"
+		done
+	else
+		[[ -d $dir/hosts/$2/home ]] || die "no host '$2' in fleet $dir"
+		write_bashrc "$dir/hosts/$2/home/.bashrc" "$2" "$3"
+	fi
+}
+
 cmd_info() {
 	[[ $# -eq 1 ]] || die "usage: $prog info DIR"
 	cat "$1/fleet.env"
@@ -1078,6 +1541,7 @@ main() {
 	fill) cmd_fill "$@" ;;
 	unfill) cmd_unfill "$@" ;;
 	info) cmd_info "$@" ;;
+	shell-delay) cmd_shell_delay "$@" ;;
 	-h | --help | help) usage ;;
 	*)
 		usage >&2

@@ -37,6 +37,9 @@ pub enum Haproxy {
     Host,
 }
 
+/// The original three knobs, kept exactly as they were so that tests written with
+/// a struct literal (`FleetOptions { hosts, haproxy, bastion }`) compile unchanged.
+/// Converts into a [`FleetSpec`], which has every knob.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
     /// Number of web hosts, named `web1..webN`.
@@ -57,6 +60,81 @@ impl Default for FleetOptions {
     }
 }
 
+/// Where a load balancer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// In the test machine's own network namespace, on the fleet gateway address;
+    /// its files live in the fleet directory.
+    Local,
+    /// On an extra SSH-reachable host `lb` (`.5`); its files live under the lb's /srv.
+    Host,
+}
+
+/// The load balancer in front of the web hosts, frontend on port 8000 in every case
+/// ([`Fleet::lb_url`]). None of them retries a request on another server, so a
+/// request sent to a dead one fails (what negative controls rely on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lb {
+    #[default]
+    None,
+    /// Backend `app`, checks GET /health every 500 ms, admin socket
+    /// ([`Fleet::haproxy_socket`]), Prometheus exporter on :8404/metrics.
+    Haproxy(At),
+    /// Debian's nginx: `upstream app` includes [`Fleet::nginx_upstream_file`] (one
+    /// `server ADDR:8080;` line per web host), `proxy_next_upstream off`, graceful
+    /// reloads ([`Fleet::nginx_reload`]), no active health checks.
+    Nginx(At),
+    /// Debian's Caddy 2.6: a reverse_proxy handler with `"@id": "app"` whose
+    /// upstreams the admin API edits ([`Fleet::caddy_admin_url`]), active checks
+    /// GET /health every 500 ms, no retries.
+    Caddy(At),
+}
+
+/// Everything `fleet.sh up` can build. Write new tests as
+/// `Fleet::start(FleetSpec { hosts: 3, shell_delay: ..., ..Default::default() })`.
+#[derive(Clone, Debug)]
+pub struct FleetSpec {
+    /// Number of web hosts, named `web1..webN` (1..=200).
+    pub hosts: usize,
+    pub lb: Lb,
+    /// Add a host `bastion` and hide the web hosts behind it.
+    pub bastion: bool,
+    /// What every SSH command pays for its login shell to start (a sleep in each
+    /// host's private ~/.bashrc, like an rbenv/pyenv/nvm line). Zero by default: the
+    /// integration tests keep it so, to keep CI time down. Must be below 60 s.
+    pub shell_delay: Duration,
+    /// Run Prometheus (Debian's), scraping HAProxy's exporter every second; needs
+    /// `Lb::Haproxy`. See [`Fleet::prometheus_url`].
+    pub prometheus: bool,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetOptions::default().into()
+    }
+}
+
+impl From<FleetOptions> for FleetSpec {
+    fn from(o: FleetOptions) -> Self {
+        FleetSpec {
+            hosts: o.hosts,
+            lb: match o.haproxy {
+                Haproxy::None => Lb::None,
+                Haproxy::Local => Lb::Haproxy(At::Local),
+                Haproxy::Host => Lb::Haproxy(At::Host),
+            },
+            bastion: o.bastion,
+            shell_delay: Duration::ZERO,
+            prometheus: false,
+        }
+    }
+}
+
+/// Seconds as fleet.sh takes them: "0", "0.1", "2.5".
+fn seconds_arg(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
 /// A web host: its name and the address shipit should connect to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetHost {
@@ -69,6 +147,7 @@ pub struct Fleet {
     tmp: Option<TempDir>,
     dir: PathBuf,
     env: BTreeMap<String, String>,
+    spec: FleetSpec,
 }
 
 /// Path of `fleet.sh` in this checkout.
@@ -120,6 +199,13 @@ pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) 
 /// `GET url` over HTTP/1.0 with short timeouts. `None` if the server cannot be reached
 /// or answers garbage; otherwise the status code and the body.
 pub fn http_get(url: &str) -> Option<(u16, String)> {
+    http_request("GET", url, None)
+}
+
+/// `METHOD url` over HTTP/1.0 (one request per connection, so no chunked answers)
+/// with short timeouts, and a JSON `body` if given. `None` if the server cannot be
+/// reached or answers garbage; otherwise the status code and the body.
+pub fn http_request(method: &str, url: &str, body: Option<&str>) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -134,8 +220,16 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shipit-tests\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shipit-tests\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
     stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
@@ -151,11 +245,45 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
+/// Percent-encodes a URL query value (RFC 3986 unreserved characters pass).
+pub fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A worker process of the fleet's nginx (a child of its master).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NginxWorker {
+    pub pid: u32,
+    /// Titled "nginx: worker process is shutting down": a worker of an older
+    /// generation, finishing the requests it holds after a reload.
+    pub shutting_down: bool,
+}
+
+/// Caddy's view of one upstream (`GET /reverse_proxy/upstreams` on the admin API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaddyUpstream {
+    pub address: String,
+    /// Requests in flight to it right now, in any config generation, for as long
+    /// as some handler of the running config still lists the address.
+    pub num_requests: u64,
+    pub fails: u64,
+}
+
 static GC: Once = Once::new();
 
 impl Fleet {
-    /// Starts a fleet. Panics with fleet.sh's full output if it cannot.
-    pub fn start(opts: FleetOptions) -> Fleet {
+    /// Starts a fleet (from a [`FleetSpec`] or the older [`FleetOptions`]). Panics
+    /// with fleet.sh's full output if it cannot.
+    pub fn start(spec: impl Into<FleetSpec>) -> Fleet {
+        let opts: FleetSpec = spec.into();
         // Once per test process: remove fleets left behind by killed test runs.
         GC.call_once(|| {
             let mut gc = fleet_sh();
@@ -176,17 +304,26 @@ impl Fleet {
             .arg(&dir)
             .arg("--hosts")
             .arg(opts.hosts.to_string());
-        match opts.haproxy {
-            Haproxy::None => {}
-            Haproxy::Local => {
-                up.args(["--haproxy", "local"]);
-            }
-            Haproxy::Host => {
-                up.args(["--haproxy", "host"]);
-            }
+        let (flag, at) = match opts.lb {
+            Lb::None => ("", At::Local),
+            Lb::Haproxy(at) => ("--haproxy", at),
+            Lb::Nginx(at) => ("--nginx", at),
+            Lb::Caddy(at) => ("--caddy", at),
+        };
+        if !flag.is_empty() {
+            up.arg(flag).arg(match at {
+                At::Local => "local",
+                At::Host => "host",
+            });
+        }
+        if opts.prometheus {
+            up.arg("--prometheus");
         }
         if opts.bastion {
             up.arg("--bastion");
+        }
+        if !opts.shell_delay.is_zero() {
+            up.arg("--shell-delay").arg(seconds_arg(opts.shell_delay));
         }
         // The test process owns the fleet: `gc` reclaims it (and deletes the temp
         // directory) if we die without running Drop.
@@ -215,7 +352,13 @@ impl Fleet {
             tmp: Some(tmp),
             dir,
             env: parse_env(&text),
+            spec: opts,
         }
+    }
+
+    /// What this fleet was built from.
+    pub fn spec(&self) -> &FleetSpec {
+        &self.spec
     }
 
     /// The fleet directory (keys, known_hosts, logs, per-host files under `hosts/`).
@@ -279,7 +422,8 @@ impl Fleet {
         std::fs::read_to_string(self.dir.join("hosts.toml")).expect("hosts.toml of a running fleet")
     }
 
-    /// Base URL of the HAProxy frontend, e.g. `http://10.201.3.1:8000`.
+    /// Base URL of the load balancer's frontend (HAProxy, nginx or Caddy), e.g.
+    /// `http://10.201.3.1:8000`.
     pub fn lb_url(&self) -> String {
         self.env_required("FLEET_LB_URL", "load balancer")
             .to_string()
@@ -302,6 +446,21 @@ impl Fleet {
     /// [`Fleet::read_link`] and friends for those.
     pub fn srv_dir(&self, host: &str) -> PathBuf {
         self.dir.join("hosts").join(host).join("srv")
+    }
+
+    /// Root's private home on the host (mounted over `/root` there), as a path
+    /// usable from the test process.
+    pub fn home_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host).join("home")
+    }
+
+    /// Changes the shell start-up latency of `host` (or of every host with `"all"`)
+    /// from the next SSH command on; see [`FleetSpec::shell_delay`].
+    pub fn set_shell_delay(&self, host: &str, delay: Duration) {
+        self.fleet_cmd(
+            &["shell-delay", host, &seconds_arg(delay)],
+            &format!("setting the shell delay of {host}"),
+        );
     }
 
     /// Runs `args` as root inside the host (its network and mount namespaces, so it
@@ -472,6 +631,195 @@ impl Fleet {
         cmd.arg("-F").arg(self.ssh_config()).arg(host);
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// Which load balancer the fleet has ("none", "haproxy", "nginx", "caddy").
+    pub fn lb_kind(&self) -> &str {
+        self.env("FLEET_LB").unwrap_or("none")
+    }
+
+    /// Runs `sh -c shell_cmd` where the load balancer lives: on the host `lb`, or
+    /// here (in the test machine's namespaces) for a local one.
+    pub fn lb_exec(&self, shell_cmd: &str) -> Output {
+        match self.env("FLEET_LB_AT") {
+            Some("host") => self.exec("lb", shell_cmd),
+            Some("local") => {
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", shell_cmd]).env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                );
+                run(cmd, shell_cmd)
+            }
+            _ => panic!("fleet {} has no load balancer", self.dir.display()),
+        }
+    }
+
+    /// How to invoke the fleet's nginx where it runs, e.g. `nginx -c
+    /// /srv/nginx/nginx.conf -e /srv/nginx/error.log`; append `-t` or `-s reload`.
+    /// What a deploy.toml's `[lb] nginx = ...` names.
+    pub fn nginx_cmd(&self) -> String {
+        self.env_required("FLEET_NGINX_CMD", "nginx").to_string()
+    }
+
+    /// The upstream include file as nginx sees it (`/srv/nginx/upstreams/app.conf`
+    /// on the lb): one `server ADDR:8080;` line per web host, owned by whatever
+    /// drives nginx (a deploy.toml's `[lb] upstream_file`).
+    pub fn nginx_upstream_file(&self) -> String {
+        self.env_required("FLEET_NGINX_UPSTREAM_FILE", "nginx")
+            .to_string()
+    }
+
+    /// nginx's directory as a path usable from the test process: nginx.conf,
+    /// upstreams/app.conf, nginx.pid, error.log, access.log (with `upstream=ADDR`).
+    pub fn nginx_dir(&self) -> PathBuf {
+        PathBuf::from(self.env_required("FLEET_NGINX_DIR", "nginx"))
+    }
+
+    /// The upstream include file as a path usable from the test process.
+    pub fn nginx_upstream_path(&self) -> PathBuf {
+        self.nginx_dir().join("upstreams/app.conf")
+    }
+
+    /// Runs `{nginx_cmd} {args}` where nginx lives; panics unless it succeeds.
+    pub fn nginx(&self, args: &str) -> String {
+        let cmd = format!("{} {args}", self.nginx_cmd());
+        let out = self.lb_exec(&cmd);
+        if !out.status.success() {
+            panic!("`{cmd}` failed: {}", describe(&out));
+        }
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// `nginx -t` and then `nginx -s reload`: the new configuration (and the
+    /// upstream file) take effect for new requests; old workers finish theirs.
+    pub fn nginx_reload(&self) {
+        self.nginx("-t");
+        self.nginx("-s reload");
+    }
+
+    /// The nginx master's pid (from its pid file).
+    pub fn nginx_master_pid(&self) -> u32 {
+        let path = self.nginx_dir().join("nginx.pid");
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no nginx pid in {}", path.display()))
+    }
+
+    /// The master's worker processes, current and old generation. The fleet has
+    /// no pid namespaces, so /proc here sees the lb's processes too.
+    pub fn nginx_workers(&self) -> Vec<NginxWorker> {
+        let master = self.nginx_master_pid();
+        let mut workers: Vec<NginxWorker> = std::fs::read_dir("/proc")
+            .expect("read /proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // Field 4 of /proc/PID/stat, after the parenthesised command.
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|st| {
+                        st.rsplit_once(") ")
+                            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+                    })
+                    == Some(master)
+            })
+            .filter_map(|pid| {
+                let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let title = String::from_utf8_lossy(&title);
+                title
+                    .starts_with("nginx: worker process")
+                    .then(|| NginxWorker {
+                        pid,
+                        shutting_down: title.contains("is shutting down"),
+                    })
+            })
+            .collect();
+        workers.sort_by_key(|w| w.pid);
+        workers
+    }
+
+    /// Caddy's admin API address as reachable from here, e.g. `10.201.3.1:2019`.
+    /// On the lb host it listens on every address, so `localhost:2019` works there.
+    pub fn caddy_admin(&self) -> String {
+        self.env_required("FLEET_CADDY_ADMIN", "caddy").to_string()
+    }
+
+    /// `http://` + [`Fleet::caddy_admin`].
+    pub fn caddy_admin_url(&self) -> String {
+        format!("http://{}", self.caddy_admin())
+    }
+
+    /// The `@id` of the reverse_proxy handler whose upstreams a deploy tool manages.
+    pub fn caddy_route_id(&self) -> String {
+        self.env_required("FLEET_CADDY_ROUTE_ID", "caddy")
+            .to_string()
+    }
+
+    /// One admin API request (`path` like `/id/app/upstreams`); status and body.
+    pub fn caddy_api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = format!("{}{path}", self.caddy_admin_url());
+        http_request(method, &url, body)
+            .unwrap_or_else(|| panic!("caddy admin API: {method} {url}: no answer"))
+    }
+
+    /// The dial addresses of the `app` handler's upstreams, in order.
+    pub fn caddy_upstreams(&self) -> Vec<String> {
+        let path = format!("/id/{}/upstreams", self.caddy_route_id());
+        let (status, body) = self.caddy_api("GET", &path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let list: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+        list.as_array()
+            .unwrap_or_else(|| panic!("GET {path}: not a list: {body}"))
+            .iter()
+            .map(|u| u["dial"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Caddy's upstream pool: in-flight requests and failures per address.
+    pub fn caddy_upstream_stats(&self) -> Vec<CaddyUpstream> {
+        let (status, body) = self.caddy_api("GET", "/reverse_proxy/upstreams", None);
+        assert_eq!(status, 200, "GET /reverse_proxy/upstreams: {body}");
+        let list: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/reverse_proxy/upstreams: {e}: {body}"));
+        let mut out: Vec<CaddyUpstream> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| CaddyUpstream {
+                address: u["address"].as_str().unwrap_or_default().to_string(),
+                num_requests: u["num_requests"].as_u64().unwrap_or_default(),
+                fails: u["fails"].as_u64().unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out
+    }
+
+    /// Base URL of the fleet's Prometheus, e.g. `http://10.201.3.1:9090`.
+    pub fn prometheus_url(&self) -> String {
+        self.env_required("FLEET_PROMETHEUS_URL", "prometheus")
+            .to_string()
+    }
+
+    /// An instant PromQL query; returns `data.result` (a list of series).
+    pub fn prometheus_query(&self, query: &str) -> Vec<serde_json::Value> {
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            self.prometheus_url(),
+            url_encode(query)
+        );
+        let (status, body) =
+            http_get(&url).unwrap_or_else(|| panic!("prometheus: GET {url}: no answer"));
+        assert_eq!(status, 200, "prometheus query {query:?}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus query {query:?}: {e}: {body}"));
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// Sends one runtime API command (e.g. "show servers state app") to HAProxy's
