@@ -15,13 +15,14 @@ use futures::future::join_all;
 use super::lock::is_stale;
 use super::{Context, fleet};
 use crate::config::template::Var;
+use crate::config::{CheckFrom, HealthKind};
 use crate::config::{Host, Source, Stage};
 use crate::error::Error;
 use crate::execute::health;
 use crate::exit::Exit;
 use crate::host::check::{self, Found, Program, Readiness, Status, Verdict};
 use crate::host::{HostFacts, Layout};
-use crate::plan::HttpCheck;
+use crate::plan::{CheckKind, HealthCheck};
 use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecRequest, Quiet, Transport, TransportError};
 
@@ -40,10 +41,15 @@ pub async fn run(ctx: &Context) -> Result<Exit, Error> {
     let stage = &ctx.stage;
     let (transport, errors) = fleet::connect_each(stage, &ctx.hosts).await;
     let client = health::client();
+    let prober = health::Prober {
+        client: &client,
+        transport: &transport,
+        command_timeout: stage.ssh.command_timeout,
+    };
     let rows = join_all(
         ctx.hosts
             .iter()
-            .map(|host| check_host(stage, host, &transport, &errors, &client)),
+            .map(|host| check_host(stage, host, &transport, &errors, &prober)),
     )
     .await;
     transport.close().await;
@@ -100,7 +106,7 @@ async fn check_host(
     host: &Host,
     transport: &SshTransport,
     errors: &[TransportError],
-    client: &reqwest::Client,
+    prober: &health::Prober<'_, SshTransport>,
 ) -> Vec<Verdict> {
     let lb = check_lb(stage, host, transport);
     if !transport.is_connected(&host.name) {
@@ -143,7 +149,7 @@ async fn check_host(
             &readiness.restart,
             in_source(stage, program.as_ref()).as_ref(),
         ),
-        check_health(stage, host, &facts, client).await,
+        check_health(stage, host, &facts, prober).await,
         lb,
         check::lock(&stage.name, &facts, is_stale),
     ]
@@ -206,52 +212,104 @@ async fn read_readiness(
     }
 }
 
-/// One GET of the health URL. On a host that runs no shipit release yet
-/// the answer is shown but cannot fail the check. The body is judged only
+/// One try of the host's health check (its role's, if it has one), as a
+/// deploy would make it. On a host that runs no shipit release yet the
+/// answer is shown but cannot fail the check. The body is judged only
 /// where the expectation resolves for the live release (it names
-/// `{release}`); a literal `expect_body` describes the release about to be
-/// deployed, so before a deploy only the status can be judged.
+/// `{release}` or `{revision}`); a literal `expect_body` describes the
+/// release about to be deployed, so before a deploy only the status can be
+/// judged. A command check runs in the live release, without `[env]`.
 async fn check_health(
     stage: &Stage,
     host: &Host,
     facts: &HostFacts,
-    client: &reqwest::Client,
+    prober: &health::Prober<'_, SshTransport>,
 ) -> Verdict {
-    let Some(h) = &stage.health else {
+    let settings = stage.for_host(host);
+    let Some(h) = &settings.health else {
         return Verdict::skip("no [health]");
     };
-    let release = facts.current.release().map(ToString::to_string);
-    let vars = stage.vars(host, release.as_deref().unwrap_or(""));
-    let http = HttpCheck {
-        url: h.url.render_plain(&vars),
-        expect_status: h.expect_status,
+    let live = facts.current.release();
+    let Some(release) = live else {
+        if let HealthKind::Command { .. } = h.check {
+            return Verdict::skip(
+                "no shipit release is current; the command check runs in the release",
+            );
+        }
         // Without a release there is nothing to expect in the body.
-        expect_body: release
-            .as_ref()
-            .and(h.expect_body.as_ref())
-            .map(|b| b.render_plain(&vars)),
-        timeout: h.request_timeout,
-        interval: h.interval,
-        request_timeout: h.request_timeout,
+        let vars = stage.vars(host, "");
+        let check = HealthCheck {
+            kind: match &h.check {
+                HealthKind::Http {
+                    url,
+                    from,
+                    expect_status,
+                    ..
+                } => CheckKind::Http {
+                    url: url.render_plain(&vars),
+                    expect_status: *expect_status,
+                    expect_body: None,
+                    from: *from,
+                },
+                HealthKind::Command { .. } => unreachable!("skipped above"),
+            },
+            timeout: h.request_timeout,
+            interval: h.interval,
+            request_timeout: h.request_timeout,
+            healthy_threshold: 1,
+            start_period: std::time::Duration::ZERO,
+            min_healthy_time: std::time::Duration::ZERO,
+        };
+        let seen = prober.probe(&host.name, &check).await;
+        return health_verdict(&check, false, true, &seen);
     };
-    let body_judged = h.expect_body.as_ref().is_none_or(|b| b.uses(Var::Release));
-    let seen = health::probe(client, &http).await;
-    health_verdict(&http, release.is_some(), body_judged, &seen)
+    let revision = facts
+        .release(release)
+        .map(|r| r.revision.clone())
+        .unwrap_or_default();
+    let Some(mut check) = crate::plan::health_check(stage, host, release, &revision) else {
+        return Verdict::skip("no [health]");
+    };
+    check.timeout = check.request_timeout;
+    let body_judged = match &h.check {
+        HealthKind::Http { expect_body, .. } => expect_body
+            .as_ref()
+            .is_none_or(|b| b.uses(Var::Release) || b.uses(Var::Revision)),
+        HealthKind::Command { .. } => true,
+    };
+    let seen = prober.probe(&host.name, &check).await;
+    health_verdict(&check, true, body_judged, &seen)
 }
 
-/// The health cell, from what one GET saw. `live`: the host runs a shipit
+/// The health cell, from what one try saw. `live`: the host runs a shipit
 /// release; `body_judged`: `expect_body` (if any) resolves for it.
 fn health_verdict(
-    http: &HttpCheck,
+    check: &HealthCheck,
     live: bool,
     body_judged: bool,
     seen: &health::Probe,
 ) -> Verdict {
-    let url = &http.url;
-    let status_only = HttpCheck {
-        expect_body: None,
-        ..http.clone()
+    let (label, expect_status, expect_body) = match &check.kind {
+        CheckKind::Http {
+            url,
+            from,
+            expect_status,
+            expect_body,
+        } => (
+            match from {
+                CheckFrom::Controller => url.clone(),
+                CheckFrom::Host => format!("{url} (on the host)"),
+            },
+            *expect_status,
+            expect_body.clone(),
+        ),
+        CheckKind::Command { cmd } => (format!("`{}`", crate::plan::command_line(cmd)), 0, None),
     };
+    let url = &label;
+    let mut status_only = check.clone();
+    if let CheckKind::Http { expect_body, .. } = &mut status_only.kind {
+        *expect_body = None;
+    }
     match seen {
         health::Probe::Healthy if live => Verdict::ok(format!("{url}: healthy")),
         health::Probe::Healthy => Verdict::skip(format!(
@@ -261,18 +319,16 @@ fn health_verdict(
             "no shipit release is current; {url} answers: {}",
             seen.describe(&status_only)
         )),
-        health::Probe::Unexpected { status, body }
-            if !body_judged && *status == http.expect_status =>
-        {
+        health::Probe::Unexpected { status, body } if !body_judged && *status == expect_status => {
             Verdict::ok_noted(format!(
                 "{url}: status {status}; body not judged: expect_body {:?} is a literal, so it describes \
                  the release being deployed, not the live one (which answers {:?})",
-                http.expect_body.as_deref().unwrap_or_default(),
+                expect_body.as_deref().unwrap_or_default(),
                 excerpt(body)
             ))
         }
         _ if !body_judged => Verdict::fail(format!("{url}: {}", seen.describe(&status_only))),
-        _ => Verdict::fail(format!("{url}: {}", seen.describe(http))),
+        _ => Verdict::fail(format!("{url}: {}", seen.describe(check))),
     }
 }
 
@@ -288,6 +344,7 @@ fn excerpt(body: &str) -> String {
 /// The load balancer, for this host, as its driver judges it (asked,
 /// never changed; commands are parsed, never run).
 async fn check_lb<T: Transport>(stage: &Stage, host: &Host, transport: &T) -> Verdict {
+    let stage = stage.for_host(host);
     let Some(driver) = &stage.lb else {
         return Verdict::skip("no [lb]");
     };
@@ -461,13 +518,19 @@ mod tests {
 
     #[test]
     fn health_judges_the_body_only_where_it_resolves_for_the_live_release() {
-        let http = |body: &str| HttpCheck {
-            url: "http://w/health".into(),
-            expect_status: 200,
-            expect_body: Some(body.into()),
+        let http = |body: &str| HealthCheck {
+            kind: CheckKind::Http {
+                url: "http://w/health".into(),
+                expect_status: 200,
+                expect_body: Some(body.into()),
+                from: CheckFrom::Controller,
+            },
             timeout: std::time::Duration::from_secs(1),
             interval: std::time::Duration::from_secs(1),
             request_timeout: std::time::Duration::from_secs(1),
+            healthy_threshold: 1,
+            start_period: std::time::Duration::ZERO,
+            min_healthy_time: std::time::Duration::ZERO,
         };
         let answer = |status: u16, body: &str| health::Probe::Unexpected {
             status,

@@ -29,7 +29,11 @@ pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTranspo
 /// The machines LB commands go through that are not among `hosts`: other
 /// machines (`user@host`), and inventory hosts left out by `--hosts`.
 fn lb_targets(stage: &Stage, hosts: &[Host]) -> Vec<SshTarget> {
-    let mut vias: Vec<&Via> = stage.lb.as_ref().map(|d| d.ssh_hosts()).unwrap_or_default();
+    let mut vias: Vec<&Via> = stage
+        .drivers()
+        .into_iter()
+        .flat_map(|d| d.ssh_hosts())
+        .collect();
     vias.sort();
     vias.dedup();
     vias.into_iter()

@@ -68,6 +68,57 @@ pub struct Stage {
     pub env: Vec<EnvVar>,
     pub hooks: Hooks,
     pub hosts: Vec<Host>,
+    /// Roles with settings of their own (`[roles.NAME.*]`), each resolved
+    /// into the stage its hosts run with: this stage with the role's
+    /// app, rollout, health, lb and hooks. Empty in those stages themselves.
+    pub roles: BTreeMap<String, Stage>,
+}
+
+impl Stage {
+    /// The role whose settings `host` runs with, if one of its roles has
+    /// settings of its own (validation allows at most one).
+    pub fn role_of(&self, host: &Host) -> Option<&str> {
+        host.roles
+            .iter()
+            .find_map(|r| self.roles.get_key_value(r.as_str()))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// The settings `host` runs with: its role's, or the stage's own.
+    pub fn for_host(&self, host: &Host) -> &Stage {
+        self.for_role(self.role_of(host))
+    }
+
+    /// The settings of `role` (`None`: the stage's own).
+    pub fn for_role(&self, role: Option<&str>) -> &Stage {
+        role.and_then(|r| self.roles.get(r)).unwrap_or(self)
+    }
+
+    /// Every load balancer driver of the stage, its roles' included, each once.
+    pub fn drivers(&self) -> Vec<&std::sync::Arc<dyn crate::lb::Driver>> {
+        let mut all: Vec<&std::sync::Arc<dyn crate::lb::Driver>> = Vec::new();
+        for driver in self
+            .lb
+            .iter()
+            .chain(self.roles.values().filter_map(|s| s.lb.as_ref()))
+        {
+            if !all
+                .iter()
+                .any(|d| std::sync::Arc::ptr_eq(d, driver) || same_driver(d, driver))
+            {
+                all.push(driver);
+            }
+        }
+        all
+    }
+}
+
+/// Two drivers that talk to the same balancer the same way.
+fn same_driver(
+    a: &std::sync::Arc<dyn crate::lb::Driver>,
+    b: &std::sync::Arc<dyn crate::lb::Driver>,
+) -> bool {
+    a.name() == b.name() && a.settings() == b.settings()
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +202,9 @@ pub struct Rollout {
     pub max_fail_percentage: u8,
     /// How long a deploy lock stays valid without a heartbeat from its run.
     pub lock_lease: Duration,
+    /// `role_order`: roles that roll one after another, in this order;
+    /// empty: every role rolls together.
+    pub role_order: Vec<String>,
 }
 
 /// `rollout.on_failure`: what happens when a host fails.
@@ -212,15 +266,60 @@ impl fmt::Display for BatchSize {
     }
 }
 
-/// `[health]`: polled over HTTP from the machine running shipit.
+/// `[health]`: how shipit knows a restarted host serves its release.
 #[derive(Debug, Clone)]
 pub struct Health {
-    pub url: Template,
-    pub expect_status: u16,
-    pub expect_body: Option<Template>,
+    pub check: HealthKind,
+    /// How long a host may take to become healthy.
     pub timeout: Duration,
     pub interval: Duration,
+    /// How long one request (or one run of the command) may take.
     pub request_timeout: Duration,
+    /// Passing checks in a row needed.
+    pub healthy_threshold: u32,
+    /// Failures this soon after the restart do not count while the host is
+    /// watched after it is back in service.
+    pub start_period: Duration,
+    /// Once back in service, the host must stay healthy (and in service in
+    /// its load balancer) this long, or it fails.
+    pub min_healthy_time: Duration,
+}
+
+/// What a health check asks.
+#[derive(Debug, Clone)]
+pub enum HealthKind {
+    /// `GET url`, from the machine running shipit or on the host.
+    Http {
+        url: Template,
+        from: CheckFrom,
+        expect_status: u16,
+        expect_body: Option<Template>,
+    },
+    /// A command run on the host (in the release, with `[env]`); exit 0 is
+    /// healthy.
+    Command { run: Template },
+}
+
+/// Where an HTTP health check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckFrom {
+    /// The machine running shipit.
+    Controller,
+    /// The host itself, over the connection shipit holds to it.
+    Host,
+}
+
+impl Health {
+    /// The templates of the check, for "does it use {placeholder}" questions.
+    pub fn templates(&self) -> Vec<&Template> {
+        match &self.check {
+            HealthKind::Http {
+                url, expect_body, ..
+            } => std::iter::once(url).chain(expect_body).collect(),
+            HealthKind::Command { run } => vec![run],
+        }
+    }
 }
 
 impl Stage {
@@ -245,6 +344,7 @@ pub(crate) fn host_vars(stage: &str, app: &App, ssh: &Ssh, host: &Host, release:
         stage: stage.to_string(),
         deploy_to: app.deploy_to.clone(),
         release: release.to_string(),
+        revision: String::new(),
     }
 }
 

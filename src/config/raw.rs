@@ -16,6 +16,8 @@ pub struct RawFile {
     pub lb: Option<RawLb>,
     pub env: Option<BTreeMap<String, toml::Value>>,
     pub hooks: Option<RawHooks>,
+    /// `[roles.NAME.SECTION]`: settings for the hosts with that role.
+    pub roles: Option<BTreeMap<String, RawRole>>,
     pub stages: Option<BTreeMap<String, RawStage>>,
 }
 
@@ -44,6 +46,48 @@ pub struct RawStage {
     pub lb: Option<RawLb>,
     pub env: Option<BTreeMap<String, toml::Value>>,
     pub hooks: Option<RawHooks>,
+    /// `[stages.NAME.roles.ROLE.SECTION]`: a role's settings in this stage.
+    pub roles: Option<BTreeMap<String, RawRole>>,
+}
+
+/// `[roles.NAME]`: the sections a role may set for its hosts. `[ssh]` and
+/// `[env]` are the stage's: one connection and one environment per host.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    pub app: Option<RawApp>,
+    pub rollout: Option<RawRollout>,
+    pub health: Option<RawHealth>,
+    pub lb: Option<RawLb>,
+    pub hooks: Option<RawHooks>,
+}
+
+impl RawRole {
+    pub fn settings(&self) -> RawSettings {
+        RawSettings {
+            app: self.app.clone(),
+            rollout: self.rollout.clone(),
+            health: self.health.clone(),
+            lb: self.lb.clone(),
+            hooks: self.hooks.clone(),
+            ..RawSettings::default()
+        }
+    }
+
+    /// The sections it sets, as `app`, `lb`…, in file order of the struct.
+    pub fn sections(&self) -> Vec<&'static str> {
+        [
+            ("app", self.app.is_some()),
+            ("rollout", self.rollout.is_some()),
+            ("health", self.health.is_some()),
+            ("lb", self.lb.is_some()),
+            ("hooks", self.hooks.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 impl RawFile {
@@ -130,6 +174,8 @@ pub struct RawRollout {
     pub on_failure: Option<String>,
     pub max_fail_percentage: Option<i64>,
     pub lock_lease: Option<String>,
+    /// Roles that roll one after another, in this order.
+    pub role_order: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -141,6 +187,16 @@ pub struct RawHealth {
     pub timeout: Option<String>,
     pub interval: Option<String>,
     pub request_timeout: Option<String>,
+    /// `"http"` (default) or `"command"`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `"controller"` (default) or `"host"`.
+    pub from: Option<String>,
+    /// `type = "command"`: the command; exit 0 = healthy.
+    pub run: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub start_period: Option<String>,
+    pub min_healthy_time: Option<String>,
 }
 
 /// `[lb]`: `driver` and the keys of the drivers (each load balancer driver
@@ -237,14 +293,21 @@ overlay_fields!(RawRollout {
     on_failure,
     max_fail_percentage,
     lock_lease,
+    role_order,
 });
 overlay_fields!(RawHealth {
+    kind,
     url,
+    from,
+    run,
     expect_status,
     expect_body,
     timeout,
     interval,
-    request_timeout
+    request_timeout,
+    healthy_threshold,
+    start_period,
+    min_healthy_time,
 });
 overlay_fields!(RawHooks {
     before_deploy,

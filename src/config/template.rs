@@ -24,10 +24,12 @@ pub enum Var {
     Stage,
     DeployTo,
     Release,
+    /// The revision of the release (its REVISION file, a git sha).
+    Revision,
 }
 
 impl Var {
-    pub const ALL: [Var; 8] = [
+    pub const ALL: [Var; 9] = [
         Var::App,
         Var::Name,
         Var::Address,
@@ -36,6 +38,7 @@ impl Var {
         Var::Stage,
         Var::DeployTo,
         Var::Release,
+        Var::Revision,
     ];
 
     pub fn key(self) -> &'static str {
@@ -48,6 +51,7 @@ impl Var {
             Var::Stage => "stage",
             Var::DeployTo => "deploy_to",
             Var::Release => "release",
+            Var::Revision => "revision",
         }
     }
 
@@ -81,6 +85,9 @@ pub struct Vars {
     pub stage: String,
     pub deploy_to: String,
     pub release: String,
+    /// The revision of `release`: what the run ships, or what the host's
+    /// REVISION file says for a release it goes back to.
+    pub revision: String,
 }
 
 impl Vars {
@@ -94,6 +101,7 @@ impl Vars {
             Var::Stage => self.stage.clone(),
             Var::DeployTo => self.deploy_to.clone(),
             Var::Release => self.release.clone(),
+            Var::Revision => self.revision.clone(),
         }
     }
 }
@@ -228,6 +236,7 @@ mod tests {
             stage: "production".into(),
             deploy_to: "/srv/my shop".into(),
             release: "20261122101500".into(),
+            revision: "3f2a9c1".into(),
         }
     }
 

@@ -28,6 +28,12 @@ pub(super) struct HostRun {
     /// Its last failure was a lost connection.
     pub lost: bool,
     pub elapsed: Duration,
+    /// When this run last restarted it (or switched it, without a
+    /// restart): `health.start_period` counts from here.
+    pub restarted: Option<tokio::time::Instant>,
+    /// When its rolling pipeline put it back in service:
+    /// `health.min_healthy_time` counts from here.
+    pub in_service: Option<tokio::time::Instant>,
 }
 
 pub(super) struct Book(Mutex<BTreeMap<String, HostRun>>);
@@ -48,6 +54,8 @@ impl Book {
                         left_out: h.left_out,
                         lost: false,
                         elapsed: Duration::ZERO,
+                        restarted: None,
+                        in_service: None,
                     };
                     (h.name.clone(), run)
                 })

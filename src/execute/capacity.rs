@@ -10,6 +10,12 @@
 //! took out until it puts them back. A host that cannot be put back keeps
 //! its room. At most `max_unavailable` hosts are ever counted.
 //!
+//! With roles, hosts serve in pools (`plan::roles`): those behind one load
+//! balancer, or the hosts of a role without one. Each pool has its own
+//! `max_unavailable` and only its own hosts fill it: a worker restarting
+//! takes no room from the web servers. The API stays by host; the budget
+//! knows each host's pool.
+//!
 //! The planner already cuts batches that fit, so `take` normally answers
 //! at once. It waits only when the room is held by hosts of the same run
 //! that are still on their way back, and refuses when nothing will give
@@ -21,7 +27,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::lb::ServiceState;
-use crate::plan::OutOfService;
+use crate::plan::{OutOfService, Pools};
 
 /// Why a host is counted out of service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +41,7 @@ enum Out {
 }
 
 pub struct Budget {
-    max_unavailable: usize,
+    pools: Pools,
     out: Mutex<BTreeMap<String, Out>>,
     changed: Notify,
 }
@@ -45,7 +51,10 @@ pub struct Budget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub max_unavailable: usize,
+    /// The hosts of its pool already out.
     pub out: Vec<String>,
+    /// Its pool: `""` for the stage's, else the role it is named after.
+    pub pool: String,
 }
 
 impl std::fmt::Display for Refused {
@@ -57,17 +66,27 @@ impl std::fmt::Display for Refused {
             if self.out.len() == 1 { " is" } else { "s are" },
             self.out.join(", "),
             self.max_unavailable
-        )
+        )?;
+        if !self.pool.is_empty() {
+            write!(f, " for the pool of role {}", self.pool)?;
+        }
+        Ok(())
     }
 }
 
 impl Budget {
-    /// `found`: hosts out of service when the run started. Those that
-    /// return with this run (an interrupted run left them out) free their
-    /// room once back; the others keep it for the whole run.
+    /// One pool for every host. `found`: hosts out of service when the run
+    /// started. Those that return with this run (an interrupted run left
+    /// them out) free their room once back; the others keep it for the
+    /// whole run.
     pub fn new(max_unavailable: usize, found: &BTreeMap<String, OutOfService>) -> Budget {
+        Budget::pooled(Pools::single(std::iter::empty(), max_unavailable), found)
+    }
+
+    /// A budget per pool; a host `pools` does not list is in the pool `""`.
+    pub fn pooled(pools: Pools, found: &BTreeMap<String, OutOfService>) -> Budget {
         Budget {
-            max_unavailable,
+            pools,
             out: Mutex::new(
                 found
                     .iter()
@@ -89,6 +108,8 @@ impl Budget {
     /// counted out or there is room; after a wait if hosts of this run are
     /// on their way back; refused if none is.
     pub async fn take(&self, host: &str) -> Result<(), Refused> {
+        let pool = self.pools.pool(host);
+        let max_unavailable = self.pools.limit(pool);
         loop {
             let notified = self.changed.notified();
             {
@@ -99,14 +120,19 @@ impl Budget {
                     }
                     return Ok(());
                 }
-                if out.len() < self.max_unavailable {
+                let mine: Vec<(&String, &Out)> = out
+                    .iter()
+                    .filter(|(h, _)| self.pools.pool(h) == pool)
+                    .collect();
+                if mine.len() < max_unavailable {
                     out.insert(host.to_string(), Out::Taken);
                     return Ok(());
                 }
-                if !out.values().any(|o| *o == Out::Taken) {
+                if !mine.iter().any(|(_, o)| **o == Out::Taken) {
                     return Err(Refused {
-                        max_unavailable: self.max_unavailable,
-                        out: out.keys().cloned().collect(),
+                        max_unavailable,
+                        out: mine.iter().map(|(h, _)| (*h).clone()).collect(),
+                        pool: pool.to_string(),
                     });
                 }
             }
@@ -145,8 +171,14 @@ impl Budget {
         self.out.lock().expect("budget").contains_key(host)
     }
 
-    pub fn max_unavailable(&self) -> usize {
-        self.max_unavailable
+    /// The `max_unavailable` of `host`'s pool.
+    pub fn max_unavailable(&self, host: &str) -> usize {
+        self.pools.limit(self.pools.pool(host))
+    }
+
+    /// The pool `host` counts against.
+    pub fn pool(&self, host: &str) -> &str {
+        self.pools.pool(host)
     }
 }
 
@@ -182,7 +214,8 @@ mod tests {
             budget.take("web2").await,
             Err(Refused {
                 max_unavailable: 2,
-                out: vec!["web1".into(), "web9".into()]
+                out: vec!["web1".into(), "web9".into()],
+                pool: String::new(),
             })
         );
         budget.put_back("web1");
@@ -224,5 +257,42 @@ mod tests {
         // A stuck host may try again: it needs no new room.
         assert_eq!(budget.take("web1").await, Ok(()));
         assert!(budget.is_out("web1"));
+    }
+
+    /// Each pool has its own room: a worker restarting takes none from the
+    /// web servers, and a pool's refusal names only its own hosts.
+    #[tokio::test]
+    async fn pools_have_their_own_room() {
+        let pools = Pools {
+            of: [
+                ("web1", ""),
+                ("web2", ""),
+                ("job1", "worker"),
+                ("job2", "worker"),
+            ]
+            .into_iter()
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .collect(),
+            max_unavailable: [(String::new(), 1), ("worker".to_string(), 1)].into(),
+        };
+        let budget = Arc::new(Budget::pooled(pools, &found(&["job2"])));
+        // job2 is in maintenance: the worker pool is full, the web pool is not.
+        assert_eq!(budget.take("web1").await, Ok(()));
+        assert_eq!(
+            budget.take("job1").await.unwrap_err().to_string(),
+            "not taken out of service: 1 host is already out (job2) and rollout.max_unavailable = 1 \
+             for the pool of role worker"
+        );
+        assert_eq!(budget.max_unavailable("job1"), 1);
+        // web2 waits for web1, not for the workers.
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.take("web2").await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        budget.put_back("web1");
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(budget.out(), ["job2", "web2"]);
     }
 }

@@ -271,9 +271,16 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                         StepKind::Switch => {
                             progress.switched = true;
                             let now = target.clone();
-                            run.book.update(host, |r| r.now = now);
+                            run.book.update(host, |r| {
+                                r.now = now;
+                                r.restarted = Some(Instant::now());
+                            });
                         }
-                        StepKind::Restart => progress.restarted = true,
+                        StepKind::Restart => {
+                            progress.restarted = true;
+                            run.book
+                                .update(host, |r| r.restarted = Some(Instant::now()));
+                        }
                         StepKind::Health => progress.healthy = true,
                         StepKind::Enable => {
                             drained = false;
@@ -377,6 +384,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 }
                 (None, Direction::Forward) if role == Role::Rolling => {
                     r.result = Some(HostResult::Done);
+                    r.in_service = Some(Instant::now());
                 }
                 (None, Direction::Undo) if role == Role::Rolling => {
                     // A host that failed keeps its failure; one that had

@@ -34,13 +34,14 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             if self.stops(run, batch, i, total) {
                 return Some(i);
             }
-            if !run.refused.lock().expect("refused").is_empty() {
+            let refused = run.refused.lock().expect("refused").first().cloned();
+            if let Some(host) = refused {
                 self.note(
                     None,
                     &format!(
                         "batch {} of {total}: no room left under rollout.max_unavailable = {}; stopping here",
                         i + 1,
-                        run.budget.max_unavailable()
+                        run.budget.max_unavailable(&host)
                     ),
                 );
                 break;

@@ -18,7 +18,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         let run = RunCtx {
             plan,
             book: Book::new(plan),
-            budget: Budget::new(plan.shape.max_unavailable, &plan.out_at_start),
+            budget: Budget::pooled(plan.pools.clone(), &plan.out_at_start),
             refused: Default::default(),
         };
         self.reporter.event(&Event::RunStarted {
@@ -72,7 +72,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         if stopped_by.is_none() && !refused.is_empty() {
             stopped_by = Some(format!(
                 "rollout.max_unavailable = {} left no room to take {} out of service",
-                plan.shape.max_unavailable,
+                run.budget.max_unavailable(&refused[0]),
                 refused.join(", ")
             ));
         }

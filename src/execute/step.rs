@@ -66,7 +66,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         let shown = match &step.action {
             Action::Remote { cmd } | Action::Upload { cmd } => cmd.display(),
             Action::Local { cmd } => format!("local: {}", cmd.display()),
-            Action::Http { check } => format!("GET {}", check.url),
+            Action::Health { check } => check.target(),
             Action::Lb { lb } => lb.summary(),
             Action::Nothing { reason } => reason.clone(),
         };
@@ -137,8 +137,8 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     exit_code: None,
                 });
             }
-            Action::Http { check } => {
-                return match health::wait_healthy(&self.http, check, &self.hurry).await {
+            Action::Health { check } => {
+                return match health::wait_healthy(&self.prober(), host, check, &self.hurry).await {
                     Ok(tries) => Ok(Success {
                         result: format!("ok ({tries} tr{})", if tries == 1 { "y" } else { "ies" }),
                         exit_code: None,

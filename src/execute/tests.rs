@@ -574,6 +574,7 @@ async fn secrets_never_reach_any_output() {
         unchanged: false,
         zone: None,
         left_out: None,
+        role: None,
     };
     let pipeline = |name: &str, steps: Vec<Step>| Pipeline {
         host: name.into(),
@@ -630,6 +631,8 @@ async fn secrets_never_reach_any_output() {
             max_unavailable: 2,
             percent_of: 2,
         },
+        parts: Vec::new(),
+        pools: crate::plan::Pools::single(["web1".to_string(), "web2".to_string()], 2),
         out_at_start: Default::default(),
         finish: Vec::new(),
         on_failure: crate::plan::FailurePolicy {

@@ -1,15 +1,17 @@
 //! Undoing a failed deploy: every host this run switched goes back to the
 //! release it ran before, through the same pipeline (drain, switch back,
-//! restart, health check, enable), in batches cut by the plan's shape
-//! (steady size, no canary, no watch), the failed batch first, and within
-//! the same capacity budget. A batch that fails stops the undo: no further
+//! restart, health check, enable), in batches cut by the plan's shapes
+//! (steady size, no canary, no watch; each role's own), the failed batch
+//! first (with `rollout.role_order`, the roles in reverse order), and
+//! within the same capacity budget. A batch that fails stops the undo: no further
 //! host is taken out, so an undo never makes things worse than the batch
 //! that failed. Then the release is marked bad where it was unpacked.
 
 use super::Executor;
 use super::pipeline::{Direction, RunCtx};
 use crate::plan::Pipeline;
-use crate::plan::shape::{self, Candidate};
+use crate::plan::roles::{self, Piece};
+use crate::plan::shape::Candidate;
 use crate::report::Phase;
 use crate::transport::Transport;
 
@@ -49,23 +51,40 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 }
             }
         }
-        let candidates: Vec<Candidate> = pipelines
-            .iter()
-            .map(|p| Candidate {
-                host: p.host.clone(),
-                zone: plan.host(&p.host).and_then(|h| h.zone.clone()),
-                out: run.budget.is_out(&p.host),
-                // Returning it to its previous release puts it back.
-                returns: true,
-            })
-            .collect();
-        let elsewhere: Vec<String> = run
-            .budget
-            .out()
-            .into_iter()
-            .filter(|h| !candidates.iter().any(|c| &c.host == h))
-            .collect();
-        let batches = match shape::batches(&candidates, &plan.shape.for_undo(), &elsewhere) {
+        // Each part's hosts by its own shape; the last role of the order
+        // goes back first.
+        let last_step = plan.parts.iter().map(|p| p.step).max().unwrap_or(0);
+        let mut pieces: Vec<Piece> = Vec::new();
+        for part in &plan.parts {
+            let candidates: Vec<Candidate> = pipelines
+                .iter()
+                .filter(|p| part.hosts.contains(&p.host))
+                .map(|p| Candidate {
+                    host: p.host.clone(),
+                    zone: plan.host(&p.host).and_then(|h| h.zone.clone()),
+                    out: run.budget.is_out(&p.host),
+                    // Returning it to its previous release puts it back.
+                    returns: true,
+                })
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            let elsewhere: Vec<String> = run
+                .budget
+                .out()
+                .into_iter()
+                .filter(|h| run.budget.pool(h) == part.pool)
+                .filter(|h| !candidates.iter().any(|c| &c.host == h))
+                .collect();
+            pieces.push(Piece {
+                step: last_step - part.step,
+                candidates,
+                shape: part.shape.for_undo(),
+                elsewhere,
+            });
+        }
+        let batches = match roles::combine(pieces) {
             Ok(batches) => batches,
             Err(no_room) => {
                 self.note(None, &format!("cannot roll back: {no_room}"));

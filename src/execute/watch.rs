@@ -1,9 +1,13 @@
-//! The bake: once a batch is back in service, it is watched for
-//! `rollout.bake` before the next batch starts. During the watch each
-//! host's health check keeps being polled; a host whose check fails
-//! [`FAILS_IN_A_ROW`] times in a row fails the batch, and the failure
-//! policy applies as for any failed step. A first Ctrl-C ends the watch
-//! (the batch is in service; no new batch starts).
+//! The watch of a batch back in service: it lasts the batch's bake
+//! (`rollout.bake`, from when the batch is back) and, for each host, its
+//! `health.min_healthy_time` (from when that host went back), whichever
+//! ends later, before the next batch starts. During the watch each host's
+//! health check keeps being polled; a host whose check fails
+//! [`FAILS_IN_A_ROW`] times in a row (failures within `health.start_period`
+//! of its restart do not count), or that its load balancer takes out of
+//! service while its min_healthy_time runs, fails the batch, and the
+//! failure policy applies as for any failed step. A first Ctrl-C ends the
+//! watch (the batch is in service; no new batch starts).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,73 +16,75 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Executor;
+use super::health::{FAILS_IN_A_ROW, Probe, Watching};
 use super::pipeline::RunCtx;
-use super::{Executor, health};
-use crate::plan::{Action, Batch, HttpCheck, StepKind};
+use crate::lb::{LbAction, LbOp, ServiceState};
+use crate::plan::{Action, Batch, HealthCheck, StepKind};
 use crate::report::{Event, HostResult};
 use crate::transport::Transport;
 
-/// Failed checks in a row that fail a host during a watch: one failed
-/// answer can be a blip, two are a trend.
-pub const FAILS_IN_A_ROW: u32 = 2;
+/// One host under watch.
+struct Watched<'p> {
+    host: &'p str,
+    check: &'p HealthCheck,
+    /// Its watch ends here.
+    until: Instant,
+    /// Its min_healthy_time ends here (if it has one): failures before
+    /// are failures of that window, and its load balancer is asked too.
+    settling: Option<Instant>,
+    restarted: Instant,
+    enable: Option<&'p LbAction>,
+}
 
 impl<T: Transport, L: Transport> Executor<'_, T, L> {
-    /// Watches batch `number` (1-based) of `of` for its bake. Hosts that
-    /// fail are marked failed in the book.
+    /// Watches batch `number` (1-based) of `of`. Hosts that fail are
+    /// marked failed in the book.
     pub(super) async fn watch(&self, run: &RunCtx<'_>, batch: &Batch, number: usize, of: usize) {
-        if batch.bake.is_zero() {
+        let started = Instant::now();
+        let watched = Self::watched(run, batch, started);
+        let Some(end) = watched.iter().map(|w| w.until).max() else {
             return;
-        }
+        };
         let hosts: Vec<String> = batch.hosts().map(str::to_string).collect();
+        // As configured: the bake, or the longest min_healthy_time (each
+        // counts from its host's return, a moment ago).
+        let nominal = watched
+            .iter()
+            .map(|w| w.check.min_healthy_time)
+            .fold(batch.bake, Duration::max);
         self.reporter.event(&Event::BakeStarted {
             batch: number,
             of,
             hosts: hosts.clone(),
-            duration: batch.bake,
+            duration: nominal,
         });
-        let started = Instant::now();
-        let deadline = started + batch.bake;
-        // In-service hosts with a health check are polled; a host an
-        // operator keeps out is not in service, so not watched.
-        let checks: Vec<(&str, &HttpCheck)> = batch
-            .pipelines
-            .iter()
-            .filter(|p| run.book.get(&p.host).is_some_and(|r| r.left_out.is_none()))
-            .filter_map(|p| {
-                p.steps.iter().find_map(|s| match &s.action {
-                    Action::Http { check } if s.kind == StepKind::Health => {
-                        Some((p.host.as_str(), check))
-                    }
-                    _ => None,
-                })
-            })
-            .collect();
-        let failures: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        let failures: Mutex<Vec<(String, StepKind, String)>> = Mutex::new(Vec::new());
         let over = CancellationToken::new();
-        let watchers = checks.iter().map(|(host, check)| {
+        let watchers = watched.iter().map(|w| {
             let (failures, over) = (&failures, &over);
             async move {
-                if let Some(why) = self.watch_health(check, started, deadline, over).await {
+                if let Some((kind, why)) = self.watch_host(w, started, over).await {
                     failures
                         .lock()
                         .expect("failures")
-                        .push((host.to_string(), why));
+                        .push((w.host.to_string(), kind, why));
                     over.cancel();
                 }
             }
         });
         tokio::select! {
             _ = join_all(watchers) => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep_until(end) => {}
             () = self.cancel.cancelled() => {}
         }
         over.cancel();
         let failures = failures.into_inner().expect("failures");
-        for (host, why) in &failures {
+        for (host, kind, why) in &failures {
             self.note(Some(host), why);
             run.book.update(host, |r| {
                 r.result = Some(HostResult::Failed {
-                    step: StepKind::Bake,
+                    step: *kind,
                     error: why.clone(),
                     interrupted: false,
                 });
@@ -93,19 +99,54 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         });
     }
 
-    /// Polls one health check until `deadline`; the failure, if the check
-    /// failed [`FAILS_IN_A_ROW`] times in a row.
-    async fn watch_health(
+    /// The hosts of `batch` to watch from `now`, and until when: in-service
+    /// hosts with a health check, for the bake or their min_healthy_time.
+    /// A host an operator keeps out is not in service, so not watched.
+    fn watched<'p>(run: &RunCtx<'_>, batch: &'p Batch, now: Instant) -> Vec<Watched<'p>> {
+        batch
+            .pipelines
+            .iter()
+            .filter_map(|p| {
+                let r = run.book.get(&p.host)?;
+                if r.left_out.is_some() {
+                    return None;
+                }
+                let check = p.steps.iter().find_map(|s| match &s.action {
+                    Action::Health { check } if s.kind == StepKind::Health => Some(check),
+                    _ => None,
+                })?;
+                let back = r.in_service.unwrap_or(now);
+                let settling =
+                    (!check.min_healthy_time.is_zero()).then(|| back + check.min_healthy_time);
+                let until = settling.map_or(now + batch.bake, |s| s.max(now + batch.bake));
+                let enable = p.steps.iter().find_map(|s| match &s.action {
+                    Action::Lb { lb } if lb.op == LbOp::Enable => Some(lb),
+                    _ => None,
+                });
+                (until > now).then_some(Watched {
+                    host: p.host.as_str(),
+                    check,
+                    until,
+                    settling,
+                    restarted: r.restarted.unwrap_or(back),
+                    enable,
+                })
+            })
+            .collect()
+    }
+
+    /// Polls one host until its watch ends; the failure, if it failed.
+    async fn watch_host(
         &self,
-        check: &HttpCheck,
+        w: &Watched<'_>,
         started: Instant,
-        deadline: Instant,
         over: &CancellationToken,
-    ) -> Option<String> {
-        let mut in_a_row = 0;
+    ) -> Option<(StepKind, String)> {
+        let mut judge = Watching::new(w.check.start_period);
+        let prober = self.prober();
         loop {
-            let next = Instant::now() + check.interval;
-            if next >= deadline {
+            let next = Instant::now() + w.check.interval;
+            if next >= w.until {
                 return None;
             }
             tokio::select! {
@@ -113,21 +154,81 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 () = over.cancelled() => return None,
                 () = self.cancel.cancelled() => return None,
             }
-            match health::probe(&self.http, check).await {
-                health::Probe::Healthy => in_a_row = 0,
-                failed => {
-                    in_a_row += 1;
-                    if in_a_row >= FAILS_IN_A_ROW {
-                        return Some(format!(
-                            "failed its health check {in_a_row} times in a row during the bake ({} into it): {}",
-                            humantime::format_duration(Duration::from_secs(
-                                started.elapsed().as_secs()
-                            )),
-                            failed.describe(check)
-                        ));
-                    }
-                }
+            let now = Instant::now();
+            let settling = w.settling.is_some_and(|s| now < s);
+            if settling
+                && let Some(lb) = w.enable
+                && let Some(state) = self.lb_left_service(lb).await
+            {
+                return Some((
+                    StepKind::MinHealthyTime,
+                    format!(
+                        "is {} in its load balancer {} after it was put back, within health.min_healthy_time ({})",
+                        state.as_str(),
+                        round_secs(
+                            now.saturating_duration_since(w.settling? - w.check.min_healthy_time)
+                        ),
+                        humantime::format_duration(w.check.min_healthy_time)
+                    ),
+                ));
             }
+            let seen = prober.probe(w.host, w.check).await;
+            let since_restart = Instant::now().saturating_duration_since(w.restarted);
+            if !judge.see(since_restart, seen == Probe::Healthy) {
+                continue;
+            }
+            let what = format!(
+                "failed its health check {} times in a row",
+                judge.in_a_row().max(FAILS_IN_A_ROW)
+            );
+            return Some(if settling {
+                let back = w.settling? - w.check.min_healthy_time;
+                (
+                    StepKind::MinHealthyTime,
+                    format!(
+                        "{what} {} after it was put back, within health.min_healthy_time ({}): {}",
+                        round_secs(now.saturating_duration_since(back)),
+                        humantime::format_duration(w.check.min_healthy_time),
+                        seen.describe(w.check)
+                    ),
+                )
+            } else {
+                (
+                    StepKind::Bake,
+                    format!(
+                        "{what} during the bake ({} into it): {}",
+                        round_secs(started.elapsed()),
+                        seen.describe(w.check)
+                    ),
+                )
+            });
         }
     }
+
+    /// The state of the host in its load balancer, if it is out of service
+    /// there (DOWN, in maintenance or draining); `None` while in service or
+    /// when the balancer cannot tell.
+    async fn lb_left_service(&self, lb: &LbAction) -> Option<ServiceState> {
+        let reach = super::lb::Reach {
+            transport: self.transport,
+            local: self.local,
+        };
+        let ctx = crate::lb::LbCtx {
+            remote: &reach,
+            observer: &crate::transport::Quiet,
+            command_timeout: self.command_timeout,
+            cancel: &self.hurry,
+        };
+        let states = lb
+            .driver
+            .states(&ctx, std::slice::from_ref(&lb.member))
+            .await
+            .ok()?;
+        states.get(&lb.member.host).copied().filter(|s| s.is_out())
+    }
+}
+
+/// Seconds to a tenth, as people read them: `1.6s`.
+fn round_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }

@@ -1,11 +1,13 @@
 //! What shipit keeps on each host, and the pure rules over it: the
 //! directory layout and its commands (`layout`), what a read-only probe
 //! reports (`facts`), which releases rollback and cleanup pick (`releases`),
-//! what `shipit STAGE check` reads and how it judges it (`check`), and the
-//! revisions log format (`revlog`).
+//! what `shipit STAGE check` reads and how it judges it (`check`), health
+//! checks run on the host (`health`), and the revisions log format
+//! (`revlog`).
 
 pub mod check;
 pub mod facts;
+pub mod health;
 pub mod journal;
 pub mod layout;
 pub mod lock;

@@ -1,16 +1,17 @@
 //! The planners: configuration + host facts → [`Plan`]. Pure: no clock, no
 //! network, no environment; the caller passes the release id and who runs it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::config::{Host, OnFailure, Stage};
+use crate::config::{Hook, Host, OnFailure, Stage, Var};
 use crate::host::releases::{self, RollbackChoice, RollbackError};
 use crate::host::{Current, HostFacts, Layout, ReleaseId};
 use crate::lb::ServiceState;
 use crate::shell::Word;
 
-use super::shape::{self, Candidate, NoRoom, Shape};
+use super::roles;
+use super::shape::{self, Shape};
 use super::steps::{HostSteps, RunEnv};
 use super::{
     Action, Batch, Bookkeeping, FailurePolicy, Operation, OutOfService, Pipeline, Plan,
@@ -148,29 +149,80 @@ fn out_at_start(
         .collect()
 }
 
-/// Cuts the rolling hosts into batches by the stage's shape, in the order
-/// of `rolling`, counting hosts already out of service.
-fn cut(
-    shape: &Shape,
-    rolling: &[&Host],
-    out: &BTreeMap<String, OutOfService>,
-) -> Result<Vec<shape::BatchShape>, PlanError> {
-    let candidates: Vec<Candidate> = rolling
+/// For each host, the hook points where it runs the `run_on = "once"`
+/// hooks: it is the first host of the run whose settings (its role's or
+/// the stage's) have that list. Without roles, the run's first host.
+fn once_points(stage: &Stage, hosts: &[Host]) -> BTreeMap<String, BTreeSet<StepKind>> {
+    let lists = |s: &Stage| -> Vec<(StepKind, Vec<Hook>)> {
+        let h = &s.hooks;
+        vec![
+            (StepKind::BeforeDeploy, h.before_deploy.clone()),
+            (StepKind::AfterUpload, h.after_upload.clone()),
+            (StepKind::BeforeSwitch, h.before_switch.clone()),
+            (StepKind::AfterSwitch, h.after_switch.clone()),
+            (StepKind::AfterDeploy, h.after_deploy.clone()),
+            (StepKind::AfterRollback, h.after_rollback.clone()),
+            (StepKind::OnFailure, h.on_failure.clone()),
+        ]
+    };
+    let key = |list: &[Hook]| -> Vec<(String, bool)> {
+        list.iter()
+            .map(|h| {
+                (
+                    h.run.source().to_string(),
+                    h.run_on == crate::config::RunOn::Once,
+                )
+            })
+            .collect()
+    };
+    let mut seen: BTreeSet<(StepKind, Vec<(String, bool)>)> = BTreeSet::new();
+    hosts
         .iter()
-        .map(|h| Candidate {
-            host: h.name.clone(),
-            zone: h.zone.clone(),
-            out: out.contains_key(&h.name),
-            returns: out.get(&h.name).is_some_and(|o| o.returns),
+        .map(|host| {
+            let points = lists(stage.for_host(host))
+                .into_iter()
+                .filter(|(kind, list)| seen.insert((*kind, key(list))))
+                .map(|(kind, _)| kind)
+                .collect();
+            (host.name.clone(), points)
+        })
+        .collect()
+}
+
+/// Refuses a run whose health check would wait for `{revision}` while
+/// the revision is unknown: every body contains the empty text, so the
+/// check could not tell the releases apart.
+fn revision_needed(
+    stage: &Stage,
+    hosts: &[&Host],
+    revision_of: &dyn Fn(&Host) -> String,
+    why: &str,
+) -> Result<(), PlanError> {
+    // Hosts with the same reason are named together.
+    let mut by_why: Vec<(String, Vec<&str>)> = Vec::new();
+    for h in hosts
+        .iter()
+        .filter(|h| uses_revision(stage.for_host(h)) && revision_of(h).is_empty())
+    {
+        match by_why.iter_mut().find(|(w, _)| w == why) {
+            Some((_, names)) => names.push(&h.name),
+            None => by_why.push((why.to_string(), vec![&h.name])),
+        }
+    }
+    let problems: Vec<String> = by_why
+        .into_iter()
+        .map(|(why, names)| {
+            format!(
+                "{}: the health check uses {{revision}}, but {why}",
+                names.join(", ")
+            )
         })
         .collect();
-    let elsewhere: Vec<String> = out
-        .keys()
-        .filter(|h| !rolling.iter().any(|r| &r.name == *h))
-        .cloned()
-        .collect();
-    shape::batches(&candidates, shape, &elsewhere)
-        .map_err(|e: NoRoom| PlanError::Capacity(e.to_string()))
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanError::Hosts(problems))
+    }
 }
 
 /// The batches, with each host's rolling pipeline in its place.
@@ -229,12 +281,29 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         local_dir: input.run.local_dir.as_deref(),
     };
     let rolling_hosts: Vec<&Host> = input.hosts.iter().filter(|h| !done(h)).collect();
+    revision_needed(
+        stage,
+        &rolling_hosts,
+        &|_| input.revision.clone(),
+        "this deploy ships no revision: app.revision printed nothing, or deploy.toml's directory is not a \
+         git checkout; set app.revision",
+    )?;
     let shape = rollout_shape(stage, rolling_hosts.len())?;
+    let (parts, pools) = roles::parts(stage, &rolling_hosts)?;
     let ours = |host: &Host| left_by_shipit(input.facts, host);
     let out = out_at_start(stage, input.service, &ours);
     let kept_out = |host: &Host| left_out(&out, host);
-    let shaped = cut(&shape, &rolling_hosts, &out)?;
+    let shaped = roles::cut(&parts, &pools, &out, &stage.hosts)?;
     let batch_of = batch_members(&shaped);
+    let once = once_points(stage, input.hosts);
+    // What a host goes back to on an undo has its own revision.
+    let revision_of = |host: &Host, release: &ReleaseId| {
+        facts_of(host)
+            .and_then(|f| f.release(release))
+            .map(|r| r.revision.clone())
+            .unwrap_or_default()
+    };
+    let mut warnings = Vec::new();
 
     let mut prepare = Vec::new();
     let mut rolling = BTreeMap::new();
@@ -242,29 +311,40 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     let mut undo = Vec::new();
     let mut undo_finish = Vec::new();
     let mut on_failure_hosts = Vec::new();
-    for (i, host) in input.hosts.iter().enumerate() {
-        let first = i == 0;
+    for host in input.hosts {
+        let settings = stage.for_host(host);
         let previous = before(host);
         let steps = HostSteps::new(
-            stage,
+            settings,
             Some(host),
             &input.release,
             previous.as_ref(),
             Operation::Deploy,
             run,
-        );
+        )
+        .once(once.get(&host.name).cloned().unwrap_or_default());
         if let Some(previous) = previous.as_ref().filter(|p| **p != input.release) {
+            let revision = revision_of(host, previous);
             let back = HostSteps::new(
-                stage,
+                settings,
                 Some(host),
                 previous,
                 Some(&input.release),
                 Operation::Rollback,
                 run,
-            );
+            )
+            .revision(&revision);
+            let back_steps = back.rollout(kept_out(host).is_some());
+            if revision.is_empty() && uses_revision(settings) {
+                warnings.push(format!(
+                    "{}: release {previous} has no revision in its REVISION file, so if this deploy is rolled back, \
+                     its health check cannot wait for {{revision}} there (it expects an empty text)",
+                    host.name
+                ));
+            }
             undo.push(Pipeline {
                 host: host.name.clone(),
-                steps: back.rollout(false, kept_out(host).is_some()),
+                steps: back_steps,
             });
         }
         undo_finish.push(Pipeline {
@@ -279,7 +359,8 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 },
             }],
         });
-        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &hooks.on_failure, first, None);
+        let host_hooks = &settings.hooks;
+        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &host_hooks.on_failure, None);
         if !failure_hooks.is_empty() {
             on_failure_hosts.push(Pipeline {
                 host: host.name.clone(),
@@ -288,8 +369,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         }
         let mut after = steps.host_hooks(
             StepKind::AfterDeploy,
-            &hooks.after_deploy,
-            first,
+            &host_hooks.after_deploy,
             Some(layout.current()),
         );
         after.insert(
@@ -312,13 +392,13 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             host.name.clone(),
             Pipeline {
                 host: host.name.clone(),
-                steps: steps.rollout(first, kept_out(host).is_some()),
+                steps: steps.rollout(kept_out(host).is_some()),
             },
         );
         if input.resume && has_release(host) {
             continue;
         }
-        let mut prep = steps.host_hooks(StepKind::BeforeDeploy, &hooks.before_deploy, first, None);
+        let mut prep = steps.host_hooks(StepKind::BeforeDeploy, &host_hooks.before_deploy, None);
         prep.push(Step {
             kind: StepKind::Upload,
             action: Action::Upload {
@@ -341,8 +421,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         });
         prep.extend(steps.host_hooks(
             StepKind::AfterUpload,
-            &hooks.after_upload,
-            first,
+            &host_hooks.after_upload,
             Some(steps.release_dir()),
         ));
         prepare.push(Pipeline {
@@ -352,7 +431,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     }
 
     let whole = HostSteps::new(stage, None, &input.release, None, Operation::Deploy, run);
-    let warnings = warnings(stage, &out);
+    warnings.splice(0..0, self::warnings(stage, &rolling_hosts, &out));
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Deploy,
@@ -370,11 +449,14 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 unchanged: done(h),
                 zone: h.zone.clone(),
                 left_out: kept_out(h),
+                role: stage.role_of(h).map(str::to_string),
             })
             .collect(),
         prepare,
         batches: assemble(shaped, rolling),
         shape,
+        parts,
+        pools,
         out_at_start: out,
         finish,
         on_failure: policy(stage, &input.run),
@@ -490,14 +572,22 @@ pub fn repair(
                 return None;
             }
             let current = f.current.release()?;
+            let revision = f
+                .release(current)
+                .map(|r| r.revision.clone())
+                .unwrap_or_default();
+            let settings = stage.for_host(host);
             let steps: Vec<Step> =
-                HostSteps::new(stage, Some(host), current, None, Operation::Deploy, run)
-                    .rollout(false, false)
+                HostSteps::new(settings, Some(host), current, None, Operation::Deploy, run)
+                    .revision(&revision)
+                    .rollout(false)
                     .into_iter()
                     .filter(|s| matches!(s.kind, StepKind::Health | StepKind::Enable))
                     .map(|mut s| {
-                        if let Action::Http { check } = &mut s.action {
+                        if let Action::Health { check } = &mut s.action {
                             // The host had its chance; one look is enough.
+                            check.healthy_threshold = 1;
+                            check.min_healthy_time = std::time::Duration::ZERO;
                             check.timeout =
                                 check.request_timeout.max(check.interval) + check.interval;
                         }
@@ -514,7 +604,6 @@ pub fn repair(
 
 pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
     let stage = input.stage;
-    let hooks = &stage.hooks;
     let layout = Layout::new(&stage.app.deploy_to);
     let fleet: Vec<(&str, &HostFacts)> = input
         .hosts
@@ -559,29 +648,51 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         .iter()
         .filter(|h| before(h).as_ref() != Some(&target))
         .collect();
+    // Each host's own REVISION of the target: what `{revision}` waits for.
+    let revision_of = |host: &Host| {
+        input
+            .facts
+            .get(&host.name)
+            .and_then(|f| f.release(&target))
+            .map(|r| r.revision.clone())
+            .unwrap_or_default()
+    };
+    revision_needed(
+        stage,
+        &changing,
+        &revision_of,
+        &format!("release {target} has no revision in its REVISION file there"),
+    )?;
     let shape = rollout_shape(stage, changing.len())?;
+    let (parts, pools) = roles::parts(stage, &changing)?;
     let ours = |host: &Host| left_by_shipit(Some(input.facts), host);
     let out = out_at_start(stage, input.service, &ours);
-    let shaped = cut(&shape, &changing, &out)?;
+    let shaped = roles::cut(&parts, &pools, &out, &stage.hosts)?;
     let batch_of = batch_members(&shaped);
+    let once = once_points(stage, input.hosts);
 
     let mut rolling = BTreeMap::new();
     let mut finish = Vec::new();
     let mut planned = Vec::new();
     let mut on_failure_hosts = Vec::new();
     let note = format!("rolled back from by {}", input.run.by);
-    for (i, host) in input.hosts.iter().enumerate() {
-        let first = i == 0;
+    for host in input.hosts {
+        let settings = stage.for_host(host);
+        let hooks = &settings.hooks;
         let previous = before(host);
         let unchanged = previous.as_ref() == Some(&target);
+        let revision = revision_of(host);
+        let points = once.get(&host.name).cloned().unwrap_or_default();
         let steps = HostSteps::new(
-            stage,
+            settings,
             Some(host),
             &target,
             previous.as_ref(),
             Operation::Rollback,
             run,
-        );
+        )
+        .revision(&revision)
+        .once(points.clone());
         let kept_out = left_out(&out, host);
         if !unchanged {
             let batch = batch_of.get(&host.name).cloned().unwrap_or_default();
@@ -589,18 +700,20 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
                 host.name.clone(),
                 Pipeline {
                     host: host.name.clone(),
-                    steps: steps.in_batch(&batch).rollout(first, kept_out.is_some()),
+                    steps: steps.in_batch(&batch).rollout(kept_out.is_some()),
                 },
             );
         }
         let steps = HostSteps::new(
-            stage,
+            settings,
             Some(host),
             &target,
             previous.as_ref(),
             Operation::Rollback,
             run,
-        );
+        )
+        .revision(&revision)
+        .once(points);
         let host_facts = input.facts.get(&host.name);
         let mut after: Vec<Step> = abandoned
             .iter()
@@ -615,7 +728,6 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         after.extend(steps.host_hooks(
             StepKind::AfterRollback,
             &hooks.after_rollback,
-            first,
             Some(layout.current()),
         ));
         if !after.is_empty() {
@@ -624,7 +736,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
                 steps: after,
             });
         }
-        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &hooks.on_failure, first, None);
+        let failure_hooks = steps.host_hooks(StepKind::OnFailure, &hooks.on_failure, None);
         if !failure_hooks.is_empty() {
             on_failure_hosts.push(Pipeline {
                 host: host.name.clone(),
@@ -638,11 +750,13 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             unchanged,
             zone: host.zone.clone(),
             left_out: kept_out,
+            role: stage.role_of(host).map(str::to_string),
         });
     }
 
+    let hooks = &stage.hooks;
     let whole = HostSteps::new(stage, None, &target, None, Operation::Rollback, run);
-    let warnings = warnings(stage, &out);
+    let warnings = warnings(stage, &changing, &out);
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Rollback,
@@ -654,6 +768,8 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         prepare: Vec::new(),
         batches: assemble(shaped, rolling),
         shape,
+        parts,
+        pools,
         out_at_start: out,
         finish,
         // A failing rollback stops where it is: undoing it would return
@@ -723,7 +839,41 @@ fn preflight(
     }
 }
 
-fn warnings(stage: &Stage, out: &BTreeMap<String, OutOfService>) -> Vec<String> {
+/// Whether `settings`' health check waits for `{revision}`.
+fn uses_revision(settings: &Stage) -> bool {
+    settings
+        .health
+        .as_ref()
+        .is_some_and(|h| h.templates().iter().any(|t| t.uses(Var::Revision)))
+}
+
+/// The health check of `host` for `release` (whose revision is
+/// `revision`) as a run polls it, without `[env]`: for `shipit STAGE check`.
+pub fn health_check(
+    stage: &Stage,
+    host: &Host,
+    release: &ReleaseId,
+    revision: &str,
+) -> Option<super::HealthCheck> {
+    let names = [host.name.clone()];
+    let run = RunEnv {
+        env: &[],
+        hosts: &names,
+        revision,
+        local_dir: None,
+    };
+    HostSteps::new(
+        stage.for_host(host),
+        Some(host),
+        release,
+        None,
+        Operation::Deploy,
+        run,
+    )
+    .health_check()
+}
+
+fn warnings(stage: &Stage, rolling: &[&Host], out: &BTreeMap<String, OutOfService>) -> Vec<String> {
     let mut warnings: Vec<String> = out
         .iter()
         .filter(|(_, o)| o.state.set_by_operator() && !o.returns)
@@ -734,16 +884,33 @@ fn warnings(stage: &Stage, out: &BTreeMap<String, OutOfService>) -> Vec<String> 
             )
         })
         .collect();
-    if stage.lb.is_none() {
+    // A role that sets its own [lb] or [health] means what it says (a
+    // worker has no load balancer); the stage's own settings are warned of.
+    let own: Vec<&&Host> = rolling
+        .iter()
+        .filter(|h| stage.role_of(h).is_none())
+        .collect();
+    if stage.lb.is_none() && (!own.is_empty() || rolling.is_empty()) {
         warnings.push(
             "no load balancer configured ([lb] driver = \"none\" or no [lb]): requests sent to a host while it restarts will fail".into(),
         );
     }
-    if stage.health.is_none() {
+    let unchecked: Vec<&str> = rolling
+        .iter()
+        .filter(|h| stage.for_host(h).health.is_none())
+        .map(|h| h.name.as_str())
+        .collect();
+    if stage.health.is_none() && (rolling.is_empty() || unchecked.len() == rolling.len()) {
         warnings.push(
             "no health check configured ([health]): a host counts as done as soon as its restart command exits 0"
                 .into(),
         );
+    } else if !unchecked.is_empty() {
+        warnings.push(format!(
+            "no health check configured for {} (their role's [health]): they count as done as soon as their restart \
+             command exits 0",
+            unchecked.join(", ")
+        ));
     }
     warnings
 }

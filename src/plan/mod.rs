@@ -6,6 +6,7 @@
 
 mod build;
 mod render;
+pub mod roles;
 pub mod shape;
 mod steps;
 
@@ -15,15 +16,17 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use crate::config::OnFailure;
+use crate::config::{CheckFrom, OnFailure};
 use crate::host::{Layout, ReleaseId};
 use crate::lb::{LbAction, ServiceState};
 use crate::shell::Cmd;
 
 pub use build::{
-    DeployInput, PlanError, RollbackInput, Run, Service, deploy, repair, rollback, rollout_shape,
+    DeployInput, PlanError, RollbackInput, Run, Service, deploy, health_check, repair, rollback,
+    rollout_shape,
 };
 pub use render::render;
+pub use roles::{Part, Pools};
 pub use shape::Shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,8 +62,16 @@ pub struct Plan {
     /// The rolling phase, batch after batch.
     pub batches: Vec<Batch>,
     /// How the batches were cut, kept so that the executor cuts the hosts
-    /// still to do (undo, a retuned rollout) by the very same rules.
+    /// still to do (undo, a retuned rollout) by the very same rules. With
+    /// roles, `parts` has each role's shape; this is the stage's own.
     pub shape: Shape,
+    /// The rolling hosts by the settings they run with (a role's or the
+    /// stage's) and their place in `rollout.role_order`, each with its
+    /// shape. One part when no role has settings of its own.
+    pub parts: Vec<Part>,
+    /// Which capacity pool each host of the stage counts against, and each
+    /// pool's `max_unavailable`.
+    pub pools: Pools,
     /// Hosts of the stage that were out of service when the plan was made
     /// (in maintenance, draining, or DOWN in the load balancer), whether
     /// this run touches them or not: they count against
@@ -164,6 +175,10 @@ pub struct PlannedHost {
     /// (maintenance or drain): it gets the release but stays out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub left_out: Option<ServiceState>,
+    /// The role whose settings (`[roles.NAME.*]`) its pipeline follows;
+    /// `None`: the stage's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// One host's steps within a phase, run in order.
@@ -195,6 +210,10 @@ pub enum StepKind {
     Enable,
     /// The watch of a batch back in service (`rollout.bake`).
     Bake,
+    /// The watch of a host for `health.min_healthy_time` after it is back
+    /// in service.
+    #[serde(rename = "min_healthy_time")]
+    MinHealthyTime,
     MarkBad,
     Cleanup,
     #[serde(rename = "before_deploy")]
@@ -238,6 +257,7 @@ impl StepKind {
             StepKind::Health => "health",
             StepKind::Enable => "enable",
             StepKind::Bake => "bake",
+            StepKind::MinHealthyTime => "min_healthy_time",
             StepKind::MarkBad => "mark-bad",
             StepKind::Cleanup => "cleanup",
             StepKind::BeforeDeploy => "before_deploy",
@@ -251,8 +271,9 @@ impl StepKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "type")]
+/// In JSON (docs/events.md) an HTTP check keeps its `http` type and
+/// fields; a command check is `command-check`.
+#[derive(Debug, Clone)]
 pub enum Action {
     /// A command on the pipeline's host.
     Remote { cmd: Cmd },
@@ -260,8 +281,8 @@ pub enum Action {
     Upload { cmd: Cmd },
     /// A command on the machine running shipit.
     Local { cmd: Cmd },
-    /// An HTTP check from the machine running shipit.
-    Http { check: HttpCheck },
+    /// A health check of the pipeline's host, polled until it passes.
+    Health { check: HealthCheck },
     /// Taking the pipeline's host out of the load balancer, or putting it
     /// back, by the stage's `[lb]` driver.
     Lb { lb: LbAction },
@@ -269,17 +290,100 @@ pub enum Action {
     Nothing { reason: String },
 }
 
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "kebab-case", tag = "type")]
+        enum Shown<'a> {
+            Remote { cmd: &'a Cmd },
+            Upload { cmd: &'a Cmd },
+            Local { cmd: &'a Cmd },
+            Http { check: &'a HealthCheck },
+            CommandCheck { check: &'a HealthCheck },
+            Lb { lb: &'a LbAction },
+            Nothing { reason: &'a str },
+        }
+        match self {
+            Action::Remote { cmd } => Shown::Remote { cmd },
+            Action::Upload { cmd } => Shown::Upload { cmd },
+            Action::Local { cmd } => Shown::Local { cmd },
+            Action::Health { check } => match check.kind {
+                CheckKind::Http { .. } => Shown::Http { check },
+                CheckKind::Command { .. } => Shown::CommandCheck { check },
+            },
+            Action::Lb { lb } => Shown::Lb { lb },
+            Action::Nothing { reason } => Shown::Nothing { reason },
+        }
+        .serialize(s)
+    }
+}
+
+/// A health check as a plan holds it: what to ask, and when the answers
+/// count as healthy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HttpCheck {
-    pub url: String,
-    pub expect_status: u16,
-    pub expect_body: Option<String>,
+pub struct HealthCheck {
+    #[serde(flatten)]
+    pub kind: CheckKind,
+    /// How long the host may take to pass.
     #[serde(with = "humantime_serde_ms")]
     pub timeout: Duration,
     #[serde(with = "humantime_serde_ms")]
     pub interval: Duration,
+    /// How long one request, or one run of the command, may take.
     #[serde(with = "humantime_serde_ms")]
     pub request_timeout: Duration,
+    /// Passing checks in a row needed.
+    pub healthy_threshold: u32,
+    /// Failures this soon after the restart do not count in the watch.
+    #[serde(with = "humantime_serde_ms")]
+    pub start_period: Duration,
+    /// Once back in service, the host is watched this long.
+    #[serde(with = "humantime_serde_ms")]
+    pub min_healthy_time: Duration,
+}
+
+/// What one try of a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CheckKind {
+    /// `GET url`, from the machine running shipit or on the host.
+    Http {
+        url: String,
+        expect_status: u16,
+        expect_body: Option<String>,
+        from: CheckFrom,
+    },
+    /// A command on the host; exit 0 is healthy.
+    Command { cmd: Cmd },
+}
+
+impl HealthCheck {
+    /// What one try asks, for output: `GET URL`, `GET URL on the host`,
+    /// or the command.
+    pub fn target(&self) -> String {
+        match &self.kind {
+            CheckKind::Http {
+                url,
+                from: CheckFrom::Controller,
+                ..
+            } => format!("GET {url}"),
+            CheckKind::Http {
+                url,
+                from: CheckFrom::Host,
+                ..
+            } => format!("GET {url} on the host"),
+            CheckKind::Command { cmd } => format!("`{}`", command_line(cmd)),
+        }
+    }
+}
+
+/// The line the user wrote, without the variables and directory shipit
+/// adds around it (those are shown with the restart step).
+pub fn command_line(cmd: &Cmd) -> String {
+    match cmd.argv.as_slice() {
+        [sh, c, line] if sh.value() == "sh" && c.value() == "-c" => line.value().to_string(),
+        _ => cmd.display(),
+    }
 }
 
 /// Durations in JSON as milliseconds.
@@ -325,6 +429,13 @@ impl Plan {
         self.hosts.iter().find(|h| h.name == name)
     }
 
+    /// The part `host` rolls in, if it rolls in this run.
+    pub fn part_of(&self, host: &str) -> Option<&Part> {
+        self.parts
+            .iter()
+            .find(|p| p.hosts.iter().any(|h| h == host))
+    }
+
     /// The values of every secret word in the plan's commands, for masking
     /// them wherever they might show up (command output, errors).
     pub fn secrets(&self) -> Vec<String> {
@@ -345,7 +456,11 @@ impl Plan {
                     vec![cmd]
                 }
                 Action::Lb { lb } => lb.member.commands.values().collect(),
-                Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
+                Action::Health { check } => match &check.kind {
+                    CheckKind::Command { cmd } => vec![cmd],
+                    CheckKind::Http { .. } => Vec::new(),
+                },
+                Action::Nothing { .. } => Vec::new(),
             })
             .flat_map(|cmd| cmd.secrets().into_iter().map(str::to_string))
             .collect();

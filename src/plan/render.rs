@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Action, Operation, Pipeline, Plan};
+use super::{Action, CheckKind, HealthCheck, Operation, Pipeline, Plan};
+use crate::config::CheckFrom;
 
 /// `full` shows shipit's own scripts in full instead of by label.
 pub fn render(plan: &Plan, full: bool) -> String {
@@ -36,15 +37,11 @@ pub fn render(plan: &Plan, full: bool) -> String {
             .collect::<Vec<_>>()
             .join(" | ")
     );
+    roles(&mut out, plan);
     let _ = writeln!(
         out,
-        "  capacity  at most {} host{} out of service at once{}",
-        plan.shape.max_unavailable,
-        if plan.shape.max_unavailable == 1 {
-            ""
-        } else {
-            "s"
-        },
+        "  capacity  {}{}",
+        capacity(plan),
         if plan.out_at_start.is_empty() {
             String::new()
         } else {
@@ -63,7 +60,7 @@ pub fn render(plan: &Plan, full: bool) -> String {
             || "unknown (a dry run does not connect)".to_string(),
             ToString::to_string,
         );
-        let note = match (host.unchanged, host.left_out) {
+        let mut note = match (host.unchanged, host.left_out) {
             (true, _) => "   (already there; left alone)".to_string(),
             (false, Some(state)) => format!(
                 "   (in {} on the load balancer: gets the release, stays out)",
@@ -71,6 +68,9 @@ pub fn render(plan: &Plan, full: bool) -> String {
             ),
             (false, None) => String::new(),
         };
+        if let Some(role) = &host.role {
+            let _ = write!(note, "   [role {role}]");
+        }
         let _ = writeln!(
             out,
             "  {:<8}  {} now runs {before}{note}",
@@ -107,12 +107,22 @@ pub fn render(plan: &Plan, full: bool) -> String {
             .zone
             .as_ref()
             .map_or(String::new(), |z| format!(", zone {z}"));
-        let then = if batch.bake.is_zero() {
+        // The watch lasts the bake, or its hosts' min_healthy_time.
+        let watch = batch
+            .pipelines
+            .iter()
+            .flat_map(|p| &p.steps)
+            .filter_map(|s| match &s.action {
+                Action::Health { check } => Some(check.min_healthy_time),
+                _ => None,
+            })
+            .fold(batch.bake, std::time::Duration::max);
+        let then = if watch.is_zero() {
             "the next batch starts when all are healthy".to_string()
         } else {
             format!(
                 "then watched for {} (health checks keep running) before the next batch",
-                humantime::format_duration(batch.bake)
+                humantime::format_duration(watch)
             )
         };
         let _ = writeln!(
@@ -143,6 +153,82 @@ pub fn render(plan: &Plan, full: bool) -> String {
         plan.bookkeeping.layout.revisions_log()
     );
     out
+}
+
+/// With roles of their own or a role order: which hosts follow which
+/// settings, and in what order the roles go.
+fn roles(out: &mut String, plan: &Plan) {
+    if plan.parts.iter().all(|p| p.role.is_none() && p.step == 0) {
+        return;
+    }
+    let mut by_role: Vec<(Option<&str>, Vec<&str>)> = Vec::new();
+    for part in &plan.parts {
+        let role = part.role.as_deref();
+        let hosts = part.hosts.iter().map(String::as_str);
+        match by_role.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, list)) => list.extend(hosts),
+            None => by_role.push((role, hosts.collect())),
+        }
+    }
+    let listed: Vec<String> = by_role
+        .iter()
+        .map(|(role, hosts)| match role {
+            Some(role) => format!("role {role}'s own settings: {}", hosts.join(", ")),
+            None => format!("the stage's settings: {}", hosts.join(", ")),
+        })
+        .collect();
+    let _ = writeln!(out, "  roles     {}", listed.join("; "));
+    let steps: std::collections::BTreeSet<usize> = plan.parts.iter().map(|p| p.step).collect();
+    if steps.len() > 1 {
+        let order: Vec<String> = steps
+            .iter()
+            .map(|step| {
+                let hosts: Vec<&str> = plan
+                    .parts
+                    .iter()
+                    .filter(|p| p.step == *step)
+                    .flat_map(|p| p.hosts.iter().map(String::as_str))
+                    .collect();
+                hosts.join(" ")
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  order     one role after another (rollout.role_order): {}",
+            order.join(", then ")
+        );
+    }
+}
+
+/// At most how many hosts are out of service at once, per pool.
+fn capacity(plan: &Plan) -> String {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if plan.pools.max_unavailable.len() <= 1 {
+        let n = plan
+            .pools
+            .max_unavailable
+            .values()
+            .next()
+            .copied()
+            .unwrap_or(plan.shape.max_unavailable);
+        return format!("at most {n} host{} out of service at once", plural(n));
+    }
+    let pools: Vec<String> = plan
+        .pools
+        .max_unavailable
+        .iter()
+        .map(|(pool, n)| {
+            let hosts: Vec<&str> = plan
+                .pools
+                .of
+                .iter()
+                .filter(|(_, p)| *p == pool)
+                .map(|(h, _)| h.as_str())
+                .collect();
+            format!("at most {n} of {} at once", hosts.join(", "))
+        })
+        .collect();
+    format!("out of service, per pool: {}", pools.join("; "))
 }
 
 /// Run-level steps on the machine running shipit, under a heading.
@@ -184,20 +270,58 @@ fn action(action: &Action, full: bool) -> String {
         Action::Remote { cmd } => show(cmd),
         Action::Upload { cmd } => format!("{}  < release archive", show(cmd)),
         Action::Local { cmd } => format!("local: {}", show(cmd)),
-        Action::Http { check } => {
-            let mut s = format!("GET {} until status {}", check.url, check.expect_status);
-            if let Some(body) = &check.expect_body {
-                let _ = write!(s, " and body contains {body:?}");
-            }
-            let _ = write!(
-                s,
-                " (every {}, up to {})",
-                humantime::format_duration(check.interval),
-                humantime::format_duration(check.timeout)
-            );
-            s
-        }
+        Action::Health { check } => health(check),
         Action::Lb { lb } => lb.to_string(),
         Action::Nothing { reason } => format!("({reason})"),
     }
+}
+
+/// A health step: what each try asks, how often, and for how long.
+fn health(check: &HealthCheck) -> String {
+    let mut s = match &check.kind {
+        CheckKind::Http {
+            url,
+            expect_status,
+            expect_body,
+            from,
+        } => {
+            let mut s = format!("GET {url}");
+            if *from == CheckFrom::Host {
+                s.push_str(" on the host");
+            }
+            let _ = write!(s, " until status {expect_status}");
+            if let Some(body) = expect_body {
+                let _ = write!(s, " and body contains {body:?}");
+            }
+            s
+        }
+        CheckKind::Command { cmd } => format!(
+            "run `{}` on the host until it exits 0",
+            super::command_line(cmd)
+        ),
+    };
+    if check.healthy_threshold > 1 {
+        let _ = write!(s, ", {} times in a row", check.healthy_threshold);
+    }
+    let _ = write!(
+        s,
+        " (every {}, up to {})",
+        humantime::format_duration(check.interval),
+        humantime::format_duration(check.timeout)
+    );
+    if !check.min_healthy_time.is_zero() {
+        let _ = write!(
+            s,
+            "; then watched for {} once back in service",
+            humantime::format_duration(check.min_healthy_time)
+        );
+        if !check.start_period.is_zero() {
+            let _ = write!(
+                s,
+                " (failures in the first {} after the restart do not count)",
+                humantime::format_duration(check.start_period)
+            );
+        }
+    }
+    s
 }

@@ -2,12 +2,14 @@
 //! health → enable), hooks at their points, and the environment every
 //! command on that host gets.
 
-use crate::config::{Hook, Host, RunOn, Stage, Template, Vars};
+use std::collections::BTreeSet;
+
+use crate::config::{HealthKind, Hook, Host, RunOn, Stage, Template, Vars};
 use crate::host::{Layout, ReleaseId};
 use crate::lb::{HostRef, LbAction, LbOp};
 use crate::shell::{Cmd, Word};
 
-use super::{Action, HttpCheck, Operation, Step, StepKind};
+use super::{Action, CheckKind, HealthCheck, Operation, Step, StepKind};
 
 /// What every host of a run shares: the `[env]` values (resolved), the
 /// hosts taking part and the revision.
@@ -31,6 +33,8 @@ pub(super) struct HostSteps<'a> {
     /// `[env]`, for commands on the host (restart, host hooks).
     user_env: &'a [(String, Word)],
     local_dir: Option<&'a str>,
+    /// Hook points where this host runs the `run_on = "once"` hooks.
+    once: BTreeSet<StepKind>,
 }
 
 impl<'a> HostSteps<'a> {
@@ -56,6 +60,10 @@ impl<'a> HostSteps<'a> {
                 release: release.to_string(),
                 ..Vars::default()
             },
+        };
+        let vars = Vars {
+            revision: run.revision.to_string(),
+            ..vars
         };
         let mut shipit_env: Vec<(String, Word)> = vec![
             ("SHIPIT_OPERATION".into(), operation.as_str().into()),
@@ -89,7 +97,22 @@ impl<'a> HostSteps<'a> {
             shipit_env,
             user_env: run.env,
             local_dir: run.local_dir,
+            once: BTreeSet::new(),
         }
+    }
+
+    /// The hook points where this host runs `once` hooks (it is the first
+    /// host of the run with that list).
+    pub fn once(mut self, points: BTreeSet<StepKind>) -> Self {
+        self.once = points;
+        self
+    }
+
+    /// The revision `{revision}` stands for on this host: the host's own
+    /// REVISION of the release, for a release it goes back to.
+    pub fn revision(mut self, revision: &str) -> Self {
+        self.vars.revision = revision.to_string();
+        self
     }
 
     /// The hosts of this host's batch, for its hooks.
@@ -117,13 +140,19 @@ impl<'a> HostSteps<'a> {
 
     /// A command the user wrote, run on the host with `[env]` too.
     fn remote(&self, template: &Template, cwd: Option<String>) -> Action {
-        let mut cmd = Cmd::shell(template.render_shell(&self.vars))
+        Action::Remote {
+            cmd: self.remote_cmd(template, cwd),
+        }
+    }
+
+    fn remote_cmd(&self, template: &Template, cwd: Option<String>) -> Cmd {
+        let cmd = Cmd::shell(template.render_shell(&self.vars))
             .envs(self.shipit_env.clone())
             .envs(self.user_env.iter().cloned());
-        if let Some(cwd) = cwd {
-            cmd = cmd.cwd(cwd);
+        match cwd {
+            Some(cwd) => cmd.cwd(cwd),
+            None => cmd,
         }
-        Action::Remote { cmd }
     }
 
     /// A hook at a point of this host's pipeline. `cwd` is where host hooks
@@ -137,14 +166,9 @@ impl<'a> HostSteps<'a> {
     }
 
     /// The hooks of `list` that run on this host: all of them for
-    /// `hosts`, and `once` ones only on the run's first host.
-    pub fn hooks(
-        &self,
-        kind: StepKind,
-        list: &[Hook],
-        first: bool,
-        cwd: Option<String>,
-    ) -> Vec<Step> {
+    /// `hosts`, and `once` ones only on the run's first host with the list.
+    pub fn hooks(&self, kind: StepKind, list: &[Hook], cwd: Option<String>) -> Vec<Step> {
+        let first = self.once.contains(&kind);
         list.iter()
             .filter(|h| match h.run_on {
                 RunOn::Hosts | RunOn::Local => true,
@@ -162,7 +186,7 @@ impl<'a> HostSteps<'a> {
     /// enable, leaving out what the stage does not configure. A host kept
     /// out (an operator took it out of the load balancer) is neither
     /// drained nor enabled.
-    pub fn rollout(&self, first: bool, kept_out: bool) -> Vec<Step> {
+    pub fn rollout(&self, kept_out: bool) -> Vec<Step> {
         let stage = self.stage;
         let mut steps = Vec::new();
         if let Some(lb) = self.lb(LbOp::Drain).filter(|_| !kept_out) {
@@ -175,7 +199,6 @@ impl<'a> HostSteps<'a> {
         steps.extend(self.hooks(
             StepKind::BeforeSwitch,
             &stage.hooks.before_switch,
-            first,
             cwd.clone(),
         ));
         steps.push(Step {
@@ -187,7 +210,6 @@ impl<'a> HostSteps<'a> {
         steps.extend(self.hooks(
             StepKind::AfterSwitch,
             &stage.hooks.after_switch,
-            first,
             cwd.clone(),
         ));
         if let Some(restart) = &stage.app.restart {
@@ -196,22 +218,10 @@ impl<'a> HostSteps<'a> {
                 action: self.remote(restart, cwd),
             });
         }
-        if let Some(health) = &stage.health {
+        if let Some(check) = self.health_check() {
             steps.push(Step {
                 kind: StepKind::Health,
-                action: Action::Http {
-                    check: HttpCheck {
-                        url: health.url.render_plain(&self.vars),
-                        expect_status: health.expect_status,
-                        expect_body: health
-                            .expect_body
-                            .as_ref()
-                            .map(|b| b.render_plain(&self.vars)),
-                        timeout: health.timeout,
-                        interval: health.interval,
-                        request_timeout: health.request_timeout,
-                    },
-                },
+                action: Action::Health { check },
             });
         }
         if let Some(lb) = self.lb(LbOp::Enable).filter(|_| !kept_out) {
@@ -221,6 +231,37 @@ impl<'a> HostSteps<'a> {
             });
         }
         steps
+    }
+
+    /// The stage's health check, for this host and release.
+    pub fn health_check(&self) -> Option<HealthCheck> {
+        let health = self.stage.health.as_ref()?;
+        let kind = match &health.check {
+            HealthKind::Http {
+                url,
+                from,
+                expect_status,
+                expect_body,
+            } => CheckKind::Http {
+                url: url.render_plain(&self.vars),
+                expect_status: *expect_status,
+                expect_body: expect_body.as_ref().map(|b| b.render_plain(&self.vars)),
+                from: *from,
+            },
+            // Run like the restart: in the release, with the same variables.
+            HealthKind::Command { run } => CheckKind::Command {
+                cmd: self.remote_cmd(run, Some(self.release_dir())),
+            },
+        };
+        Some(HealthCheck {
+            kind,
+            timeout: health.timeout,
+            interval: health.interval,
+            request_timeout: health.request_timeout,
+            healthy_threshold: health.healthy_threshold,
+            start_period: health.start_period,
+            min_healthy_time: health.min_healthy_time,
+        })
     }
 
     /// The stage's load balancer action for this host.
@@ -245,14 +286,10 @@ impl<'a> HostSteps<'a> {
             .collect()
     }
 
-    /// Run-level hooks that run on hosts (`hosts`, or `once` if `first`).
-    pub fn host_hooks(
-        &self,
-        kind: StepKind,
-        list: &[Hook],
-        first: bool,
-        cwd: Option<String>,
-    ) -> Vec<Step> {
+    /// Run-level hooks that run on hosts (`hosts`, or `once` on the first
+    /// host with the list).
+    pub fn host_hooks(&self, kind: StepKind, list: &[Hook], cwd: Option<String>) -> Vec<Step> {
+        let first = self.once.contains(&kind);
         list.iter()
             .filter(|h| h.run_on == RunOn::Hosts || (h.run_on == RunOn::Once && first))
             .map(|h| self.hook(kind, h, cwd.clone()))

@@ -93,11 +93,17 @@ fn steps_carry_exact_commands_and_checks() {
             .starts_with("cd /srv/shop/releases/20261122100003 && ")
     );
     assert!(cmd.render().ends_with("sh -c 'bin/restart web1'"));
-    let Action::Http { check } = &steps[3].action else {
+    let Action::Health { check } = &steps[3].action else {
         panic!()
     };
-    assert_eq!(check.url, "http://10.0.0.11:8080/health");
-    assert_eq!(check.expect_body.as_deref(), Some("20261122100003"));
+    let CheckKind::Http {
+        url, expect_body, ..
+    } = &check.kind
+    else {
+        panic!()
+    };
+    assert_eq!(url, "http://10.0.0.11:8080/health");
+    assert_eq!(expect_body.as_deref(), Some("20261122100003"));
 }
 
 #[test]
@@ -202,10 +208,13 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
         kinds(&plan.batches[0].pipelines[0]),
         ["drain", "switch", "restart", "health", "enable"]
     );
-    let Action::Http { check } = &plan.batches[0].pipelines[0].steps[3].action else {
+    let Action::Health { check } = &plan.batches[0].pipelines[0].steps[3].action else {
         panic!()
     };
-    assert_eq!(check.expect_body.as_deref(), Some("20261122100002"));
+    let CheckKind::Http { expect_body, .. } = &check.kind else {
+        panic!()
+    };
+    assert_eq!(expect_body.as_deref(), Some("20261122100002"));
     // Release 3 is marked bad on every host that has it.
     assert_eq!(hosts(&plan.finish), ["web1", "web2", "web3"]);
     let Action::Remote { cmd } = &plan.finish[0].steps[0].action else {

@@ -107,7 +107,7 @@ mod tests {
             ),
             (
                 "[hooks]\nbefore_switch = [\"notify {hots}\"]",
-                "/p/deploy.toml: hooks.before_switch[0]: unknown placeholder {hots}; allowed: {app}, {name}, {address}, {port}, {user}, {stage}, {deploy_to}, {release} (write {{ and }} for literal braces)",
+                "/p/deploy.toml: hooks.before_switch[0]: unknown placeholder {hots}; allowed: {app}, {name}, {address}, {port}, {user}, {stage}, {deploy_to}, {release}, {revision} (write {{ and }} for literal braces)",
             ),
         ]);
     }

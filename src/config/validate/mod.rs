@@ -22,6 +22,7 @@ mod health;
 mod hooks;
 mod hosts;
 pub mod lb;
+mod roles;
 mod rollout;
 mod ssh;
 
@@ -45,6 +46,10 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
     };
     let global = raw.settings();
     let mut stages = BTreeMap::new();
+    for (role, table) in raw.roles.iter().flatten() {
+        roles::refuse_run_wide(&mut errors, &format!("roles.{role}."), table);
+    }
+    let mut all_roles = BTreeSet::new();
 
     match &raw.stages {
         None => errors.add(
@@ -73,7 +78,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let hosts = stage.hosts(raw_stage.hosts.as_deref());
                 let app = stage.app();
                 let ssh = stage.ssh();
-                let rollout = stage.rollout(hosts.as_deref());
+                let rollout = stage.rollout(hosts.as_deref(), hosts.as_deref());
                 let health = stage.health();
                 let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
@@ -82,26 +87,41 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                     (Some(hosts), Some(app), Some(ssh)) => stage.hosts_apart(hosts, app, ssh),
                     _ => true,
                 };
+                if let Some(hosts) = &hosts {
+                    all_roles.extend(hosts.iter().flat_map(|h| h.roles.iter().cloned()));
+                }
                 if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
                     (apart, app, ssh, rollout, health, lb, env, hooks, hosts)
                 {
-                    stages.insert(
-                        name.clone(),
-                        Stage {
-                            name: name.clone(),
-                            app,
-                            ssh,
-                            rollout,
-                            health,
-                            lb,
-                            env,
-                            hooks,
-                            hosts,
-                        },
-                    );
+                    let mut built = Stage {
+                        name: name.clone(),
+                        app,
+                        ssh,
+                        rollout,
+                        health,
+                        lb,
+                        env,
+                        hooks,
+                        hosts,
+                        roles: BTreeMap::new(),
+                    };
+                    let tables = roles::RoleTables {
+                        file: raw.roles.as_ref(),
+                        stage: raw_stage.roles.as_ref(),
+                    };
+                    if let Some(own) =
+                        roles::role_stages(&built, &tables, &own, &global, &base, &mut errors)
+                    {
+                        built.roles = own;
+                        stages.insert(name.clone(), built);
+                    }
                 }
             }
         }
+    }
+
+    if raw.stages.as_ref().is_some_and(|s| !s.is_empty()) {
+        roles::unknown_roles(raw.roles.as_ref(), &all_roles, &mut errors);
     }
 
     if errors.list.is_empty() {
@@ -522,7 +542,10 @@ rolling_batch_size = "50%"
         let stage = &config.stages["production"];
         let health = stage.health.as_ref().unwrap();
         assert_eq!(health.timeout, Duration::from_secs(120));
-        assert_eq!(health.url.source(), "http://{address}:8080/health");
+        let super::super::HealthKind::Http { url, .. } = &health.check else {
+            panic!("an HTTP check")
+        };
+        assert_eq!(url.source(), "http://{address}:8080/health");
         assert_eq!(health.interval, Duration::from_millis(500));
         assert_eq!(stage.rollout.ramp, [BatchSize::Percent(50)]);
     }
@@ -665,6 +688,12 @@ mod example {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.stages.len(), 2);
         assert_eq!(config.stages["production"].hosts[1].roles, ["web", "db"]);
+        let worker = &config.stages["production"].roles["worker"];
+        assert!(worker.lb.is_none(), "the worker role has no load balancer");
+        assert!(
+            config.stages["staging"].roles.is_empty(),
+            "staging has no worker"
+        );
         let staging = &config.stages["staging"];
         assert_eq!(
             staging.health.as_ref().unwrap().timeout,

@@ -11,8 +11,14 @@ use crate::host::lock;
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(60);
 
 impl StageCheck<'_> {
-    /// `hosts`, when they are valid, are checked against `by_zone`.
-    pub(super) fn rollout(&mut self, hosts: Option<&[Host]>) -> Option<Rollout> {
+    /// `hosts`, when they are valid, are checked against `by_zone`;
+    /// `role_order` names roles of `stage_hosts` (the stage's hosts, of
+    /// which a role's settings cover some).
+    pub(super) fn rollout(
+        &mut self,
+        hosts: Option<&[Host]>,
+        stage_hosts: Option<&[Host]>,
+    ) -> Option<Rollout> {
         let ramp = match pick!(self, rollout, rolling_batch_size) {
             None => Some(vec![BatchSize::Count(1)]),
             Some(at) => self.ramp(at),
@@ -47,6 +53,10 @@ impl StageCheck<'_> {
             Some(at) => self.fail(&at.key, format!("{} is not a percentage (0-100)", at.value)),
         };
         let lock_lease = self.lock_lease();
+        let role_order = match pick!(self, rollout, role_order) {
+            None => Some(Vec::new()),
+            Some(at) => self.role_order(at, stage_hosts),
+        };
         Some(Rollout {
             ramp: ramp?,
             bake: bake?,
@@ -55,7 +65,45 @@ impl StageCheck<'_> {
             on_failure: on_failure?,
             max_fail_percentage: max_fail_percentage?,
             lock_lease: lock_lease?,
+            role_order: role_order?,
         })
+    }
+
+    /// `role_order`: roles of the stage's hosts, each once.
+    fn role_order(&mut self, at: At<Vec<String>>, hosts: Option<&[Host]>) -> Option<Vec<String>> {
+        let hosts = hosts?;
+        let mut known: Vec<&str> = hosts
+            .iter()
+            .flat_map(|h| h.roles.iter().map(String::as_str))
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        if at.value.is_empty() {
+            return self.fail(
+                &at.key,
+                "an empty list orders nothing; name roles, e.g. [\"web\", \"worker\"], or remove the key",
+            );
+        }
+        for (i, role) in at.value.iter().enumerate() {
+            if at.value[..i].contains(role) {
+                return self.fail(&at.key, format!("{role:?} is listed twice"));
+            }
+            if !known.contains(&role.as_str()) {
+                let stage = self.stage;
+                return self.fail(
+                    &at.key,
+                    format!(
+                        "no host of stage {stage} has role {role:?}; roles in stage {stage}: {}",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        Some(at.value)
     }
 
     /// `rolling_batch_size`: a number of hosts, a percentage, or a ramp:
