@@ -221,14 +221,14 @@ socket = "{socket}"
 backend = "app"
 
 [roles.worker.app]
-restart = "bin/restart-worker"
+restart = "APP_MODE=worker bin/restart"
 
 [roles.worker.lb]
 driver = "none"
 
 [roles.worker.health]
 type = "command"
-run = "bin/worker-health 3 release={{release}}"
+run = "./app.py worker-health 3 release={{release}}"
 timeout = "6s"
 
 {extra}
@@ -356,13 +356,13 @@ fn a_web_and_worker_fleet_rolls_each_role_its_own_way() {
             .unwrap()
     };
     assert!(
-        action("restart").ends_with("sh -c bin/restart-worker"),
+        action("restart").ends_with("sh -c 'APP_MODE=worker bin/restart'"),
         "{}",
         action("restart")
     );
     assert_eq!(
         action("health"),
-        format!("`bin/worker-health 3 release={r2}`")
+        format!("`./app.py worker-health 3 release={r2}`")
     );
     assert!(
         heartbeat(&fleet).contains(&format!("release={r2}")),
@@ -432,7 +432,7 @@ fn a_worker_whose_health_check_fails_rolls_the_web_servers_back_too() {
     println!("worker fails: {}", report.summary());
     run.code(4)
         .stderr_has("jobs1: health failed:\n  not healthy after 6s")
-        .stderr_has("last run of `bin/worker-health 3 release=");
+        .stderr_has("last run of `./app.py worker-health 3 release=");
 
     // Every web server switched earlier in the run is back on v1, and
     // serving: the failure policy spans the roles.
