@@ -23,8 +23,8 @@ use crate::execute::Budget;
 use crate::exit::Exit;
 use crate::host::Layout;
 use crate::host::lock::LockKind;
-use crate::plan::shape::{self, Candidate};
-use crate::plan::{OutOfService, Service, rollout_shape};
+use crate::plan::roles;
+use crate::plan::{OutOfService, PlanError, Service};
 use crate::shell::Cmd;
 use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecObserver, ExecRequest, Stream, Transport};
@@ -99,7 +99,6 @@ impl Rolling {
             });
         }
         let stage = &ctx.stage;
-        let shape = rollout_shape(stage, hosts.len())?;
         let out: BTreeMap<String, OutOfService> = service
             .iter()
             .filter(|(_, s)| s.is_out())
@@ -111,22 +110,16 @@ impl Rolling {
                 (h.clone(), out)
             })
             .collect();
-        let candidates: Vec<Candidate> = hosts
-            .iter()
-            .map(|h| Candidate {
-                host: h.name.clone(),
-                zone: h.zone.clone(),
-                out: out.contains_key(&h.name),
-                returns: false,
-            })
-            .collect();
-        let elsewhere: Vec<String> = out
-            .keys()
-            .filter(|h| !hosts.iter().any(|x| &x.name == *h))
-            .cloned()
-            .collect();
-        let batches = shape::batches(&candidates, &shape, &elsewhere)
-            .map_err(|e| Error::Unchanged(format!("not running; nothing was changed: {e}")))?
+        // Each role by its own shape and within its own pool, as a rollout.
+        let rolling: Vec<&Host> = hosts.iter().collect();
+        let (parts, pools) = roles::parts(stage, &rolling)?;
+        let batches = roles::cut(&parts, &pools, &out, &stage.hosts)
+            .map_err(|e| match e {
+                PlanError::Capacity(why) => {
+                    Error::Unchanged(format!("not running; nothing was changed: {why}"))
+                }
+                other => other.into(),
+            })?
             .into_iter()
             .map(|b| {
                 b.hosts
@@ -137,7 +130,7 @@ impl Rolling {
             .collect();
         Ok(Rolling {
             batches,
-            budget: Budget::new(shape.max_unavailable, &out),
+            budget: Budget::pooled(pools, &out),
         })
     }
 }

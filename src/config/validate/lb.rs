@@ -49,10 +49,12 @@ impl StageCheck<'_> {
     /// `[lb]`: the driver, then its keys. Keys of another driver are an
     /// error, except those inherited from a less specific table (the shared
     /// `[lb]`) by one that picks a different driver for itself. `None`
-    /// inside means no load balancer.
+    /// inside means no load balancer. `hosts` are those behind it (the
+    /// stage's, or a role's); `via` may name any of `stage_hosts`.
     pub(super) fn lb(
         &mut self,
         hosts: Option<&[Host]>,
+        stage_hosts: Option<&[Host]>,
         app: Option<&App>,
         ssh: Option<&Ssh>,
     ) -> Option<Option<Arc<dyn Driver>>> {
@@ -133,6 +135,7 @@ impl StageCheck<'_> {
         let mut settings = LbSettings {
             check: self,
             hosts,
+            stage_hosts,
             app,
             ssh,
         };
@@ -193,8 +196,11 @@ impl StageCheck<'_> {
 /// error naming the key.
 pub struct LbSettings<'c, 'a> {
     check: &'c mut StageCheck<'a>,
-    /// The stage's hosts, when they are valid.
+    /// The hosts behind this load balancer (the stage's, or those of a
+    /// role with its own `[lb]`), when they are valid.
     pub hosts: Option<&'c [Host]>,
+    /// Every host of the stage, which `via` and `run_on` may name.
+    pub stage_hosts: Option<&'c [Host]>,
     app: Option<&'c App>,
     ssh: Option<&'c Ssh>,
 }
@@ -318,7 +324,7 @@ impl LbSettings<'_, '_> {
                 port,
             });
         }
-        let hosts = self.hosts?;
+        let hosts = self.stage_hosts?;
         if hosts.iter().any(|h| h.name == value) {
             return Some(Via::Host {
                 name: value.to_string(),
@@ -356,10 +362,11 @@ impl LbSettings<'_, '_> {
         };
         let key = at.key.clone();
         let template = self.check.template(Some(at))??;
-        if template.uses(Var::Release) {
+        if template.uses(Var::Release) || template.uses(Var::Revision) {
             return self.fail(
                 &key,
-                "{release} is not allowed here: a host's server name must stay the same from one release to the next",
+                "{release} and {revision} are not allowed here: a host's server name must stay the same from one \
+                 release to the next",
             );
         }
         let mut seen: std::collections::BTreeMap<String, String> = Default::default();

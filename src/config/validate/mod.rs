@@ -80,7 +80,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let ssh = stage.ssh();
                 let rollout = stage.rollout(hosts.as_deref(), hosts.as_deref());
                 let health = stage.health();
-                let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
+                let lb = stage.lb(hosts.as_deref(), hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
                 let hooks = stage.hooks();
                 let apart = match (&hosts, &app, &ssh) {

@@ -250,7 +250,12 @@ pub(super) fn role_stages(
         let app = check.app();
         let rollout = check.rollout(Some(&hosts), Some(&stage.hosts));
         let health = check.health();
-        let lb = check.lb(Some(&hosts), app.as_ref(), Some(&stage.ssh));
+        let lb = check.lb(
+            Some(&hosts),
+            Some(&stage.hosts),
+            app.as_ref(),
+            Some(&stage.ssh),
+        );
         let hooks = check.hooks();
         if let (Some(app), Some(rollout), Some(health), Some(lb), Some(hooks)) =
             (app, rollout, health, lb, hooks)

@@ -116,7 +116,7 @@ fn bad_values_and_their_messages() {
         ),
         (
             "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\nserver = \"{release}\"",
-            "/p/deploy.toml: lb.server: {release} is not allowed here: a host's server name must stay the same from one release to the next",
+            "/p/deploy.toml: lb.server: {release} and {revision} are not allowed here: a host's server name must stay the same from one release to the next",
         ),
         (
             "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\nserver = \"web\"",
