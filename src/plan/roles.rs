@@ -71,15 +71,6 @@ impl Pools {
     pub fn limit(&self, pool: &str) -> usize {
         self.max_unavailable.get(pool).copied().unwrap_or(1)
     }
-
-    /// " of role worker's pool", for messages; empty for the stage's pool.
-    pub fn describe(pool: &str) -> String {
-        if pool.is_empty() {
-            String::new()
-        } else {
-            format!(" (role {pool} and the hosts sharing its load balancer)")
-        }
-    }
 }
 
 /// One part's hosts to place, for [`combine`].
