@@ -10,12 +10,14 @@
 //!
 //! - `haproxy`: HAProxy's runtime API over its admin socket;
 //! - `command`: the user's own drain / enable commands;
+//! - `caddy`: Caddy's admin API, on one reverse_proxy handler's upstreams;
 //! - `none` (no `[lb]`): no load balancer; a restarting host drops requests.
 //!
 //! The planner puts [`LbAction`]s (a driver, an operation and a
 //! [`Member`]: one host as the balancer knows it) into plans as plain
 //! data; the executor performs them through the driver with an [`LbCtx`].
 
+pub mod caddy;
 pub mod command;
 pub mod haproxy;
 
@@ -34,7 +36,7 @@ use crate::shell::{Cmd, Word};
 use crate::transport::{ExecObserver, ExecRequest, Output, TransportError};
 
 /// Every driver, by its `driver = "..."` name. A new driver is one line.
-pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC];
+pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC, caddy::SPEC];
 
 /// `[lb]` keys every driver understands (besides its own).
 pub const SHARED_KEYS: &[&str] = &["driver", "drain_timeout", "drain_timeout_action"];

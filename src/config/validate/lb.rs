@@ -435,7 +435,7 @@ mod tests {
         assert_messages(&[
             (
                 "[lb]\ndriver = \"f5\"",
-                "/p/deploy.toml: lb.driver: \"f5\" is not allowed; use \"haproxy\", \"command\" or \"none\" (no load balancer)",
+                "/p/deploy.toml: lb.driver: \"f5\" is not allowed; use \"haproxy\", \"command\", \"caddy\" or \"none\" (no load balancer)",
             ),
             (
                 "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\ndrain = \"x\"",
@@ -463,7 +463,7 @@ mod tests {
             ),
             (
                 "[lb]\ndriver = \"haproxy\"\nsockett = \"/a.sock\"",
-                "/p/deploy.toml:10: lb: unknown key `sockett`; allowed here: `backend`, `drain`, `drain_timeout`, `drain_timeout_action`, `driver`, `enable`, `enable_timeout`, `run_on`, `server`, `socket`, `via`, `wait_drained`",
+                "/p/deploy.toml:10: lb: unknown key `sockett`; allowed here: `admin`, `backend`, `drain`, `drain_timeout`, `drain_timeout_action`, `driver`, `enable`, `enable_timeout`, `route_id`, `run_on`, `server`, `socket`, `via`, `wait_drained`",
             ),
         ]);
     }
