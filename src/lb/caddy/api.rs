@@ -2,23 +2,26 @@
 //! paths and `@id`s, never a load of the whole config) and what the answers
 //! mean. No I/O here; `admin` carries the requests.
 //!
-//! Two places hold a host's upstream (its `dial` address):
+//! Two places list a host's upstream (its `dial` address):
 //!
 //! - the managed handler, `GET /id/<route_id>`: a `reverse_proxy` whose
-//!   `upstreams` list is the hosts in service;
-//! - shipit's parking server, `/config/apps/http/servers/shipit_drained_<route_id>`:
-//!   an HTTP server with no listener (it never receives a request) whose
-//!   one `reverse_proxy` lists the upstreams shipit took out.
+//!   `upstreams` are the hosts in service;
+//! - shipit's tracking server, `/config/apps/http/servers/shipit_tracked_<route_id>`:
+//!   an HTTP server with no listener (it never receives a request) whose one
+//!   `reverse_proxy` lists every upstream shipit has taken out at least once.
 //!
-//! Why park: Caddy 2.6 counts in-flight requests per upstream address
+//! Why track: Caddy 2.6 counts in-flight requests per upstream address
 //! (`GET /reverse_proxy/upstreams`, `num_requests`), but drops an address
 //! from that count the moment no handler of the running config lists it,
 //! although requests to it are still in flight in the previous config
-//! generation. Listed in the parking handler, the address keeps its count,
-//! which falls to 0 as those requests finish: that is what a drain waits for.
+//! generation. Listed by the tracking handler, the address keeps its count,
+//! which falls to 0 as those requests finish: that is what a drain waits
+//! for. The list stays: so a drain and an enable are one config change each
+//! (every change makes Caddy reload, and a reload closes its idle client
+//! connections), except the first drain of a host, which also adds it here.
 //!
 //! Every change carries `If-Match` with the ETag of what it was based on
-//! (the handler, or the parking server), so two drains running at once
+//! (the handler, or the tracking server), so two drains running at once
 //! never lose each other's edit: the second gets 412 and starts over from
 //! a fresh read.
 
@@ -26,13 +29,13 @@ use serde_json::{Value, json};
 
 use super::http::{Method, Request, Response};
 
-/// The name of shipit's parking server for `route_id`.
-pub fn park_server(route_id: &str) -> String {
-    format!("shipit_drained_{route_id}")
+/// The name of shipit's tracking server for `route_id`.
+pub fn tracking_server(route_id: &str) -> String {
+    format!("shipit_tracked_{route_id}")
 }
 
-fn park_path(route_id: &str) -> String {
-    format!("/config/apps/http/servers/{}", park_server(route_id))
+fn tracking_path(route_id: &str) -> String {
+    format!("/config/apps/http/servers/{}", tracking_server(route_id))
 }
 
 /// The characters a `route_id` may have: it goes into URL paths and a
@@ -55,10 +58,10 @@ pub fn read_handler(route_id: &str) -> Request {
     Request::get(format!("/id/{route_id}"))
 }
 
-/// The parking server: `GET /config/apps/http/servers/shipit_drained_<id>`
+/// The tracking server: `GET /config/apps/http/servers/shipit_tracked_<id>`
 /// (`null` when there is none).
-pub fn read_park(route_id: &str) -> Request {
-    Request::get(park_path(route_id))
+pub fn read_tracked(route_id: &str) -> Request {
+    Request::get(tracking_path(route_id))
 }
 
 /// In-flight requests and failures per upstream address.
@@ -95,41 +98,37 @@ pub fn remove_upstream(route_id: &str, index: usize, etag: &str) -> Request {
     )
 }
 
-/// Creates the parking server holding `upstream` (`etag`: of its `null`).
-pub fn create_park(route_id: &str, upstream: &Value, etag: &str) -> Request {
+/// Creates the tracking server listing `upstream` (`etag`: of its `null`).
+pub fn create_tracked(route_id: &str, upstream: &Value, etag: &str) -> Request {
     let server = json!({
         "automatic_https": {"disable": true},
         "routes": [{"handle": [{"handler": "reverse_proxy", "upstreams": [upstream]}]}],
     });
-    change(Method::Post, park_path(route_id), etag, Some(&server))
+    change(Method::Post, tracking_path(route_id), etag, Some(&server))
 }
 
-/// Appends `upstream` to the parking list.
-pub fn park(route_id: &str, upstream: &Value, etag: &str) -> Request {
+/// Appends `upstream` to the tracking list.
+pub fn track(route_id: &str, upstream: &Value, etag: &str) -> Request {
     change(
         Method::Post,
-        format!("{}/routes/0/handle/0/upstreams", park_path(route_id)),
+        format!("{}/routes/0/handle/0/upstreams", tracking_path(route_id)),
         etag,
         Some(upstream),
     )
 }
 
-/// Deletes entry `index` of the parking list.
-pub fn unpark(route_id: &str, index: usize, etag: &str) -> Request {
+/// Replaces entry `index` of the tracking list (the handler's copy of the
+/// upstream changed since it was tracked).
+pub fn retrack(route_id: &str, index: usize, upstream: &Value, etag: &str) -> Request {
     change(
-        Method::Delete,
+        Method::Patch,
         format!(
             "{}/routes/0/handle/0/upstreams/{index}",
-            park_path(route_id)
+            tracking_path(route_id)
         ),
         etag,
-        None,
+        Some(upstream),
     )
-}
-
-/// Deletes the parking server (when its last upstream goes back).
-pub fn delete_park(route_id: &str, etag: &str) -> Request {
-    change(Method::Delete, park_path(route_id), etag, None)
 }
 
 /// The `dial` address of an upstream object.
@@ -218,39 +217,39 @@ impl Handler {
     }
 }
 
-/// shipit's parking server as read: its upstreams (`None`: there is none)
-/// and the ETag to change it.
+/// shipit's tracking server as read: its upstreams (`None`: there is
+/// none) and the ETag to change it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Park {
+pub struct Tracked {
     pub upstreams: Option<Vec<Value>>,
     pub etag: String,
 }
 
-impl Park {
-    /// Reads the answer to [`read_park`].
-    pub fn parse(route_id: &str, answer: &Response) -> Result<Park, String> {
+impl Tracked {
+    /// Reads the answer to [`read_tracked`].
+    pub fn parse(route_id: &str, answer: &Response) -> Result<Tracked, String> {
         let value = json_ok(answer)?;
         let etag = etag(answer)?;
         if value.is_null() {
-            return Ok(Park {
+            return Ok(Tracked {
                 upstreams: None,
                 etag,
             });
         }
-        let name = park_server(route_id);
+        let name = tracking_server(route_id);
         let handler = value.pointer("/routes/0/handle/0");
         match handler.and_then(|h| h.get("upstreams")) {
             Some(Value::Array(list))
                 if handler.and_then(|h| h.get("handler")) == Some(&json!("reverse_proxy")) =>
             {
-                Ok(Park {
+                Ok(Tracked {
                     upstreams: Some(list.clone()),
                     etag,
                 })
             }
             _ => Err(format!(
-                "the server {name} (where shipit keeps upstreams it took out) is not as shipit made it; \
-                 move its upstreams back into @id {route_id} and delete it: DELETE /config/apps/http/servers/{name}"
+                "the server {name} (where shipit tracks the upstreams it takes out) is not as shipit made it; \
+                 put every upstream it lists that should serve back into @id {route_id}, then delete it: DELETE /config/apps/http/servers/{name}"
             )),
         }
     }
@@ -261,14 +260,10 @@ impl Park {
             .and_then(|list| position(list, address))
     }
 
-    /// The parked upstream object for `address`, fields and all.
+    /// The tracked upstream object for `address`, fields and all.
     pub fn find(&self, address: &str) -> Option<&Value> {
         let list = self.upstreams.as_deref()?;
         position(list, address).map(|i| &list[i])
-    }
-
-    pub fn len(&self) -> usize {
-        self.upstreams.as_ref().map_or(0, Vec::len)
     }
 }
 
@@ -369,8 +364,8 @@ mod tests {
     fn requests_use_ids_and_paths_with_if_match() {
         assert_eq!(read_handler("shop").to_string(), "GET /id/shop");
         assert_eq!(
-            read_park("shop").to_string(),
-            "GET /config/apps/http/servers/shipit_drained_shop"
+            read_tracked("shop").to_string(),
+            "GET /config/apps/http/servers/shipit_tracked_shop"
         );
         assert_eq!(read_pool().to_string(), "GET /reverse_proxy/upstreams");
         let up = json!({"dial": "10.0.0.1:8080", "max_requests": 5});
@@ -385,14 +380,14 @@ mod tests {
             remove_upstream("shop", 2, ETAG).to_string(),
             "DELETE /id/shop/upstreams/2"
         );
-        let r = create_park(
+        let r = create_tracked(
             "shop",
             &up,
-            "\"/config/apps/http/servers/shipit_drained_shop 0e7c22ea\"",
+            "\"/config/apps/http/servers/shipit_tracked_shop 0e7c22ea\"",
         );
         assert_eq!(
             r.to_string(),
-            "POST /config/apps/http/servers/shipit_drained_shop"
+            "POST /config/apps/http/servers/shipit_tracked_shop"
         );
         assert_eq!(
             r.body.as_deref(),
@@ -401,17 +396,15 @@ mod tests {
             )
         );
         assert_eq!(
-            park("shop", &up, ETAG).to_string(),
-            "POST /config/apps/http/servers/shipit_drained_shop/routes/0/handle/0/upstreams"
+            track("shop", &up, ETAG).to_string(),
+            "POST /config/apps/http/servers/shipit_tracked_shop/routes/0/handle/0/upstreams"
         );
+        let r = retrack("shop", 1, &up, ETAG);
         assert_eq!(
-            unpark("shop", 1, ETAG).to_string(),
-            "DELETE /config/apps/http/servers/shipit_drained_shop/routes/0/handle/0/upstreams/1"
+            r.to_string(),
+            "PATCH /config/apps/http/servers/shipit_tracked_shop/routes/0/handle/0/upstreams/1"
         );
-        assert_eq!(
-            delete_park("shop", ETAG).to_string(),
-            "DELETE /config/apps/http/servers/shipit_drained_shop"
-        );
+        assert_eq!(r.if_match.as_deref(), Some(ETAG));
     }
 
     #[test]
@@ -479,24 +472,24 @@ mod tests {
     }
 
     #[test]
-    fn the_parking_server() {
-        let none = Park::parse("app", &answer(200, "null\n", Some("\"/p 1\""))).unwrap();
-        assert_eq!((none.upstreams.clone(), none.len()), (None, 0));
+    fn the_tracking_server() {
+        let none = Tracked::parse("app", &answer(200, "null\n", Some("\"/p 1\""))).unwrap();
+        assert_eq!(none.upstreams, None);
         assert_eq!(none.position("a:1"), None);
 
         let body = r#"{"automatic_https":{"disable":true},"routes":[{"handle":[{"handler":"reverse_proxy","upstreams":[{"dial":"a:1"},{"dial":"b:2","max_requests":3}]}]}]}"#;
-        let p = Park::parse("app", &answer(200, body, Some("\"/p 2\""))).unwrap();
-        assert_eq!((p.len(), p.position("b:2")), (2, Some(1)));
+        let t = Tracked::parse("app", &answer(200, body, Some("\"/p 2\""))).unwrap();
+        assert_eq!(t.position("b:2"), Some(1));
         assert_eq!(
-            p.find("b:2"),
+            t.find("b:2"),
             Some(&json!({"dial": "b:2", "max_requests": 3}))
         );
-        assert_eq!(p.etag, "\"/p 2\"");
+        assert_eq!(t.etag, "\"/p 2\"");
 
-        let odd = Park::parse("app", &answer(200, r#"{"routes":[]}"#, Some("\"/p 3\"")));
+        let odd = Tracked::parse("app", &answer(200, r#"{"routes":[]}"#, Some("\"/p 3\"")));
         assert!(
             odd.unwrap_err()
-                .starts_with("the server shipit_drained_app (where shipit keeps upstreams it took out) is not as shipit made it")
+                .starts_with("the server shipit_tracked_app (where shipit tracks the upstreams it takes out) is not as shipit made it")
         );
     }
 

@@ -1,13 +1,13 @@
-//! Moving one upstream between the managed handler and shipit's parking
-//! server on one Caddy (see `api` for why it is parked rather than only
-//! removed). Every change is made with `If-Match` on what it was based on;
-//! a 412 means someone changed that meanwhile (another host of the same
-//! batch, an operator), so the move starts over from a fresh read.
+//! Taking one upstream out of the managed handler and putting it back, on
+//! one Caddy (see `api` for the tracking server). Every change is made with
+//! `If-Match` on what it was based on; a 412 means someone changed that
+//! meanwhile (another host of the same batch, an operator), so the step
+//! starts over from a fresh read.
 //!
-//! The order keeps the upstream in the pool all along and never loses it:
-//! taking out parks it first and then removes it from the handler; putting
-//! back adds it to the handler first and then unparks it. Interrupted
-//! between the two, it is listed twice, which serves traffic as before.
+//! Taking out makes sure the tracking server lists the upstream first, so
+//! Caddy keeps counting its requests once the handler no longer lists it.
+//! Interrupted between the two, the upstream is in both lists, and serves
+//! as before.
 
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::admin::{self, Balancer};
-use super::api::{self, Changed, Handler, Park};
+use super::api::{self, Changed, Handler, Tracked};
 use super::http::{Request, Response};
 use crate::lb::Remote;
 
-/// How many conflicting changes a move sits out before it gives up.
+/// How many conflicting changes a step sits out before it gives up.
 const MAX_CONFLICTS: u32 = 20;
 
 /// How long an admin request that could not be carried waits before the
@@ -29,13 +29,14 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// What a take-out found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TookOut {
-    /// Moved from the handler to the parking server.
-    Moved,
-    /// Already parked (an earlier drain that was cut short).
+    /// Removed from the handler.
+    Removed,
+    /// Not in the handler, but tracked: out already (an earlier drain that
+    /// was not followed by an enable).
     WasOut,
 }
 
-/// One Caddy, one route: reads and moves, each request retried while it
+/// One Caddy, one route: reads and changes, each request retried while it
 /// cannot be carried, until `deadline`.
 pub struct Mover<'a> {
     pub remote: &'a dyn Remote,
@@ -50,10 +51,10 @@ impl Mover<'_> {
         Handler::parse(self.route_id, &answer).map_err(|e| format!("caddy {}: {e}", self.balancer))
     }
 
-    pub async fn park(&self) -> Result<Park, String> {
-        let request = api::read_park(self.route_id);
+    pub async fn tracked(&self) -> Result<Tracked, String> {
+        let request = api::read_tracked(self.route_id);
         let answer = self.call(&request).await?;
-        Park::parse(self.route_id, &answer)
+        Tracked::parse(self.route_id, &answer)
             .map_err(|e| format!("caddy {}: `{request}`: {e}", self.balancer))
     }
 
@@ -63,12 +64,12 @@ impl Mover<'_> {
         api::parse_pool(&answer).map_err(|e| format!("caddy {}: `{request}`: {e}", self.balancer))
     }
 
-    /// Parks `dial`'s upstream, then removes it from the handler.
+    /// Tracks `dial`'s upstream, then removes it from the handler.
     pub async fn take_out(&self, dial: &str) -> Result<TookOut, String> {
         for _ in 0..MAX_CONFLICTS {
             let handler = self.handler().await?;
             let Some(index) = handler.position(dial) else {
-                if self.park().await?.position(dial).is_some() {
+                if self.tracked().await?.position(dial).is_some() {
                     return Ok(TookOut::WasOut);
                 }
                 return Err(format!(
@@ -78,23 +79,28 @@ impl Mover<'_> {
                     handler.dials()
                 ));
             };
-            self.ensure_parked(&handler.upstreams[index]).await?;
+            self.ensure_tracked(&handler.upstreams[index]).await?;
             let request = api::remove_upstream(self.route_id, index, &handler.etag);
             if self.change(&request).await? == Changed::Done {
-                return Ok(TookOut::Moved);
+                return Ok(TookOut::Removed);
             }
         }
         Err(self.gave_up(dial))
     }
 
-    async fn ensure_parked(&self, upstream: &Value) -> Result<(), String> {
+    /// Lists `upstream` in the tracking server, as the handler has it: no
+    /// change at all when it is there already.
+    async fn ensure_tracked(&self, upstream: &Value) -> Result<(), String> {
         let dial = api::dial(upstream).unwrap_or_default();
         for _ in 0..MAX_CONFLICTS {
-            let park = self.park().await?;
-            let request = match &park.upstreams {
-                None => api::create_park(self.route_id, upstream, &park.etag),
-                Some(_) if park.position(dial).is_some() => return Ok(()),
-                Some(_) => api::park(self.route_id, upstream, &park.etag),
+            let tracked = self.tracked().await?;
+            let request = match (&tracked.upstreams, tracked.position(dial)) {
+                (None, _) => api::create_tracked(self.route_id, upstream, &tracked.etag),
+                (Some(_), None) => api::track(self.route_id, upstream, &tracked.etag),
+                (Some(_), Some(_)) if tracked.find(dial) == Some(upstream) => return Ok(()),
+                (Some(_), Some(index)) => {
+                    api::retrack(self.route_id, index, upstream, &tracked.etag)
+                }
             };
             if self.change(&request).await? == Changed::Done {
                 return Ok(());
@@ -103,43 +109,23 @@ impl Mover<'_> {
         Err(self.gave_up(dial))
     }
 
-    /// Adds `dial`'s upstream back to the handler (as it was parked, or
-    /// `{"dial": ...}` if it is not parked), unless it is there. Returns
-    /// the handler's passive `max_fails`.
+    /// Adds `dial`'s upstream back to the handler (as it was tracked, or
+    /// `{"dial": ...}` if it is not), unless it is there. Returns the
+    /// handler's passive `max_fails`.
     pub async fn put_back(&self, dial: &str) -> Result<Option<u64>, String> {
         for _ in 0..MAX_CONFLICTS {
             let handler = self.handler().await?;
             if handler.position(dial).is_some() {
                 return Ok(handler.max_fails);
             }
-            let park = self.park().await?;
-            let upstream = park
+            let tracked = self.tracked().await?;
+            let upstream = tracked
                 .find(dial)
                 .cloned()
                 .unwrap_or_else(|| json!({ "dial": dial }));
             let request = api::add_upstream(self.route_id, &upstream, &handler.etag);
             if self.change(&request).await? == Changed::Done {
                 return Ok(handler.max_fails);
-            }
-        }
-        Err(self.gave_up(dial))
-    }
-
-    /// Removes `dial` from the parking server, and the server with its
-    /// last upstream.
-    pub async fn unpark(&self, dial: &str) -> Result<(), String> {
-        for _ in 0..MAX_CONFLICTS {
-            let park = self.park().await?;
-            let Some(index) = park.position(dial) else {
-                return Ok(());
-            };
-            let request = if park.len() == 1 {
-                api::delete_park(self.route_id, &park.etag)
-            } else {
-                api::unpark(self.route_id, index, &park.etag)
-            };
-            if self.change(&request).await? == Changed::Done {
-                return Ok(());
             }
         }
         Err(self.gave_up(dial))
@@ -160,7 +146,7 @@ impl Mover<'_> {
     /// One request, tried again while it cannot be carried (a refused
     /// connection, a dropped relay) until the deadline. With `If-Match`,
     /// a change that was made although its answer was lost comes back
-    /// as a conflict, and the move reads again: no change is made twice.
+    /// as a conflict, and the step reads again: no change is made twice.
     async fn call(&self, request: &Request) -> Result<Response, String> {
         let mut tries = 0u32;
         loop {
@@ -184,7 +170,7 @@ impl Mover<'_> {
 
     fn gave_up(&self, dial: &str) -> String {
         format!(
-            "caddy {}: gave up moving {dial} after {MAX_CONFLICTS} conflicting changes to its config (412 Precondition Failed each time); is something else changing it in a loop?",
+            "caddy {}: gave up changing {dial} after {MAX_CONFLICTS} conflicting changes to its config (412 Precondition Failed each time); is something else changing it in a loop?",
             self.balancer
         )
     }

@@ -20,7 +20,7 @@ pub struct Request {
     /// An ETag from an earlier read: the change happens only if the config
     /// at the ETag's path is still what was read.
     pub if_match: Option<String>,
-    /// A JSON body (POST).
+    /// A JSON body (POST, PATCH).
     pub body: Option<String>,
 }
 
@@ -28,6 +28,7 @@ pub struct Request {
 pub enum Method {
     Get,
     Post,
+    Patch,
     Delete,
 }
 
@@ -36,6 +37,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
     }

@@ -2,23 +2,24 @@
 //! `reverse_proxy` handler (found by its `"@id"`) through Caddy's admin
 //! API, on every Caddy of the stage at once (`via` or `admin` a list).
 //!
-//! - A drain moves the host's upstream out of the handler into shipit's
-//!   parking server (see `api` for why parked), then polls
+//! - A drain removes the host's upstream from the handler (after making
+//!   sure shipit's tracking server lists it, see `api` for why), then polls
 //!   `GET /reverse_proxy/upstreams` until Caddy counts no request in flight
-//!   to it on two polls in a row, or `drain_timeout` passes (a warning, or
+//!   to it on two polls 100 ms apart, or `drain_timeout` passes (a warning, or
 //!   a failure with `drain_timeout_action = "fail"`).
-//! - An enable moves it back into the handler, then waits until Caddy's
-//!   upstream pool lists it and, if the handler has passive health checks,
-//!   counts fewer failures for it than `max_fails`. Caddy 2.6 sends a newly
-//!   listed upstream requests at once (until an active check fails), and
-//!   its admin API does not report active health checks: shipit's own
-//!   `[health]` check just before the enable is what proves the host up.
-//! - The preflight reads the handler and the parking server: a host whose
-//!   upstream is in neither is unknown to Caddy (a problem); a parked one
-//!   is out of service.
+//! - An enable adds it back, as the tracking server kept it, then waits
+//!   until Caddy's upstream pool lists it and, if the handler has passive
+//!   health checks, counts fewer failures for it than `max_fails`. Caddy
+//!   2.6 sends a newly listed upstream requests at once (until an active
+//!   check fails), and its admin API does not report active health checks:
+//!   shipit's own `[health]` check just before the enable is what proves
+//!   the host up.
+//! - The preflight reads the handler and the tracking server: a host whose
+//!   upstream is in neither is unknown to Caddy (a problem); one that is
+//!   only tracked is out of service.
 //!
 //! `http` writes and reads the bytes, `admin` carries them, `api` knows
-//! the paths and the JSON, `edit` moves an upstream with `If-Match` and
+//! the paths and the JSON, `edit` makes the changes with `If-Match` and
 //! retries on conflict, `config` reads the `[lb]` keys.
 
 mod admin;
@@ -52,10 +53,10 @@ pub const SPEC: DriverSpec = DriverSpec {
 /// How often Caddy is asked about an upstream while shipit waits.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How many polls in a row must count 0 requests before a drain is done:
-/// one change can leave a request entering the previous config generation
-/// for a moment after Caddy answered it.
-const IDLE_POLLS: u32 = 2;
+/// A drain is done when Caddy counts 0 requests twice, this far apart: a
+/// request can still be entering the previous config generation for a
+/// moment after Caddy answered the change.
+const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Caddy {
@@ -93,7 +94,8 @@ impl Caddy {
     }
 
     /// Each member's state on one Caddy; `Err` if it cannot be read.
-    /// Members in neither list come back in `missing`.
+    /// Members in neither the handler nor the tracking server come back in
+    /// `missing`.
     async fn found(
         &self,
         ctx: &LbCtx<'_>,
@@ -101,8 +103,8 @@ impl Caddy {
         members: &[Member],
     ) -> Result<Found, String> {
         let mover = self.mover(ctx, b, Instant::now() + admin::ANSWER_TIMEOUT);
-        let (handler, park) = tokio::join!(mover.handler(), mover.park());
-        let (handler, park) = (handler?, park?);
+        let (handler, tracked) = tokio::join!(mover.handler(), mover.tracked());
+        let (handler, tracked) = (handler?, tracked?);
         let mut found = Found {
             states: BTreeMap::new(),
             missing: Vec::new(),
@@ -112,7 +114,7 @@ impl Caddy {
             let state = if handler.position(&member.server).is_some() {
                 ServiceState::InService
             } else {
-                if park.position(&member.server).is_none() {
+                if tracked.position(&member.server).is_none() {
                     found.missing.push(member.server.clone());
                 }
                 ServiceState::Maintenance
@@ -126,7 +128,7 @@ impl Caddy {
 /// What one Caddy says about the members.
 struct Found {
     states: BTreeMap<String, ServiceState>,
-    /// Servers in neither the handler nor the parking server.
+    /// Servers in neither the handler nor the tracking server.
     missing: Vec<String>,
     /// The handler's upstreams, for messages.
     has: String,
@@ -180,18 +182,16 @@ impl Driver for Caddy {
     fn describe(&self, op: LbOp, member: &Member) -> String {
         let list = self.balancer_list();
         let (id, dial) = (&self.route_id, &member.server);
-        let park = api::park_server(id);
+        let tracked = api::tracking_server(id);
         match op {
             LbOp::Drain => format!(
-                "caddy {list}: move upstream {dial} from @id {id} to server {park} \
-                 (GET /id/{id}; POST …/servers/{park}…; DELETE /id/{id}/upstreams/N; each with If-Match); \
+                "caddy {list}: DELETE /id/{id}/upstreams/N ({dial}; If-Match, after making sure server {tracked} lists it); \
                  wait until /reverse_proxy/upstreams counts 0 requests to it (≤{}, then {})",
                 human(self.drain_timeout),
                 self.drain_timeout_action.as_str()
             ),
             LbOp::Enable => format!(
-                "caddy {list}: move upstream {dial} back into @id {id} \
-                 (GET /id/{id}; POST /id/{id}/upstreams; DELETE …/servers/{park}…; each with If-Match); \
+                "caddy {list}: POST /id/{id}/upstreams ({dial} as {tracked} lists it; If-Match); \
                  wait until Caddy's pool lists it, with fewer failures than max_fails if counted (≤{})",
                 human(self.enable_timeout)
             ),
@@ -263,23 +263,15 @@ impl Driver for Caddy {
                 .map(|b| self.enable_one(ctx, member, b)),
         )
         .await;
-        let mut done = Done::ok();
-        let mut errors = Vec::new();
-        for result in results {
-            match result {
-                Ok(Some(warning)) => done.warnings.push(warning),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
-        }
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() {
-            Ok(done)
+            Ok(Done::ok())
         } else {
             Err(LbError::failed(errors.join("\n")))
         }
     }
 
-    /// Reached, and the server found: in the handler, or parked.
+    /// Reached, and the server found: in the handler, or out and tracked.
     async fn check(&self, ctx: &LbCtx<'_>, member: &Member) -> Verdict {
         let found = self.preflight(ctx, std::slice::from_ref(member)).await;
         if let Some(problem) = found.problems.into_iter().next() {
@@ -291,8 +283,8 @@ impl Driver for Caddy {
                 Verdict::ok(format!("caddy {list}: @id {id} lists {dial}"))
             }
             _ => Verdict::ok_noted(format!(
-                "caddy {list}: {dial} is out of @id {id}, parked in server {} (taken out by a drain, not put back)",
-                api::park_server(id)
+                "caddy {list}: {dial} is out of @id {id} (tracked in server {}: taken out, not put back)",
+                api::tracking_server(id)
             )),
         }
     }
@@ -330,9 +322,9 @@ impl Caddy {
         let deadline = Instant::now() + self.drain_timeout;
         let mover = self.mover(ctx, b, deadline);
         if mover.take_out(dial).await? == TookOut::WasOut {
-            tracing::debug!("caddy {b}: {dial} was parked already");
+            tracing::debug!("caddy {b}: {dial} was out already");
         }
-        let mut idle = 0;
+        let mut idle = false;
         loop {
             let in_flight = mover
                 .pool()
@@ -340,15 +332,19 @@ impl Caddy {
                 .into_iter()
                 .find(|e| e.address == *dial)
                 .map(|e| e.num_requests);
-            idle = if in_flight == Some(0) { idle + 1 } else { 0 };
-            if idle >= IDLE_POLLS {
-                return Ok(None);
+            if in_flight == Some(0) {
+                if idle {
+                    return Ok(None);
+                }
+                idle = true;
+            } else {
+                idle = false;
             }
             let left = match in_flight {
                 Some(n) => format!("{n} request(s) in flight"),
                 None => format!(
                     "no count of requests in flight (Caddy's pool does not list it: was server {} deleted?)",
-                    api::park_server(&self.route_id)
+                    api::tracking_server(&self.route_id)
                 ),
             };
             if ctx.cancel.is_cancelled() {
@@ -368,29 +364,25 @@ impl Caddy {
                     OnTimeout::Fail => Err(format!("{left} (lb.drain_timeout_action = \"fail\")")),
                 };
             }
+            let pause = if idle { SETTLE } else { POLL_INTERVAL };
             tokio::select! {
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = tokio::time::sleep(pause) => {}
                 () = ctx.cancel.cancelled() => {}
             }
         }
     }
 
-    /// Move back, then wait until Caddy's pool takes it, on one Caddy. Ok
-    /// with a warning if the parked copy could not be removed (harmless:
-    /// the handler lists the host, so it serves).
+    /// Put back, then wait until Caddy's pool takes it, on one Caddy.
     async fn enable_one(
         &self,
         ctx: &LbCtx<'_>,
         member: &Member,
         b: &Balancer,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<(), String> {
         let dial = &member.server;
         let deadline = Instant::now() + self.enable_timeout;
         let mover = self.mover(ctx, b, deadline);
         let max_fails = mover.put_back(dial).await?;
-        let warning = mover.unpark(dial).await.err().map(|e| {
-            format!("{e}; {dial} serves again all the same (a stale parked copy does no harm)")
-        });
         loop {
             let entry = mover.pool().await?.into_iter().find(|e| e.address == *dial);
             let why_not = match (&entry, max_fails) {
@@ -399,7 +391,7 @@ impl Caddy {
                     "has {} failed request(s) counted by the passive health check (max_fails {max}): Caddy sends it nothing until they expire",
                     e.fails
                 ),
-                (Some(_), _) => return Ok(warning),
+                (Some(_), _) => return Ok(()),
             };
             if Instant::now() >= deadline {
                 return Err(format!(

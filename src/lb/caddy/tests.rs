@@ -42,14 +42,12 @@ fn action(extra: &str, op: LbOp, host: usize) -> LbAction {
 fn actions_read_as_what_they_do() {
     assert_eq!(
         action(LOCAL, LbOp::Drain, 0).to_string(),
-        "caddy local:localhost:2019: move upstream 10.0.0.11:8080 from @id shop to server shipit_drained_shop \
-         (GET /id/shop; POST …/servers/shipit_drained_shop…; DELETE /id/shop/upstreams/N; each with If-Match); \
-         wait until /reverse_proxy/upstreams counts 0 requests to it (≤30s, then warn)"
+        "caddy local:localhost:2019: DELETE /id/shop/upstreams/N (10.0.0.11:8080; If-Match, after making sure \
+         server shipit_tracked_shop lists it); wait until /reverse_proxy/upstreams counts 0 requests to it (≤30s, then warn)"
     );
     assert_eq!(
         action(LOCAL, LbOp::Enable, 0).to_string(),
-        "caddy local:localhost:2019: move upstream 10.0.0.11:8080 back into @id shop \
-         (GET /id/shop; POST /id/shop/upstreams; DELETE …/servers/shipit_drained_shop…; each with If-Match); \
+        "caddy local:localhost:2019: POST /id/shop/upstreams (10.0.0.11:8080 as shipit_tracked_shop lists it; If-Match); \
          wait until Caddy's pool lists it, with fewer failures than max_fails if counted (≤20s)"
     );
     let pair = "[lb]\ndriver = \"caddy\"\nroute_id = \"shop\"\nserver = \"{address}:8080\"\nvia = [\"web2\", \"ops@lb2:2222\"]";
@@ -215,9 +213,17 @@ impl FakeCaddy {
         dials(&self.at("/apps/http/servers/www/routes/0/handle/0/upstreams"))
     }
 
-    fn parked(&self) -> Option<Vec<String>> {
-        let park = self.at("/apps/http/servers/shipit_drained_shop");
-        (!park.is_null()).then(|| dials(&park["routes"][0]["handle"][0]["upstreams"]))
+    fn tracked(&self) -> Option<Vec<String>> {
+        let server = self.at("/apps/http/servers/shipit_tracked_shop");
+        (!server.is_null()).then(|| dials(&server["routes"][0]["handle"][0]["upstreams"]))
+    }
+
+    /// Config changes so far (each one a reload of Caddy).
+    fn changes(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| !l.starts_with("GET") && l.ends_with(" 200"))
+            .count()
     }
 
     fn log(&self) -> Vec<String> {
@@ -369,6 +375,14 @@ impl State {
                 }
                 (200, String::new(), None)
             }
+            "PATCH" => {
+                let value: Value = serde_json::from_slice(body).unwrap();
+                match self.config.pointer_mut(&pointer) {
+                    Some(slot) => *slot = value,
+                    None => return (400, "{\"error\":\"no such path\"}".into(), None),
+                }
+                (200, String::new(), None)
+            }
             "DELETE" => {
                 match self.config.pointer_mut(parent) {
                     Some(Value::Array(list)) => {
@@ -459,7 +473,7 @@ fn ctx<'a>(remote: &'a FakeCaddy, cancel: &'a CancellationToken) -> LbCtx<'a> {
 }
 
 #[tokio::test]
-async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
+async fn a_drain_removes_the_upstream_and_waits_for_its_requests() {
     let caddy = FakeCaddy::three();
     caddy
         .state
@@ -475,7 +489,7 @@ async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
         .await;
     assert_eq!(done, Ok(Done::ok()));
     assert_eq!(caddy.route(), ["10.0.0.11:8080", "10.0.0.13:8080"]);
-    assert_eq!(caddy.parked(), Some(vec!["10.0.0.12:8080".to_string()]));
+    assert_eq!(caddy.tracked(), Some(vec!["10.0.0.12:8080".to_string()]));
     assert_eq!(
         caddy.count("GET /reverse_proxy/upstreams"),
         4,
@@ -486,13 +500,13 @@ async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
         caddy.log()[..4],
         [
             "GET /id/shop 200",
-            "GET /config/apps/http/servers/shipit_drained_shop 200",
-            "POST /config/apps/http/servers/shipit_drained_shop 200",
+            "GET /config/apps/http/servers/shipit_tracked_shop 200",
+            "POST /config/apps/http/servers/shipit_tracked_shop 200",
             "DELETE /id/shop/upstreams/1 200",
         ]
     );
 
-    // Preflight now: parked = out of service.
+    // Preflight now: out of the handler, tracked = out of service.
     let stage = stage(3, &via(""));
     let members = crate::execute::lb::members(&stage, &stage.hosts, None);
     let found = drain.driver.preflight(&ctx(&caddy, &never), &members).await;
@@ -500,8 +514,7 @@ async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
     assert_eq!(found.states["web1"], ServiceState::InService);
     assert_eq!(found.states["web2"], ServiceState::Maintenance);
 
-    // The enable puts it back as it was (max_requests kept), and removes
-    // the parking server with its last upstream.
+    // The enable puts it back as it was (max_requests kept): one change.
     let enable = action(&via(""), LbOp::Enable, 1);
     let done = enable
         .driver
@@ -516,8 +529,9 @@ async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
         caddy.at("/apps/http/servers/www/routes/0/handle/0/upstreams/2"),
         json!({"dial": "10.0.0.12:8080", "max_requests": 100})
     );
-    assert_eq!(caddy.parked(), None);
-    // Both again: nothing to do but check.
+    assert_eq!(caddy.tracked(), Some(vec!["10.0.0.12:8080".to_string()]));
+    assert_eq!(caddy.changes(), 3);
+    // Again: nothing to do but check.
     assert_eq!(
         enable
             .driver
@@ -525,7 +539,51 @@ async fn a_drain_parks_the_upstream_and_waits_for_its_requests() {
             .await,
         Ok(Done::ok())
     );
-    assert_eq!(caddy.count("POST"), 2);
+    assert_eq!(caddy.changes(), 3);
+    // The next drain of the same host is one change: it is tracked.
+    caddy
+        .state
+        .lock()
+        .unwrap()
+        .in_flight
+        .insert("10.0.0.12:8080".into(), VecDeque::from([0]));
+    let done = drain
+        .driver
+        .drain(&ctx(&caddy, &never), &drain.member)
+        .await;
+    assert_eq!(done, Ok(Done::ok()));
+    assert_eq!(caddy.changes(), 4);
+    assert_eq!(caddy.route(), ["10.0.0.11:8080", "10.0.0.13:8080"]);
+}
+
+#[tokio::test]
+async fn a_changed_upstream_is_tracked_as_it_is_now() {
+    let caddy = FakeCaddy::three();
+    let never = CancellationToken::new();
+    let (drain, enable) = (
+        action(&via(""), LbOp::Drain, 1),
+        action(&via(""), LbOp::Enable, 1),
+    );
+    let ctx = ctx(&caddy, &never);
+    drain.driver.drain(&ctx, &drain.member).await.unwrap();
+    enable.driver.enable(&ctx, &enable.member).await.unwrap();
+    // Someone raises max_requests in the handler; the next drain keeps it.
+    caddy.state.lock().unwrap().config["apps"]["http"]["servers"]["www"]["routes"][0]["handle"]
+        [0]["upstreams"][2] = json!({"dial": "10.0.0.12:8080", "max_requests": 500});
+    drain.driver.drain(&ctx, &drain.member).await.unwrap();
+    assert!(
+        caddy.log().contains(
+            &"PATCH /config/apps/http/servers/shipit_tracked_shop/routes/0/handle/0/upstreams/0 200"
+                .to_string()
+        ),
+        "{:#?}",
+        caddy.log()
+    );
+    enable.driver.enable(&ctx, &enable.member).await.unwrap();
+    assert_eq!(
+        caddy.at("/apps/http/servers/www/routes/0/handle/0/upstreams/2"),
+        json!({"dial": "10.0.0.12:8080", "max_requests": 500})
+    );
 }
 
 #[tokio::test]
@@ -543,9 +601,9 @@ async fn two_drains_at_once_keep_both_edits() {
     );
     assert_eq!((ra, rb), (Ok(Done::ok()), Ok(Done::ok())));
     assert_eq!(caddy.route(), ["10.0.0.12:8080"]);
-    let mut parked = caddy.parked().unwrap();
-    parked.sort();
-    assert_eq!(parked, ["10.0.0.11:8080", "10.0.0.13:8080"]);
+    let mut tracked = caddy.tracked().unwrap();
+    tracked.sort();
+    assert_eq!(tracked, ["10.0.0.11:8080", "10.0.0.13:8080"]);
     assert!(
         caddy.count(" 412") > 0,
         "the drains should have met: {:#?}",
@@ -567,7 +625,6 @@ async fn two_drains_at_once_keep_both_edits() {
         route,
         ["10.0.0.11:8080", "10.0.0.12:8080", "10.0.0.13:8080"]
     );
-    assert_eq!(caddy.parked(), None);
 }
 
 #[tokio::test]
@@ -593,7 +650,7 @@ async fn another_writer_between_read_and_delete_moves_the_right_upstream() {
         caddy.route(),
         ["10.0.0.99:8080", "10.0.0.11:8080", "10.0.0.13:8080"]
     );
-    assert_eq!(caddy.parked(), Some(vec!["10.0.0.12:8080".to_string()]));
+    assert_eq!(caddy.tracked(), Some(vec!["10.0.0.12:8080".to_string()]));
     assert!(
         caddy
             .log()
@@ -616,13 +673,13 @@ async fn a_change_whose_answer_was_lost_is_not_made_twice() {
             .await,
         Ok(Done::ok())
     );
-    assert_eq!(caddy.parked(), Some(vec!["10.0.0.11:8080".to_string()]));
+    assert_eq!(caddy.tracked(), Some(vec!["10.0.0.11:8080".to_string()]));
     assert_eq!(caddy.route(), ["10.0.0.12:8080", "10.0.0.13:8080"]);
-    // The park was made, its answer lost, sent again: 412, then re-read.
+    // Tracking was set up, its answer lost, sent again: 412, then re-read.
     assert!(
         caddy
             .log()
-            .contains(&"POST /config/apps/http/servers/shipit_drained_shop 412".to_string()),
+            .contains(&"POST /config/apps/http/servers/shipit_tracked_shop 412".to_string()),
         "{:#?}",
         caddy.log()
     );
@@ -744,7 +801,7 @@ async fn preflight_problems_name_what_is_missing() {
     assert_eq!(
         driver.check(&ctx(&caddy, &never), &members[1]).await,
         Verdict::ok_noted(
-            "caddy web3:localhost:2019: 10.0.0.12:8080 is out of @id shop, parked in server shipit_drained_shop (taken out by a drain, not put back)"
+            "caddy web3:localhost:2019: 10.0.0.12:8080 is out of @id shop (tracked in server shipit_tracked_shop: taken out, not put back)"
         )
     );
 }
