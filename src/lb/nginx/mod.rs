@@ -97,7 +97,7 @@ impl Nginx {
             .join(", ")
     }
 
-    /// `nginx lb1: /etc/nginx/upstreams/shop.conf` in messages.
+    /// `nginx lb1:/etc/nginx/upstreams/shop.conf` in messages.
     fn at(&self, via: &Via) -> String {
         format!("nginx {via}:{}", self.upstream_file)
     }
@@ -184,7 +184,13 @@ impl Driver for Nginx {
                 &self.nginx_words,
             );
             let out = self
-                .run(ctx, via, &cmd, script::time_limit(Duration::ZERO), false)
+                .run(
+                    ctx,
+                    via,
+                    &cmd,
+                    (script::time_limit(Duration::ZERO), Duration::ZERO),
+                    false,
+                )
                 .await;
             (via, out.and_then(|out| self.checked(via, &out)))
         }))
@@ -289,7 +295,13 @@ impl Driver for Nginx {
                 &self.nginx_words,
             );
             let out = self
-                .run(ctx, via, &cmd, script::time_limit(Duration::ZERO), false)
+                .run(
+                    ctx,
+                    via,
+                    &cmd,
+                    (script::time_limit(Duration::ZERO), Duration::ZERO),
+                    false,
+                )
                 .await?;
             let answer = self.answer(via, &out)?;
             let listed = upstream::parse(answer.file.as_deref().unwrap_or_default())
@@ -366,7 +378,13 @@ impl Nginx {
             &self.nginx_words,
         );
         let out = self
-            .run(ctx, via, &cmd, script::time_limit(self.drain_timeout), true)
+            .run(
+                ctx,
+                via,
+                &cmd,
+                (script::time_limit(self.drain_timeout), self.drain_timeout),
+                true,
+            )
             .await?;
         let answer = self.answer(via, &out)?;
         if answer.has("drained") {
@@ -419,7 +437,7 @@ impl Nginx {
                 ctx,
                 via,
                 &cmd,
-                script::time_limit(self.enable_timeout),
+                (script::time_limit(self.enable_timeout), self.enable_timeout),
                 false,
             )
             .await?;
@@ -489,19 +507,20 @@ impl Nginx {
         ))
     }
 
-    /// Runs the script on `via`. A connection that failed is tried again
-    /// (every operation can be repeated) until `limit`. With `cancellable`,
-    /// a cancel stops the wait once the edit is done and nginx reloaded
-    /// (never halfway through the edit).
+    /// Runs the script on `via`, for at most `limit`. A connection that
+    /// failed is tried again (every operation can be repeated) for
+    /// `retry_for`. With `cancellable`, a cancel stops the wait once the
+    /// edit is done and nginx reloaded (never halfway through the edit).
     async fn run(
         &self,
         ctx: &LbCtx<'_>,
         via: &Via,
         cmd: &crate::shell::Cmd,
-        limit: Duration,
+        (limit, retry_for): (Duration, Duration),
         cancellable: bool,
     ) -> Result<Output, String> {
-        let deadline = Instant::now() + limit;
+        let start = Instant::now();
+        let (deadline, retry_until) = (start + limit, start + retry_for);
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -530,7 +549,7 @@ impl Nginx {
                 Err(e @ TransportError::Timeout { .. }) => {
                     return Err(format!("{}: {e}", self.at(via)));
                 }
-                Err(e) if Instant::now() + RETRY_INTERVAL >= deadline => {
+                Err(e) if Instant::now() + RETRY_INTERVAL >= retry_until => {
                     return Err(format!(
                         "{}: {e}{}",
                         self.at(via),

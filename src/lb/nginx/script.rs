@@ -3,7 +3,7 @@
 //! arguments (values are never pasted into it), run with `sh -c` on the
 //! nginx host, over SSH or locally: one round trip per drain or enable.
 //!
-//! `shipit:nginx-upstream OP FILE SERVER WAIT_MS RELOAD_MS PROBE AT PORT NGINX...`
+//! `shipit:nginx-upstream OP FILE SERVER WAIT_MS RELOAD_MS LOCK_S PROBE AT PORT NGINX...`
 //!
 //! - `read`: the file (under a shared lock).
 //! - `check`: also whether nginx loads the file (`nginx -T` names every
@@ -45,8 +45,8 @@ pub const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 pub const SCRIPT: &str = r#"set -u
 trap '' HUP PIPE
-op=$1 file=$2 server=$3 wait_ms=$4 reload_ms=$5 probe=$6 probe_at=$7 probe_port=$8
-shift 8
+op=$1 file=$2 server=$3 wait_ms=$4 reload_ms=$5 lock_s=$6 probe=$7 probe_at=$8 probe_port=$9
+shift 9
 fail() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
 here() { uname -n 2>/dev/null || echo "the nginx host"; }
 now_ms() { read -r up _ </proc/uptime; s=${up%.*} c=${up#*.}; echo $((s * 1000 + ${c#0} * 10)); }
@@ -90,15 +90,21 @@ find_master() {
 }
 
 # The master's worker processes now, those shutting down after an earlier
-# reload included (they still hold requests).
+# reload included (they still hold requests): its children as the kernel
+# lists them, else every process whose parent it is.
 list_workers() {
-  found=
-  for d in /proc/[0-9]*; do
-    { read -r st <"$d/stat"; } 2>/dev/null || continue
-    r=${st##*\) } && r=${r#* }
-    [ "${r%% *}" = "$master" ] || continue
-    grep -qa '^nginx: worker process' "$d/cmdline" 2>/dev/null || continue
-    found="$found ${d#/proc/}"
+  found= kids=
+  if [ -r "/proc/$master/task/$master/children" ]; then
+    { read -r kids || :; } <"/proc/$master/task/$master/children"
+  else
+    for d in /proc/[0-9]*; do
+      { read -r st <"$d/stat"; } 2>/dev/null || continue
+      r=${st##*\) } && r=${r#* }
+      [ "${r%% *}" = "$master" ] && kids="$kids ${d#/proc/}"
+    done
+  fi
+  for p in $kids; do
+    grep -qa '^nginx: worker process' "/proc/$p/cmdline" 2>/dev/null && found="$found $p"
   done
   echo "${found# }"
 }
@@ -130,7 +136,7 @@ wait_workers() {
     left=${left# }
     [ -z "$left" ] && return 0
     [ "$(now_ms)" -lt "$deadline" ] || return 1
-    sleep 0.1
+    sleep 0.05
   done
 }
 
@@ -180,7 +186,7 @@ if [ "$op" = read ] || [ "$op" = check ]; then
     fi
   fi
   exec 9<"$file"
-  flock -s -w 60 9 || fail 8 "another change to $file on $(here) held its lock for 60s"
+  flock -s -w "$lock_s" 9 || fail 8 "another change to $file on $(here) held its lock for ${lock_s}s"
   printf -- '--- upstream file\n'
   cat "$file"
   exit 0
@@ -188,7 +194,7 @@ fi
 
 [ -w "$file" ] || fail 3 "$file on $(here) is not writable by $(id -un); shipit edits it (give that user write access to the file)"
 start=$(now_ms)
-if [ "$op" = up ]; then
+if [ "$op" = up ] && [ "$probe" != none ]; then
   deadline=$((start + wait_ms))
   until probe_once; do
     if [ $? -eq 9 ]; then printf 'probe\tskipped\tneither bash nor nc is installed on %s\n' "$(here)"; break; fi
@@ -200,7 +206,7 @@ fi
 tmp=$(mktemp) && bak=$(mktemp) && err=$(mktemp) || fail 2 "cannot create temporary files on $(here)"
 trap 'rm -f "$tmp" "$bak" "$err"' EXIT
 exec 9<"$file"
-flock -w 60 9 || fail 8 "another change to $file on $(here) held its lock for 60s"
+flock -w "$lock_s" 9 || fail 8 "another change to $file on $(here) held its lock for ${lock_s}s"
 cat "$file" >"$bak" || fail 3 "cannot read $file on $(here)"
 want=$op server=$server awk '
   BEGIN { want = ENVIRON["want"]; server = ENVIRON["server"]; n = 0 }
@@ -305,6 +311,7 @@ pub fn command(
         server.to_string(),
         wait.as_millis().to_string(),
         RELOAD_WAIT.as_millis().to_string(),
+        LOCK_WAIT.as_secs().to_string(),
         kind,
         at,
         port,
