@@ -381,11 +381,17 @@ fn nginx_drain_that_times_out_fails_or_warns() {
     let slow = |fleet: &Fleet| {
         let url = format!("{}/slow?seconds=5", fleet.lb_url());
         let request = std::thread::spawn(move || load::get(&url, Duration::from_secs(20)));
+        // Connections to the fleet's apps from nginx's network namespace
+        // (shared with other fleets when nginx runs locally: hence `dst`).
+        let to_apps = format!(
+            "ss -Htn state established '( dport = :8080 and dst {} )'",
+            fleet.env("FLEET_SUBNET").expect("the fleet's subnet")
+        );
         wait_for(
             Duration::from_secs(10),
             "nginx to hold the slow request",
             || {
-                let out = fleet.lb_exec("ss -Htn state established '( dport = :8080 )'");
+                let out = fleet.lb_exec(&to_apps);
                 String::from_utf8_lossy(&out.stdout).lines().count() == 1
             },
         );
