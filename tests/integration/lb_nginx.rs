@@ -9,9 +9,9 @@
 //! The load opens a connection per request. Every nginx reload (two per
 //! host: drain and enable) closes the idle kept-alive client connections
 //! of the old workers, and a request a client sends on one at that very
-//! instant fails whatever the driver does (1 request in 18 reloads under
+//! instant fails whatever the driver does (1 request in 72 reloads under
 //! 8 kept-alive connections when measured; clients that retry a request
-//! on a reused connection, as browsers, curl and Go do, never see it).
+//! on a reused connection, as browsers, curl and Go do, do not see it).
 //! That is nginx's, apart from the driver's work; docs/load-balancers.md
 //! says so.
 //!

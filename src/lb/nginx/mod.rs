@@ -397,7 +397,13 @@ impl Nginx {
             );
             return Ok(None);
         }
-        let pids = answer.nth("left", 1).unwrap_or_default();
+        let Some(pids) = answer.nth("left", 1) else {
+            return Err(format!(
+                "{}: the edit script gave an unexpected answer: {:?}",
+                self.at(via),
+                out.stdout_text().trim()
+            ));
+        };
         let count = pids.split_whitespace().count();
         let left = format!(
             "{}: {} nginx worker(s) from before the reload (pid {pids}) still running after {}, \
@@ -442,6 +448,13 @@ impl Nginx {
             )
             .await?;
         let answer = self.answer(via, &out)?;
+        if !answer.has("reloaded") {
+            return Err(format!(
+                "{}: the edit script gave an unexpected answer: {:?}",
+                self.at(via),
+                out.stdout_text().trim()
+            ));
+        }
         Ok(answer.has("probe").then(|| {
             format!(
                 "{}: {} put back without checking that it accepts connections from there ({})",
