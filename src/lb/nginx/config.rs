@@ -64,7 +64,7 @@ fn nginx_command(lb: &mut LbSettings<'_, '_>) -> Option<(String, Vec<String>)> {
         _ => lb.fail(
             &at.key,
             format!(
-                "{:?} is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -t or -s reload)",
+                "{:?} is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -T or -s reload)",
                 at.value
             ),
         ),

@@ -25,7 +25,7 @@
 //!
 //! All edits happen in one host-side script (`script`) under a `flock` on
 //! the file: the drains of a batch run at once and never lose each other's
-//! edit. A refused `nginx -t` restores the file and fails the step with
+//! edit. A refused configuration test restores the file and fails the step with
 //! nginx's message.
 //!
 //! `upstream` reads the file and server addresses, `config` the `[lb]`
@@ -141,7 +141,7 @@ impl Driver for Nginx {
         let nginx = &self.nginx;
         let edit = |what: &str| {
             format!(
-                "{what} `server {}` in {}, `{nginx} -t`, `{nginx} -s reload`, one edit at a time \
+                "{what} `server {}` in {}, `{nginx} -T` (the test), `{nginx} -s reload`, one edit at a time \
                  (the file is restored if the test or reload fails); wait until nginx applied it (≤{})",
                 member.server,
                 self.upstream_file,

@@ -237,7 +237,7 @@ restore() { cat "$bak" >"$file"; }
 cat "$tmp" >"$file" || { restore; fail 3 "cannot write $file on $(here); it is as it was"; }
 if ! dump=$("$@" -T 2>"$err" 9<&-); then
   restore
-  fail 4 "\`$* -t\` refused the change, so $file is as it was: $(grep -v 'test failed' "$err" | tail -n 5)"
+  fail 4 "\`$* -T\` (the configuration test) refused the change, so $file is as it was: $(grep -v 'test failed' "$err" | tail -n 5)"
 fi
 if ! find_master "$@"; then
   restore

@@ -32,7 +32,7 @@ fn actions_read_as_what_they_do() {
     assert_eq!(
         action(LOCAL, LbOp::Drain).to_string(),
         "nginx local: mark down `server 10.0.0.11:8080` in /etc/nginx/upstreams/shop.conf, \
-         `nginx -t`, `nginx -s reload`, one edit at a time (the file is restored if the test or reload fails); \
+         `nginx -T` (the test), `nginx -s reload`, one edit at a time (the file is restored if the test or reload fails); \
          wait until nginx applied it (≤30s), then until its workers from before the reload have exited (≤30s, then warn)"
     );
     let sudo = format!(
@@ -42,7 +42,7 @@ fn actions_read_as_what_they_do() {
         action(&sudo, LbOp::Enable).to_string(),
         "nginx web2, ops@lb2:2222: wait until 10.0.0.11:8080 accepts connections from there (≤10s); \
          remove `down` from `server 10.0.0.11:8080` in /etc/nginx/upstreams/shop.conf, \
-         `sudo -n nginx -c /etc/nginx/shop.conf -t`, `sudo -n nginx -c /etc/nginx/shop.conf -s reload`, \
+         `sudo -n nginx -c /etc/nginx/shop.conf -T` (the test), `sudo -n nginx -c /etc/nginx/shop.conf -s reload`, \
          one edit at a time (the file is restored if the test or reload fails); wait until nginx applied it (≤30s)"
     );
     assert_eq!(
@@ -108,11 +108,11 @@ fn bad_values_and_their_messages() {
         ),
         (
             "[lb]\ndriver = \"nginx\"\nupstream_file = \"/u.conf\"\nserver = \"{address}:8080\"\nnginx = \"sudo 'nginx\"",
-            "/p/deploy.toml: lb.nginx: \"sudo 'nginx\" is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -t or -s reload)",
+            "/p/deploy.toml: lb.nginx: \"sudo 'nginx\" is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -T or -s reload)",
         ),
         (
             "[lb]\ndriver = \"nginx\"\nupstream_file = \"/u.conf\"\nserver = \"{address}:8080\"\nnginx = \"\"",
-            "/p/deploy.toml: lb.nginx: \"\" is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -t or -s reload)",
+            "/p/deploy.toml: lb.nginx: \"\" is not a command; give how nginx is invoked on the nginx host, e.g. \"nginx\", \"sudo -n nginx\" or \"nginx -c /etc/nginx/custom.conf\" (shipit appends -T or -s reload)",
         ),
         (
             "[lb]\ndriver = \"nginx\"\nupstream_file = \"/u.conf\"\nserver = \"{address}:8080\"\nvia = [\"web1\", \"web1\"]",
@@ -241,13 +241,13 @@ async fn every_nginx_is_changed_and_a_refusal_is_named() {
         said(
             4,
             "",
-            "`nginx -t` refused the change, so /etc/nginx/upstreams/shop.conf is as it was: nginx: [emerg] host not found in upstream \"x\"\n",
+            "`nginx -T` (the configuration test) refused the change, so /etc/nginx/upstreams/shop.conf is as it was: nginx: [emerg] host not found in upstream \"x\"\n",
         ),
     ]);
     let err = perform(&two, LbOp::Enable, &remote).await.unwrap_err();
     assert_eq!(
         err.error,
-        "nginx web2:/etc/nginx/upstreams/shop.conf: `nginx -t` refused the change, so /etc/nginx/upstreams/shop.conf \
+        "nginx web2:/etc/nginx/upstreams/shop.conf: `nginx -T` (the configuration test) refused the change, so /etc/nginx/upstreams/shop.conf \
          is as it was: nginx: [emerg] host not found in upstream \"x\""
     );
     let asked = remote.asked.lock().unwrap().clone();

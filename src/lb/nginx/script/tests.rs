@@ -321,7 +321,8 @@ fn a_refused_test_restores_the_file_byte_for_byte() {
     let ran = nginx.run(Op::Down, "10.0.0.11:8080", SECOND, None);
     assert_eq!(ran.code, 4, "{ran:?}");
     assert!(
-        ran.stderr.contains(" -t` refused the change, so ")
+        ran.stderr
+            .contains(" -T` (the configuration test) refused the change, so ")
             && ran
                 .stderr
                 .contains("is as it was: nginx: [emerg] invalid parameter \"bogus\""),
