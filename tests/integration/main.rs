@@ -10,6 +10,7 @@ mod failures;
 mod fleet_smoke;
 mod hooks;
 mod lb_caddy;
+mod lb_nginx;
 mod output;
 mod ssh;
 mod zero_downtime;
