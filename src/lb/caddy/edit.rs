@@ -64,11 +64,16 @@ impl Mover<'_> {
         api::parse_pool(&answer).map_err(|e| format!("caddy {}: `{request}`: {e}", self.balancer))
     }
 
-    /// Tracks `dial`'s upstream, then removes it from the handler.
+    /// Tracks `dial`'s upstream, then removes it from the handler (every
+    /// copy, if the handler lists it more than once).
     pub async fn take_out(&self, dial: &str) -> Result<TookOut, String> {
+        let mut removed = false;
         for _ in 0..MAX_CONFLICTS {
             let handler = self.handler().await?;
             let Some(index) = handler.position(dial) else {
+                if removed {
+                    return Ok(TookOut::Removed);
+                }
                 if self.tracked().await?.position(dial).is_some() {
                     return Ok(TookOut::WasOut);
                 }
@@ -81,9 +86,7 @@ impl Mover<'_> {
             };
             self.ensure_tracked(&handler.upstreams[index]).await?;
             let request = api::remove_upstream(self.route_id, index, &handler.etag);
-            if self.change(&request).await? == Changed::Done {
-                return Ok(TookOut::Removed);
-            }
+            removed |= self.change(&request).await? == Changed::Done;
         }
         Err(self.gave_up(dial))
     }

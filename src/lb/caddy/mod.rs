@@ -98,16 +98,16 @@ impl Caddy {
         }
     }
 
-    /// Each member's state on one Caddy; `Err` if it cannot be read.
-    /// Members in neither the handler nor the tracking server come back in
-    /// `missing`.
+    /// Each member's state on one Caddy; `Err` if it cannot be read (asked
+    /// once: a preflight or a check should say so at once). Members in
+    /// neither the handler nor the tracking server come back in `missing`.
     async fn found(
         &self,
         ctx: &LbCtx<'_>,
         b: &Balancer,
         members: &[Member],
     ) -> Result<Found, String> {
-        let mover = self.mover(ctx, b, Instant::now() + admin::ANSWER_TIMEOUT);
+        let mover = self.mover(ctx, b, Instant::now());
         let (handler, tracked) = tokio::join!(mover.handler(), mover.tracked());
         let (handler, tracked) = (handler?, tracked?);
         let mut found = Found {

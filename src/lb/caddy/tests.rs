@@ -557,6 +557,23 @@ async fn a_drain_removes_the_upstream_and_waits_for_its_requests() {
 }
 
 #[tokio::test]
+async fn every_copy_of_a_listed_twice_upstream_is_taken_out() {
+    let caddy = FakeCaddy::new(json!([
+        {"dial": "10.0.0.11:8080"},
+        {"dial": "10.0.0.12:8080"},
+        {"dial": "10.0.0.11:8080"},
+    ]));
+    let never = CancellationToken::new();
+    let drain = action(&via(""), LbOp::Drain, 0);
+    let done = drain
+        .driver
+        .drain(&ctx(&caddy, &never), &drain.member)
+        .await;
+    assert_eq!(done, Ok(Done::ok()));
+    assert_eq!(caddy.route(), ["10.0.0.12:8080"]);
+}
+
+#[tokio::test]
 async fn a_changed_upstream_is_tracked_as_it_is_now() {
     let caddy = FakeCaddy::three();
     let never = CancellationToken::new();
