@@ -9,6 +9,8 @@ mod exit_codes;
 mod failures;
 mod fleet_smoke;
 mod hooks;
+mod lb_caddy;
+mod lb_nginx;
 mod output;
 mod roles_health;
 mod ssh;
