@@ -104,7 +104,7 @@ fn bad_values_and_their_messages() {
         ),
         (
             "[lb]\ndriver = \"nginx\"\nupstream_file = \"/u.conf\"\nserver = \"{address}:{release}\"",
-            "/p/deploy.toml: lb.server: {release} is not allowed here: a host's server name must stay the same from one release to the next",
+            "/p/deploy.toml: lb.server: {release} and {revision} are not allowed here: a host's server name must stay the same from one release to the next",
         ),
         (
             "[lb]\ndriver = \"nginx\"\nupstream_file = \"/u.conf\"\nserver = \"{address}:8080\"\nnginx = \"sudo 'nginx\"",
