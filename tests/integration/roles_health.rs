@@ -461,6 +461,12 @@ fn a_worker_whose_health_check_fails_rolls_the_web_servers_back_too() {
 const HEALTHY_FOR: &str = "1.5";
 
 fn behind_haproxy(fleet: &Fleet, extra: &str) -> Project {
+    Project::new(&haproxy_config(fleet, extra))
+}
+
+/// Every host of the fleet behind its HAProxy, health checked on /health,
+/// `extra` added to `[health]`.
+fn haproxy_config(fleet: &Fleet, extra: &str) -> String {
     let hosts: Vec<String> = fleet
         .hosts()
         .iter()
@@ -481,7 +487,7 @@ backend = "app"
 "#,
         fleet.haproxy_socket().display()
     );
-    Project::new(&config(fleet, &hosts, &settings))
+    config(fleet, &hosts, &settings)
 }
 
 #[test]
@@ -525,14 +531,52 @@ fn min_healthy_time_catches_a_release_that_turns_unhealthy() {
 
     // The control: without the key, the very same release passes (and
     // then fails behind HAProxy's back): that is why the key exists.
-    let unset = behind_haproxy(&fleet, "");
-    std::fs::copy(
-        unset.path().join("deploy.toml"),
-        project.path().join("deploy.toml"),
-    )
-    .unwrap();
+    project.write_config(&haproxy_config(&fleet, ""));
     project.shipit(&["test", "deploy"]).success();
     assert_ne!(current(&fleet, "web1").as_deref(), Some(r1.as_str()));
+}
+
+/// Within min_healthy_time the load balancer is asked too: a release that
+/// HAProxy's own check marks DOWN fails even while shipit's check (here
+/// `GET /`, which keeps answering) passes.
+#[test]
+fn min_healthy_time_fails_a_host_its_load_balancer_marks_down() {
+    let fleet = fleet(2, Haproxy::Local);
+    let project = behind_haproxy(&fleet, "min_healthy_time = \"8s\"");
+    project.shipit(&["test", "deploy", "-q"]).success();
+    for h in ["web1", "web2"] {
+        wait_for(Duration::from_secs(15), &format!("{h} UP"), || {
+            fleet.haproxy_server_status(h).as_deref() == Some("UP")
+        });
+    }
+    let r1 = current(&fleet, "web1").unwrap();
+    // shipit checks GET / (always 200); HAProxy checks /health, which
+    // turns 503 1.5 s after start.
+    let root = haproxy_config(&fleet, "min_healthy_time = \"8s\"")
+        .replace(
+            "url = \"http://{address}:8080/health\"",
+            "url = \"http://{address}:8080/\"",
+        )
+        .replace(
+            "expect_body = \"release={release}\"",
+            "expect_body = \"{release}\"",
+        );
+    project.write_config(&root);
+    std::fs::write(project.path().join("dist/HEALTHY_FOR"), HEALTHY_FOR).unwrap();
+    project.set_version("v2");
+    let run = project.shipit(&["test", "deploy"]);
+    println!("min_healthy_time, HAProxy says DOWN:\n{}", run.stderr);
+    run.code(4)
+        .stderr_has("is DOWN in its load balancer")
+        .stderr_has("within health.min_healthy_time (8s)");
+    for h in ["web1", "web2"] {
+        assert_eq!(current(&fleet, h).as_deref(), Some(r1.as_str()), "{h}");
+    }
+    assert!(
+        admin_states(&fleet).values().all(|a| a == "0"),
+        "{:?}",
+        admin_states(&fleet)
+    );
 }
 
 /// No load balancer: the threshold and the check are all there is.
