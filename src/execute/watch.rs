@@ -33,6 +33,8 @@ struct Watched<'p> {
     /// Its min_healthy_time ends here (if it has one): failures before
     /// are failures of that window, and its load balancer is asked too.
     settling: Option<Instant>,
+    /// When it went back into service.
+    back: Instant,
     restarted: Instant,
     enable: Option<&'p LbAction>,
 }
@@ -128,6 +130,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     check,
                     until,
                     settling,
+                    back,
                     restarted: r.restarted.unwrap_or(back),
                     enable,
                 })
@@ -165,9 +168,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     format!(
                         "is {} in its load balancer {} after it was put back, within health.min_healthy_time ({})",
                         state.as_str(),
-                        round_secs(
-                            now.saturating_duration_since(w.settling? - w.check.min_healthy_time)
-                        ),
+                        round_secs(now.saturating_duration_since(w.back)),
                         humantime::format_duration(w.check.min_healthy_time)
                     ),
                 ));
@@ -182,12 +183,11 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 judge.in_a_row().max(FAILS_IN_A_ROW)
             );
             return Some(if settling {
-                let back = w.settling? - w.check.min_healthy_time;
                 (
                     StepKind::MinHealthyTime,
                     format!(
                         "{what} {} after it was put back, within health.min_healthy_time ({}): {}",
-                        round_secs(now.saturating_duration_since(back)),
+                        round_secs(now.saturating_duration_since(w.back)),
                         humantime::format_duration(w.check.min_healthy_time),
                         seen.describe(w.check)
                     ),
