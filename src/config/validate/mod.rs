@@ -18,6 +18,7 @@ use super::{Config, ConfigError, ConfigErrors, Stage};
 
 mod app;
 mod env;
+mod gates;
 mod health;
 mod hooks;
 mod hosts;
@@ -78,12 +79,13 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let lb = stage.lb(hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
                 let hooks = stage.hooks();
+                let gates = stage.gates(lb.as_ref(), rollout.as_ref());
                 let apart = match (&hosts, &app, &ssh) {
                     (Some(hosts), Some(app), Some(ssh)) => stage.hosts_apart(hosts, app, ssh),
                     _ => true,
                 };
-                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
-                    (apart, app, ssh, rollout, health, lb, env, hooks, hosts)
+                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(gates), Some(hosts)) =
+                    (apart, app, ssh, rollout, health, lb, env, hooks, gates, hosts)
                 {
                     stages.insert(
                         name.clone(),
@@ -96,6 +98,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                             lb,
                             env,
                             hooks,
+                            gates,
                             hosts,
                         },
                     );
