@@ -591,6 +591,7 @@ async fn secrets_never_reach_any_output() {
         batches: vec![crate::plan::Batch {
             bake: Duration::ZERO,
             zone: None,
+            gates: Vec::new(),
             pipelines: vec![
                 pipeline(
                     "web1",

@@ -10,6 +10,7 @@ use crate::host::{Current, HostFacts, Layout, ReleaseId};
 use crate::lb::ServiceState;
 use crate::shell::Word;
 
+use super::gates;
 use super::shape::{self, Candidate, NoRoom, Shape};
 use super::steps::{HostSteps, RunEnv};
 use super::{
@@ -184,6 +185,7 @@ fn assemble(
             pipelines: b.hosts.iter().filter_map(|h| pipelines.remove(h)).collect(),
             bake: b.bake,
             zone: b.zone,
+            gates: Vec::new(),
         })
         .collect()
 }
@@ -353,6 +355,28 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
 
     let whole = HostSteps::new(stage, None, &input.release, None, Operation::Deploy, run);
     let warnings = warnings(stage, &out);
+    let planned: Vec<PlannedHost> = input
+        .hosts
+        .iter()
+        .map(|h| PlannedHost {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            before: before(h),
+            unchanged: done(h),
+            zone: h.zone.clone(),
+            left_out: kept_out(h),
+        })
+        .collect();
+    let mut batches = assemble(shaped, rolling);
+    gates::attach(
+        &gates::GateInput {
+            stage,
+            release: &input.release,
+            run,
+            hosts: &planned,
+        },
+        &mut batches,
+    );
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Deploy,
@@ -360,20 +384,9 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         stage: stage.name.clone(),
         release: input.release.clone(),
         revision: input.revision.clone(),
-        hosts: input
-            .hosts
-            .iter()
-            .map(|h| PlannedHost {
-                name: h.name.clone(),
-                address: h.address.clone(),
-                before: before(h),
-                unchanged: done(h),
-                zone: h.zone.clone(),
-                left_out: kept_out(h),
-            })
-            .collect(),
+        hosts: planned,
         prepare,
-        batches: assemble(shaped, rolling),
+        batches,
         shape,
         out_at_start: out,
         finish,

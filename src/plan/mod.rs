@@ -5,6 +5,7 @@
 //! the very same value to the executor.
 
 mod build;
+pub mod gates;
 mod render;
 pub mod shape;
 mod steps;
@@ -23,6 +24,7 @@ use crate::shell::Cmd;
 pub use build::{
     DeployInput, PlanError, RollbackInput, Run, Service, deploy, repair, rollback, rollout_shape,
 };
+pub use gates::{BatchGate, GateCommand, Measure};
 pub use render::render;
 pub use shape::Shape;
 
@@ -105,8 +107,9 @@ pub struct OutOfService {
     pub returns: bool,
 }
 
-/// One batch of the rolling phase: its hosts' pipelines, run at once, and
-/// how long the batch is watched once every host is back in service.
+/// One batch of the rolling phase: its hosts' pipelines, run at once, how
+/// long the batch is watched once every host is back in service, and the
+/// gates evaluated during that watch.
 #[derive(Debug, Clone, Serialize)]
 pub struct Batch {
     pub pipelines: Vec<Pipeline>,
@@ -115,6 +118,8 @@ pub struct Batch {
     /// The zone all its hosts are in, with `rollout.by_zone`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Evaluated during the bake (deploys only; see `gates`).
+    pub gates: Vec<BatchGate>,
 }
 
 impl Batch {
@@ -195,6 +200,8 @@ pub enum StepKind {
     Enable,
     /// The watch of a batch back in service (`rollout.bake`).
     Bake,
+    /// A `[[gates]]` check during the watch.
+    Gate,
     MarkBad,
     Cleanup,
     #[serde(rename = "before_deploy")]
@@ -238,6 +245,7 @@ impl StepKind {
             StepKind::Health => "health",
             StepKind::Enable => "enable",
             StepKind::Bake => "bake",
+            StepKind::Gate => "gate",
             StepKind::MarkBad => "mark-bad",
             StepKind::Cleanup => "cleanup",
             StepKind::BeforeDeploy => "before_deploy",
@@ -329,6 +337,14 @@ impl Plan {
     /// them wherever they might show up (command output, errors).
     pub fn secrets(&self) -> Vec<String> {
         let hooks = &self.hooks;
+        let gate_commands =
+            self.batches
+                .iter()
+                .flat_map(|b| &b.gates)
+                .flat_map(|g| match &g.measure {
+                    Measure::Command { commands, .. } => commands.iter().map(|c| &c.cmd).collect(),
+                    _ => Vec::new(),
+                });
         let steps = self
             .pipelines()
             .chain(&self.undo)
@@ -347,6 +363,7 @@ impl Plan {
                 Action::Lb { lb } => lb.member.commands.values().collect(),
                 Action::Http { .. } | Action::Nothing { .. } => Vec::new(),
             })
+            .chain(gate_commands)
             .flat_map(|cmd| cmd.secrets().into_iter().map(str::to_string))
             .collect();
         all.sort();
