@@ -20,6 +20,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             book: Book::new(plan),
             budget: Budget::new(plan.shape.max_unavailable, &plan.out_at_start),
             refused: Default::default(),
+            gates: Default::default(),
         };
         self.reporter.event(&Event::RunStarted {
             operation: plan.operation,
@@ -116,6 +117,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         self.reporter.event(&Event::RunFinished {
             ok,
             hosts: hosts.clone(),
+            gates: run.gates.all(),
         });
         RunReport {
             ok,

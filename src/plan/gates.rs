@@ -182,18 +182,18 @@ pub(super) fn attach(input: &GateInput<'_>, batches: &mut [Batch]) {
         return;
     }
     let mut measured: Vec<Member> = Vec::new();
-    for i in 0..batches.len() {
+    for batch in batches.iter_mut() {
         measured.extend(
-            batches[i]
+            batch
                 .pipelines
                 .iter()
                 .filter_map(|p| in_service_member(input.stage, p)),
         );
-        if batches[i].bake.is_zero() || measured.is_empty() {
+        if batch.bake.is_zero() || measured.is_empty() {
             continue;
         }
-        let batch_hosts: Vec<String> = batches[i].hosts().map(str::to_string).collect();
-        batches[i].gates = input
+        let batch_hosts: Vec<String> = batch.hosts().map(str::to_string).collect();
+        batch.gates = input
             .stage
             .gates
             .iter()
@@ -250,7 +250,13 @@ fn build(
             timeout,
         } => Measure::Prometheus {
             url: url.clone(),
-            query: render_query(query, input.stage, input.release, measured),
+            query: render_query(
+                query,
+                &input.stage.app.name,
+                &input.stage.name,
+                input.release,
+                measured,
+            ),
             template: query.clone(),
             max: *max,
             min: *min,
@@ -278,7 +284,8 @@ fn build(
 /// load balancer, `{hosts_regex}` their host names.
 pub fn render_query(
     query: &GateQuery,
-    stage: &Stage,
+    app: &str,
+    stage: &str,
     release: &ReleaseId,
     measured: &[Member],
 ) -> String {
@@ -287,8 +294,8 @@ pub fn render_query(
     query.render(|var| match var {
         QueryVar::ServersRegex => exact_regex(&servers),
         QueryVar::HostsRegex => exact_regex(&hosts),
-        QueryVar::App => stage.app.name.clone(),
-        QueryVar::Stage => stage.name.clone(),
+        QueryVar::App => app.to_string(),
+        QueryVar::Stage => stage.to_string(),
         QueryVar::Release => release.to_string(),
     })
 }
