@@ -927,3 +927,32 @@ async fn a_passing_gate_is_evaluated_through_each_bake() {
         .count();
     assert_eq!(gate_runs, 6);
 }
+
+/// A bake lasts its whole duration even when nothing is polled during it
+/// (no health check, no gate) or the polls end early.
+#[tokio::test]
+async fn a_bake_lasts_its_whole_duration() {
+    let plan = gated_plan(2, "rolling_batch_size = 1\nbake = \"300ms\"\n");
+    let (report, events) = run(
+        &plan,
+        &FakeTransport::default(),
+        &FakeTransport::default(),
+    )
+    .await;
+    assert!(report.ok);
+    let bakes: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BakeFinished { duration, ok, .. } => {
+                assert!(ok);
+                Some(*duration)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bakes.len(), 2);
+    assert!(
+        bakes.iter().all(|d| *d >= Duration::from_millis(300)),
+        "{bakes:?}"
+    );
+}

@@ -65,6 +65,14 @@ impl Watch<'_> {
         self.over.cancel();
     }
 
+    /// Returns at the deadline, or when a check failed.
+    async fn until_the_end(&self) {
+        tokio::select! {
+            () = tokio::time::sleep_until(self.deadline) => {}
+            () = self.over.cancelled() => {}
+        }
+    }
+
     /// How long the watch has run, to the second, for messages.
     fn elapsed(&self) -> humantime::FormattedDuration {
         humantime::format_duration(Duration::from_secs(self.started.elapsed().as_secs()))
@@ -98,13 +106,15 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             .iter()
             .filter(|p| run.book.get(&p.host).is_some_and(|r| r.left_out.is_none()))
             .collect();
-        // Each check ends by itself at the deadline (its last request
-        // bounded by its own timeout), or when another one failed.
+        // Each check ends by itself by the deadline (its last request
+        // bounded by its own timeout), or when another one failed; the
+        // watch lasts its whole bake whenever the checks end.
         let checks = async {
             tokio::join!(
                 self.watch_health(&in_service, &watch),
                 self.watch_service(&in_service, &watch),
                 self.watch_gates(run, batch, number, of, &watch),
+                watch.until_the_end(),
             )
         };
         tokio::select! {

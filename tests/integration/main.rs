@@ -10,5 +10,6 @@ mod failures;
 mod fleet_smoke;
 mod hooks;
 mod output;
+mod rollout;
 mod ssh;
 mod zero_downtime;
