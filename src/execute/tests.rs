@@ -933,12 +933,7 @@ async fn a_passing_gate_is_evaluated_through_each_bake() {
 #[tokio::test]
 async fn a_bake_lasts_its_whole_duration() {
     let plan = gated_plan(2, "rolling_batch_size = 1\nbake = \"300ms\"\n");
-    let (report, events) = run(
-        &plan,
-        &FakeTransport::default(),
-        &FakeTransport::default(),
-    )
-    .await;
+    let (report, events) = run(&plan, &FakeTransport::default(), &FakeTransport::default()).await;
     assert!(report.ok);
     let bakes: Vec<Duration> = events
         .iter()

@@ -59,11 +59,15 @@ fn deploy_v1(project: &Project, fleet: &Fleet) -> String {
 }
 
 fn wait_all_up(fleet: &Fleet) {
-    wait_for(Duration::from_secs(15), "every server UP in HAProxy", || {
-        names(fleet)
-            .iter()
-            .all(|h| fleet.haproxy_server_status(h).as_deref() == Some("UP"))
-    });
+    wait_for(
+        Duration::from_secs(15),
+        "every server UP in HAProxy",
+        || {
+            names(fleet)
+                .iter()
+                .all(|h| fleet.haproxy_server_status(h).as_deref() == Some("UP"))
+        },
+    );
 }
 
 /// One host's journal entry of the last run: what happened, and when.
@@ -97,7 +101,12 @@ fn at(fleet: &Fleet, host: &str, event: &str) -> jiff::Timestamp {
     journal(fleet, host)
         .into_iter()
         .find(|e| e.event == event)
-        .unwrap_or_else(|| panic!("{host}'s journal has no {event}: {:?}", journal(fleet, host)))
+        .unwrap_or_else(|| {
+            panic!(
+                "{host}'s journal has no {event}: {:?}",
+                journal(fleet, host)
+            )
+        })
         .time
 }
 
@@ -289,11 +298,297 @@ fn a_ramp_rolls_batches_of_1_2_4_1_each_a_bake_after_the_last() {
             .map(|h| at(&fleet, h, "switched"))
             .min()
             .unwrap();
-        assert!(gap(first_switch, last_switch) < BAKE, "batch {} switched together", i + 1);
+        assert!(
+            gap(first_switch, last_switch) < BAKE,
+            "batch {} switched together",
+            i + 1
+        );
     }
     assert_eq!(
         currents(&fleet),
         vec![currents(&fleet)[0].clone(); 8],
         "every host on the new release"
     );
+}
+
+/// Every host's release directories and whether the deploy lock is held.
+fn releases_and_lock(fleet: &Fleet) -> Vec<(Vec<String>, bool)> {
+    names(fleet)
+        .iter()
+        .map(|h| {
+            (
+                host_state(fleet, h, DEPLOY_TO).releases,
+                fleet.exists(h, &format!("{DEPLOY_TO}/.shipit/lock")),
+            )
+        })
+        .collect()
+}
+
+/// With web2 in maintenance before the run and `max_unavailable = 2` of 4,
+/// HAProxy never has fewer than 2 servers in service; web2 gets the release
+/// and is still in maintenance at the end. The negative control (a floor
+/// of 3) shows the sampling sees a drop below it.
+#[test]
+fn max_unavailable_holds_with_a_host_in_maint_which_stays_there() {
+    let fleet = fleet(4);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    deploy_v1(&project, &fleet);
+    maint(&fleet, "web2");
+
+    let shape = |size: usize, max: usize| {
+        standard_config(
+            &fleet,
+            &format!(
+                "{lb}[stages.test.rollout]\nrolling_batch_size = {size}\nmax_unavailable = {max}\n"
+            ),
+        )
+    };
+    project.write_config(&shape(2, 2));
+    project.set_version("v2");
+    let sampler = Sampler::start(&fleet);
+    let run = project.shipit(&["test", "deploy"]);
+    let samples = sampler.stop();
+    run.success()
+        .stderr_has("left in maint as found")
+        .stderr_has("web2: in maint on the load balancer");
+    let fewest = samples.fewest_in_service();
+    println!("max_unavailable = 2 of 4, web2 in maint: at least {fewest} in service");
+    assert_eq!(
+        fewest,
+        2,
+        "never fewer than 2 in service, and the run did use its room:\n{}",
+        samples.changes()
+    );
+    assert_eq!(
+        fleet.haproxy_server_status("web2").as_deref(),
+        Some("MAINT"),
+        "web2 still in maintenance"
+    );
+    let v2 = currents(&fleet)[0].clone();
+    assert_eq!(
+        currents(&fleet),
+        vec![v2.clone(); 4],
+        "web2 got the release too"
+    );
+
+    // The negative control: a floor of 3 lets HAProxy drop to 1.
+    project.write_config(&shape(3, 3));
+    project.set_version("v3");
+    let sampler = Sampler::start(&fleet);
+    let run = project.shipit(&["test", "deploy"]);
+    let samples = sampler.stop();
+    run.success();
+    let fewest = samples.fewest_in_service();
+    println!("negative control, max_unavailable = 3: down to {fewest} in service");
+    assert_eq!(fewest, 1, "{}", samples.changes());
+    assert_eq!(
+        fleet.haproxy_server_status("web2").as_deref(),
+        Some("MAINT")
+    );
+}
+
+/// A floor that can never be kept (one host of three in maintenance,
+/// `max_unavailable = 1`) is refused before anything changes.
+#[test]
+fn an_impossible_floor_is_refused_with_nothing_changed() {
+    let fleet = fleet(3);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    maint(&fleet, "web3");
+    let before = releases_and_lock(&fleet);
+
+    project.write_config(&standard_config(
+        &fleet,
+        &format!("{lb}[stages.test.rollout]\nmax_unavailable = 1\n"),
+    ));
+    project.set_version("v2");
+    project
+        .shipit(&["test", "deploy"])
+        .code(1)
+        .stderr_has(
+            "not starting; nothing was changed on any host: rollout.max_unavailable = 1 and 1 host is already \
+             out of service (web3), so web1, web2 can never be taken out",
+        );
+    assert_eq!(currents(&fleet), vec![v1; 3]);
+    assert_eq!(
+        releases_and_lock(&fleet),
+        before,
+        "no release unpacked, no lock left"
+    );
+    for (host, status) in [("web1", "UP"), ("web2", "UP"), ("web3", "MAINT")] {
+        assert_eq!(fleet.haproxy_server_status(host).as_deref(), Some(status));
+    }
+}
+
+/// The case of the issue: 4 hosts, batches of 2, HAProxy. The new release
+/// cannot boot on web3 (batch 2), so the deploy is rolled back, and the
+/// rollback's health check cannot pass either (`expect_body` is a literal
+/// the old release does not answer). At no moment, during the run or
+/// after it, are more than 2 servers out of service.
+#[test]
+fn a_failed_rollback_never_takes_more_than_max_unavailable_out() {
+    let fleet = fleet(4);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+
+    fleet.write_file("web3", &format!("{DEPLOY_TO}/shared/health-fail"), "v2");
+    project.write_config(&standard_config(
+        &fleet,
+        &format!(
+            "{lb}[stages.test.rollout]\nrolling_batch_size = 2\n\
+             [stages.test.health]\nexpect_body = \"version=v2\"\n"
+        ),
+    ));
+    project.set_version("v2");
+    let sampler = Sampler::start(&fleet);
+    let run = project.shipit(&["test", "deploy"]);
+    // After the run too: nothing shipit left behind takes hosts out later.
+    std::thread::sleep(Duration::from_secs(3));
+    let samples = sampler.stop();
+    run.code(5)
+        .stderr_has("no further host is taken out of service");
+    let fewest = samples.fewest_in_service();
+    println!("failed rollback: at least {fewest} of 4 in service");
+    assert_eq!(
+        fewest,
+        2,
+        "never more than max_unavailable = 2 out of service (and the batches did take 2 out):\n{}",
+        samples.changes()
+    );
+    // Nobody is left in maintenance: the rolled-back hosts run v1 again,
+    // which HAProxy's own check finds healthy.
+    wait_all_up(&fleet);
+    let current = currents(&fleet);
+    assert_eq!(current[2], v1, "web3 back on v1");
+    assert_eq!(current[3], v1, "web4 back on v1");
+    assert_ne!(
+        current[0], v1,
+        "web1 was never drained again: it still runs v2"
+    );
+    assert_eq!(current[0], current[1]);
+}
+
+/// Zones interleaved in the host list go one after another, in the order
+/// they first appear, and no batch spans two.
+#[test]
+fn by_zone_rolls_zone_after_zone() {
+    let fleet = fleet(6);
+    let lb = haproxy(&fleet);
+    let zones = ["a", "b", "a", "b", "c", "a"];
+    let zoned = |extra: &str| {
+        let mut text = standard_config(&fleet, extra);
+        for (host, zone) in fleet.hosts().iter().zip(zones) {
+            let plain = format!(
+                "name = \"{}\", address = \"{}\" }}",
+                host.name, host.address
+            );
+            let with_zone = format!(
+                "name = \"{}\", address = \"{}\", zone = \"{zone}\" }}",
+                host.name, host.address
+            );
+            assert!(text.contains(&plain), "{text}");
+            text = text.replace(&plain, &with_zone);
+        }
+        text
+    };
+    let project = Project::new(&zoned(&lb));
+    deploy_v1(&project, &fleet);
+    project.write_config(&zoned(&format!(
+        "{lb}[stages.test.rollout]\nrolling_batch_size = 2\nby_zone = true\n"
+    )));
+    project.set_version("v2");
+    let run = project.shipit(&["test", "deploy", "--json"]);
+    run.success();
+    let expected = [
+        vec!["web1", "web3"],
+        vec!["web6"],
+        vec!["web2", "web4"],
+        vec!["web5"],
+    ];
+    assert_eq!(batches(&run), expected);
+    // By the hosts' own records: every host of a zone was back in service
+    // before the first host of the next zone was drained.
+    let zone_hosts = |z: &str| -> Vec<String> {
+        fleet
+            .hosts()
+            .iter()
+            .zip(zones)
+            .filter(|(_, zone)| *zone == z)
+            .map(|(h, _)| h.name.clone())
+            .collect()
+    };
+    for pair in [["a", "b"], ["b", "c"]] {
+        let done = zone_hosts(pair[0])
+            .iter()
+            .map(|h| at(&fleet, h, "enabled"))
+            .max()
+            .unwrap();
+        let next = zone_hosts(pair[1])
+            .iter()
+            .map(|h| at(&fleet, h, "drained"))
+            .min()
+            .unwrap();
+        assert!(
+            done < next,
+            "zone {} was done at {done}, zone {} started at {next}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// `rollback` after a `rollback` goes one more release back: its target is
+/// the newest good release older than what runs now, and the release left
+/// is marked bad, so a third goes further still until there is nothing
+/// older; bad releases are skipped by later rollbacks.
+#[test]
+fn rolling_back_twice_goes_two_releases_back_and_marks_both_bad() {
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 2,
+        ..Default::default()
+    });
+    let project = Project::new(&standard_config(&fleet, ""));
+    let mut releases = Vec::new();
+    for version in ["v1", "v2", "v3"] {
+        project.set_version(version);
+        project.shipit(&["test", "deploy", "-q"]).success();
+        releases.push(currents(&fleet)[0].clone());
+        // Release ids are per second.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (r1, r2, r3) = (&releases[0], &releases[1], &releases[2]);
+    let bad = |host: &str| host_state(&fleet, host, DEPLOY_TO).bad;
+
+    project
+        .shipit(&["test", "rollback"])
+        .success()
+        .stderr_has(&format!("back to {r2}"));
+    assert_eq!(currents(&fleet), vec![r2.clone(); 2]);
+    assert_eq!(bad("web1"), [r3.clone()]);
+
+    project
+        .shipit(&["test", "rollback"])
+        .success()
+        .stderr_has(&format!("back to {r1}"));
+    assert_eq!(currents(&fleet), vec![r1.clone(); 2]);
+    assert_eq!(bad("web1"), [r2.clone(), r3.clone()]);
+
+    let third = project.shipit(&["test", "rollback"]);
+    third.code(1);
+    assert_eq!(currents(&fleet), vec![r1.clone(); 2], "nothing changed");
+
+    // A new deploy, then a rollback: the bad releases are skipped.
+    project.set_version("v4");
+    project.shipit(&["test", "deploy", "-q"]).success();
+    project
+        .shipit(&["test", "rollback"])
+        .success()
+        .stderr_has(&format!("back to {r1}"));
+    assert_eq!(currents(&fleet), vec![r1.clone(); 2]);
+    // Still reachable by name.
+    project.shipit(&["test", "rollback", "--to", r3]).success();
+    assert_eq!(currents(&fleet), vec![r3.clone(); 2]);
 }
