@@ -592,3 +592,338 @@ fn rolling_back_twice_goes_two_releases_back_and_marks_both_bad() {
     project.shipit(&["test", "rollback", "--to", r3]).success();
     assert_eq!(currents(&fleet), vec![r3.clone(); 2]);
 }
+
+/// `gate-evaluated` events of a `--json` run.
+fn gate_events(run: &Run) -> Vec<serde_json::Value> {
+    run.events()
+        .into_iter()
+        .filter(|e| e["event"] == "gate-evaluated")
+        .collect()
+}
+
+/// The evaluations that decided a gate, as `(batch, outcome, what it measured)`.
+fn decisions(run: &Run) -> Vec<(u64, String, serde_json::Value)> {
+    gate_events(run)
+        .into_iter()
+        .filter(|e| e.get("outcome").is_some())
+        .map(|e| {
+            (
+                e["batch"].as_u64().unwrap(),
+                e["outcome"].as_str().unwrap().to_string(),
+                e["measured"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Makes the next release answer 500 to a share of `GET /` (its health
+/// stays fine), or not (`None`).
+fn error_rate(project: &Project, share: Option<&str>) {
+    let file = project.path().join("dist/ERROR_RATE");
+    match share {
+        Some(share) => std::fs::write(file, share).expect("write ERROR_RATE"),
+        None => {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// Runs shipit while a steady load goes through HAProxy; the run, the
+/// load's report and how long the run took.
+fn with_load(fleet: &Fleet, shipit: impl FnOnce() -> Run) -> (Run, Report, Duration) {
+    let load = Load::start(&fleet.lb_url(), 8, 200);
+    wait_for(Duration::from_secs(10), "the load to flow", || {
+        load.sent() > 100
+    });
+    let started = Instant::now();
+    let run = shipit();
+    let took = started.elapsed();
+    let report = load.stop();
+    (run, report, took)
+}
+
+/// No host but the canary ever drained or switched in the last run.
+#[track_caller]
+fn only_the_canary_switched(fleet: &Fleet) {
+    for host in names(fleet).iter().skip(1) {
+        let events: Vec<String> = journal(fleet, host).into_iter().map(|e| e.event).collect();
+        assert!(
+            !events.iter().any(|e| e == "drained" || e == "switched"),
+            "{host} was touched beyond the upload: {events:?}"
+        );
+    }
+}
+
+/// Every server UP and none left drained or in maintenance.
+#[track_caller]
+fn none_drained(fleet: &Fleet) {
+    wait_all_up(fleet);
+    let state = fleet.haproxy_cmd("show servers state app");
+    let servers: Vec<Vec<&str>> = state
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 6 && f[0].starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(servers.len(), names(fleet).len(), "{state}");
+    for fields in servers {
+        assert_eq!(
+            fields[6], "0",
+            "admin state (drain/maint flags): {fields:?}"
+        );
+    }
+}
+
+const GATED_ROLLOUT: &str =
+    "[stages.test.rollout]\nrolling_batch_size = [1, \"100%\"]\nbake = [\"6s\", \"2s\"]\n";
+
+/// The haproxy gate on a canary under load: a release answering 500 to
+/// half of `GET /` fails it (exit 4, no other host ever switched, every
+/// host back on the previous release, none drained); the same release
+/// without the gate goes everywhere (the negative control: the load sees
+/// its errors); a good release passes.
+#[test]
+fn an_error_rate_gate_stops_a_bad_canary_and_passes_a_good_release() {
+    let fleet = fleet(4);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    let gated = standard_config(
+        &fleet,
+        &format!(
+            "{lb}{GATED_ROLLOUT}[[stages.test.gates]]\ntype = \"haproxy\"\nmax_error_rate = \"5%\"\n\
+             min_requests = 20\ninterval = \"1s\"\n"
+        ),
+    );
+
+    project.write_config(&gated);
+    project.set_version("v2");
+    error_rate(&project, Some("50%"));
+    let (run, report, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
+    run.code(4).stderr_has("FAILED at gate");
+    let decided = decisions(&run);
+    println!(
+        "MEASURED haproxy gate, bad canary: {:?}; deploy took {took:.1?}",
+        decided
+    );
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0].1, "fail");
+    let rate = decided[0].2["error_rate"].as_f64().unwrap();
+    assert!(rate > 0.05, "{rate}");
+    only_the_canary_switched(&fleet);
+    assert_eq!(
+        currents(&fleet),
+        vec![v1.clone(); 4],
+        "every host back on v1"
+    );
+    none_drained(&fleet);
+    let by_host = report.count_by(Duration::ZERO..Duration::MAX, |s| {
+        s.answer
+            .as_ref()
+            .filter(|a| a.version == "v2")
+            .map(|a| a.host.clone())
+    });
+    assert_eq!(
+        by_host.keys().collect::<Vec<_>>(),
+        ["web1"],
+        "only the canary ever answered with v2"
+    );
+    let canary = report.count_by(Duration::ZERO..Duration::MAX, |s| {
+        s.answer
+            .as_ref()
+            .filter(|a| a.version == "v2")
+            .map(|_| format!("{:?}", s.status))
+    });
+    println!("MEASURED load generator, v2 answers on the canary by status: {canary:?}");
+
+    // The negative control: without the gate the same release goes
+    // everywhere, and the load sees its errors.
+    project.write_config(&standard_config(&fleet, &format!("{lb}{GATED_ROLLOUT}")));
+    let (run, report, took) = with_load(&fleet, || project.shipit(&["test", "deploy"]));
+    run.success();
+    let (failed, total) = report.failed_of(Duration::ZERO..Duration::MAX);
+    println!(
+        "MEASURED negative control (no gate): {failed} of {total} requests failed; deploy took {took:.1?}"
+    );
+    assert!(
+        failed * 10 > total,
+        "the bad release failed {failed} of {total}"
+    );
+
+    // A good release passes the gate on every bake.
+    project.write_config(&gated);
+    project.set_version("v3");
+    error_rate(&project, None);
+    let (run, _, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
+    run.success();
+    let decided = decisions(&run);
+    println!(
+        "MEASURED haproxy gate, good release: {:?}; deploy took {took:.1?}",
+        decided
+    );
+    let outcomes: Vec<(u64, &str)> = decided.iter().map(|(b, o, _)| (*b, o.as_str())).collect();
+    assert_eq!(outcomes, [(1, "pass"), (2, "pass")]);
+    for (_, _, measured) in &decided {
+        assert!(measured["answers"].as_u64().unwrap() >= 20, "{measured}");
+        assert_eq!(measured["errors"], 0, "{measured}");
+    }
+    assert!(
+        run.stderr.contains("BATCH  GATE"),
+        "the final table:\n{run}"
+    );
+    none_drained(&fleet);
+}
+
+/// Without traffic the haproxy gate cannot judge: the outcome is what
+/// `on_inconclusive` says, and the output says so.
+#[test]
+fn without_traffic_the_gate_is_inconclusive_and_on_inconclusive_decides() {
+    let fleet = fleet(2);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    let gated = |outcome: &str| {
+        standard_config(
+            &fleet,
+            &format!(
+                "{lb}[stages.test.rollout]\nbake = \"3s\"\n[[stages.test.gates]]\ntype = \"haproxy\"\n\
+                 max_error_rate = \"1%\"\nmin_requests = 10\ninterval = \"1s\"\non_inconclusive = \"{outcome}\"\n"
+            ),
+        )
+    };
+    project.write_config(&gated("fail"));
+    project.set_version("v2");
+    let started = Instant::now();
+    let run = project.shipit(&["test", "deploy", "--json"]);
+    let took = started.elapsed();
+    run.code(4)
+        .stderr_has("still inconclusive at the end of the bake, and on_inconclusive = \"fail\"");
+    let decided = decisions(&run);
+    println!("MEASURED no traffic, on_inconclusive = fail: {decided:?}; deploy took {took:.1?}");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].1, "fail");
+    assert_eq!(
+        decided[0].2["answers"], 0,
+        "HAProxy's health checks are no answers"
+    );
+    assert_eq!(currents(&fleet), vec![v1.clone(); 2]);
+    none_drained(&fleet);
+
+    project.write_config(&gated("pass"));
+    let started = Instant::now();
+    let run = project.shipit(&["test", "deploy", "--json"]);
+    let took = started.elapsed();
+    run.success()
+        .stderr_has("inconclusive at the end of the bake: passing, as on_inconclusive = \"pass\"");
+    let decided = decisions(&run);
+    println!("MEASURED no traffic, on_inconclusive = pass: {decided:?}; deploy took {took:.1?}");
+    assert!(decided.iter().all(|(_, o, _)| o == "pass"), "{decided:?}");
+    assert_eq!(
+        decided.len(),
+        2,
+        "both batches baked and passed: {decided:?}"
+    );
+}
+
+/// A command gate run on every measured host: its own probe of the app.
+/// The bad canary fails it; the good release passes.
+#[test]
+fn a_command_gate_stops_a_bad_canary() {
+    let fleet = fleet(3);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    // Ten requests to the app on the host itself must all answer 200.
+    let probe = "for i in 1 2 3 4 5 6 7 8 9 10; do curl -fsS -o /dev/null http://127.0.0.1:8080/ || exit 1; done";
+    project.write_config(&standard_config(
+        &fleet,
+        &format!(
+            "{lb}[stages.test.rollout]\nrolling_batch_size = [1, \"100%\"]\nbake = [\"3s\", \"1s\"]\n\
+             [[stages.test.gates]]\ntype = \"command\"\nrun = '{probe}'\nrun_on = \"hosts\"\ninterval = \"1s\"\n"
+        ),
+    ));
+    project.set_version("v2");
+    error_rate(&project, Some("50%"));
+    let started = Instant::now();
+    let run = project.shipit(&["test", "deploy", "--json"]);
+    let took = started.elapsed();
+    run.code(4).stderr_has("FAILED at gate");
+    let decided = decisions(&run);
+    println!("MEASURED command gate, bad canary: {decided:?}; deploy took {took:.1?}");
+    assert_eq!(decided[0].1, "fail");
+    assert_eq!(decided[0].2["runs"][0]["host"], "web1");
+    assert_eq!(decided[0].2["runs"][0]["exit_code"], 1);
+    only_the_canary_switched(&fleet);
+    assert_eq!(currents(&fleet), vec![v1; 3]);
+    none_drained(&fleet);
+
+    project.set_version("v3");
+    error_rate(&project, None);
+    let started = Instant::now();
+    let run = project.shipit(&["test", "deploy", "--json"]);
+    let took = started.elapsed();
+    run.success();
+    let decided = decisions(&run);
+    println!("MEASURED command gate, good release: {decided:?}; deploy took {took:.1?}");
+    let outcomes: Vec<&str> = decided.iter().map(|(_, o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["pass", "pass"]);
+    // The second bake measured every host, each with its own command.
+    assert_eq!(decided[1].2["runs"].as_array().unwrap().len(), 3);
+}
+
+/// A Prometheus gate against Debian's Prometheus scraping HAProxy's
+/// exporter every second: the 5xx share of the measured servers over the
+/// last 5 s. The bad canary fails it; the good release passes.
+#[test]
+fn a_prometheus_gate_stops_a_bad_canary_and_passes_a_good_release() {
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 3,
+        lb: Lb::Haproxy(crate::support::fleet::At::Local),
+        prometheus: true,
+        ..Default::default()
+    });
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    let query = "sum(rate(haproxy_server_http_responses_total{proxy=\"app\",code=\"5xx\",server=~\"{servers_regex}\"}[5s])) \
+                 / sum(rate(haproxy_server_http_responses_total{proxy=\"app\",server=~\"{servers_regex}\"}[5s]))";
+    let gate = format!(
+        "[[stages.test.gates]]\ntype = \"prometheus\"\nurl = \"{}\"\nquery = '{query}'\nmax = 0.05\ninterval = \"2s\"\n",
+        fleet.prometheus_url()
+    );
+    project.write_config(&standard_config(
+        &fleet,
+        &format!(
+            "{lb}[stages.test.rollout]\nrolling_batch_size = [1, \"100%\"]\nbake = [\"8s\", \"4s\"]\n{gate}"
+        ),
+    ));
+    project.set_version("v2");
+    error_rate(&project, Some("50%"));
+    let (run, _, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
+    run.code(4).stderr_has("FAILED at gate");
+    let decided = decisions(&run);
+    println!("MEASURED prometheus gate, bad canary: {decided:?}; deploy took {took:.1?}");
+    assert_eq!(decided.len(), 1);
+    assert_eq!(decided[0].1, "fail");
+    assert!(
+        decided[0].2["value"].as_f64().unwrap() > 0.05,
+        "{decided:?}"
+    );
+    only_the_canary_switched(&fleet);
+    assert_eq!(currents(&fleet), vec![v1; 3]);
+    none_drained(&fleet);
+    // The query as sent names the canary's server exactly.
+    let first = &gate_events(&run)[0];
+    assert_eq!(first["hosts"], serde_json::json!(["web1"]));
+
+    project.set_version("v3");
+    error_rate(&project, None);
+    let (run, _, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
+    run.success();
+    let decided = decisions(&run);
+    println!("MEASURED prometheus gate, good release: {decided:?}; deploy took {took:.1?}");
+    let outcomes: Vec<&str> = decided.iter().map(|(_, o, _)| o.as_str()).collect();
+    assert_eq!(outcomes, ["pass", "pass"]);
+    for (_, _, measured) in &decided {
+        assert_eq!(measured["value"].as_f64(), Some(0.0), "{measured}");
+    }
+}
