@@ -567,7 +567,7 @@ fn rolling_back_twice_goes_two_releases_back_and_marks_both_bad() {
         .success()
         .stderr_has(&format!("back to {r2}"));
     assert_eq!(currents(&fleet), vec![r2.clone(); 2]);
-    assert_eq!(bad("web1"), [r3.clone()]);
+    assert_eq!(bad("web1"), std::slice::from_ref(r3));
 
     project
         .shipit(&["test", "rollback"])
