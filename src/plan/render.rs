@@ -128,8 +128,9 @@ pub fn render(plan: &Plan, full: bool) -> String {
             names.join(", ")
         );
         section(&mut out, &batch.pipelines, full);
+        // The gates measure the batch as a whole, during its bake.
         for gate in &batch.gates {
-            let _ = writeln!(out, "  {:<8}  {:<13}  {}", "", "gate", gate.describe());
+            let _ = writeln!(out, "  {:<8}  {:<13}  {}", "batch", "gate", gate.describe());
         }
     }
     if !plan.finish.is_empty() {

@@ -702,7 +702,7 @@ fn gates_measure_every_host_switched_so_far_during_each_bake() {
     );
     assert!(
         text.contains(
-            "            gate           gates[0] haproxy: share of 5xx in the answers of web1 web2 web3 \
+            "  batch     gate           gates[0] haproxy: share of 5xx in the answers of web1 web2 web3 \
              (5xx ≤ 5% of at least 50 answers); every 1s, inconclusive at the end = fail\n"
         ),
         "{text}"
