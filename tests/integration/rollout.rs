@@ -890,13 +890,20 @@ fn a_prometheus_gate_stops_a_bad_canary_and_passes_a_good_release() {
         "[[stages.test.gates]]\ntype = \"prometheus\"\nurl = \"{}\"\nquery = '{query}'\nmax = 0.05\ninterval = \"2s\"\n",
         fleet.prometheus_url()
     );
-    project.write_config(&standard_config(
-        &fleet,
-        &format!(
-            "{lb}[stages.test.rollout]\nrolling_batch_size = [1, \"100%\"]\nbake = [\"8s\", \"4s\"]\n{gate}"
-        ),
-    ));
+    let rollout =
+        "[stages.test.rollout]\nrolling_batch_size = [1, \"100%\"]\nbake = [\"8s\", \"4s\"]\n";
+    // A query Prometheus refuses is found before anything changes.
+    let typo = gate.replace("[5s]))", "[5s])");
+    project.write_config(&standard_config(&fleet, &format!("{lb}{rollout}{typo}")));
     project.set_version("v2");
+    project
+        .shipit(&["test", "deploy"])
+        .code(1)
+        .stderr_has("a gate cannot measure, so no batch could pass it: gates[0] prometheus")
+        .stderr_has("bad_data");
+    assert_eq!(currents(&fleet), vec![v1.clone(); 3]);
+
+    project.write_config(&standard_config(&fleet, &format!("{lb}{rollout}{gate}")));
     error_rate(&project, Some("50%"));
     let (run, _, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
     run.code(4).stderr_has("FAILED at gate");

@@ -32,7 +32,7 @@ use super::watch::Watch;
 use crate::config::OnInconclusive;
 use crate::lb::{Counted, Driver, LbCtx, Member};
 use crate::plan::gates::render_query;
-use crate::plan::{Batch, BatchGate, Measure, StepKind};
+use crate::plan::{Batch, BatchGate, Measure, Plan, StepKind};
 use crate::report::{Event, GateSummary, HostResult, Measured, Verdict};
 use crate::transport::{Quiet, Transport};
 
@@ -176,6 +176,64 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         // check failed the batch): its last word, undecided.
         if let Some(evaluation) = latest {
             run.gates.add(summary(Verdict::Inconclusive, &evaluation));
+        }
+    }
+
+    /// Before anything changes: each gate of the plan that can be asked
+    /// without side effects is asked once, so that a gate that could never
+    /// measure refuses the run rather than failing (or, with
+    /// `on_inconclusive = "pass"`, silently passing) every bake: a
+    /// Prometheus that cannot be reached or refuses the query, a load
+    /// balancer that counts no answers for a measured host. Command gates
+    /// are not run ahead.
+    pub(super) async fn gates_preflight(&self, plan: &Plan) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let first_of_each = plan
+            .batches
+            .iter()
+            .flat_map(|b| &b.gates)
+            .filter(|g| seen.insert(g.index));
+        let mut problems = Vec::new();
+        for gate in first_of_each {
+            let problem = match &gate.measure {
+                Measure::Prometheus {
+                    url,
+                    query,
+                    timeout,
+                    ..
+                } => prometheus::ask(&self.http, url, query, *timeout)
+                    .await
+                    .err(),
+                Measure::Haproxy { lb, .. } => match self.answers(lb.as_ref(), &gate.hosts).await {
+                    Err(e) => Some(e),
+                    Ok(counted) => {
+                        let mut uncounted: Vec<&str> = counted
+                            .iter()
+                            .filter(|c| c.answers.is_none())
+                            .map(|c| c.host.as_str())
+                            .collect();
+                        uncounted.dedup();
+                        (!uncounted.is_empty()).then(|| {
+                            format!(
+                                "HAProxy counts no HTTP answers for {} (a server missing, or a backend in TCP mode)",
+                                uncounted.join(", ")
+                            )
+                        })
+                    }
+                },
+                Measure::Command { .. } => None,
+            };
+            if let Some(problem) = problem {
+                problems.push(format!("gates[{}] {}: {problem}", gate.index, gate.kind()));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a gate cannot measure, so no batch could pass it: {}",
+                problems.join("; ")
+            ))
         }
     }
 
