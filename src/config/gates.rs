@@ -218,12 +218,13 @@ impl GateQuery {
 }
 
 /// A regular expression (RE2, as Prometheus uses, which anchors it) that
-/// matches exactly `names`. Characters other than letters, digits, `_`,
-/// `-` and `:` go in a class (`web[.]1`), never behind a backslash: the
-/// expression is pasted into a PromQL string whose quoting (`"…"`, `'…'`
-/// or raw `` `…` ``) decides what a backslash means.
+/// matches exactly `names`: `web1` or `(?:web1|web2)`, grouped so that it
+/// can be combined (`({servers_regex}):8080`). Characters other than
+/// letters, digits, `_`, `-` and `:` go in a class (`web[.]1`), never
+/// behind a backslash: the expression is pasted into a PromQL string whose
+/// quoting (`"…"`, `'…'` or raw `` `…` ``) decides what a backslash means.
 pub fn exact_regex(names: &[String]) -> String {
-    names
+    let alternatives: Vec<String> = names
         .iter()
         .map(|name| {
             name.chars()
@@ -236,8 +237,11 @@ pub fn exact_regex(names: &[String]) -> String {
                 })
                 .collect::<String>()
         })
-        .collect::<Vec<_>>()
-        .join("|")
+        .collect();
+    match alternatives.as_slice() {
+        [one] => one.clone(),
+        _ => format!("(?:{})", alternatives.join("|")),
+    }
 }
 
 #[cfg(test)]
@@ -256,7 +260,7 @@ mod tests {
         });
         assert_eq!(
             text,
-            r#"sum(rate(haproxy_server_http_responses_total{code="5xx",server=~"web1|web[.]2"}[30s])) {x}"#
+            r#"sum(rate(haproxy_server_http_responses_total{code="5xx",server=~"(?:web1|web[.]2)"}[30s])) {x}"#
         );
         let err = GateQuery::parse("up{job=\"{job}\"}").unwrap_err();
         assert_eq!(

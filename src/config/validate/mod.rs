@@ -680,5 +680,39 @@ mod example {
             lb.settings()["balancers"][0]["via"]["spec"],
             "deploy@lb1.example.com"
         );
+        assert_eq!(config.stages["production"].gates.len(), 1);
+        assert!(staging.gates.is_empty());
+    }
+
+    /// The gates shown commented out are valid too.
+    #[test]
+    fn the_example_gates_are_valid() {
+        let text = include_str!("../../../deploy.toml.example");
+        let start = text.find("\n[[gates]]").expect("gates in the example");
+        let end = text.find("[stages.production]").expect("stages");
+        let gates: String = text[start..end]
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest == "[[gates]]"
+                        || rest.split_once(" = ").is_some_and(|(key, _)| {
+                            key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{gates}\n{}", &text[..start], &text[end..]);
+        let config = super::super::from_str(std::path::Path::new("deploy.toml.example"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{gates}"));
+        let kinds: Vec<&str> = config.stages["production"]
+            .gates
+            .iter()
+            .map(|g| g.check.kind())
+            .collect();
+        assert_eq!(kinds, ["haproxy", "prometheus", "command"]);
     }
 }
