@@ -934,3 +934,39 @@ fn a_prometheus_gate_stops_a_bad_canary_and_passes_a_good_release() {
         assert_eq!(measured["value"].as_f64(), Some(0.0), "{measured}");
     }
 }
+
+/// During the bake the load balancer must keep the batch in service: HAProxy
+/// reporting the canary DOWN (its checks stopped and the server forced down,
+/// while shipit's own health check still passes) fails the batch, and the
+/// canary is rolled back.
+#[test]
+fn a_host_the_load_balancer_takes_out_during_the_bake_fails_its_batch() {
+    let fleet = fleet(3);
+    let lb = haproxy(&fleet);
+    let project = Project::new(&standard_config(&fleet, &lb));
+    let v1 = deploy_v1(&project, &fleet);
+    project.write_config(&standard_config(
+        &fleet,
+        &format!(
+            "{lb}[stages.test.rollout]\nrolling_batch_size = [1, 2]\nbake = [\"30s\", \"1s\"]\n"
+        ),
+    ));
+    project.set_version("v2");
+    let mut running = project.spawn(&["test", "deploy"]);
+    running.wait_for("== bake 1/2: watching web1", Duration::from_secs(60));
+    for command in ["disable health app/web1", "set server app/web1 health down"] {
+        let answer = fleet.haproxy_cmd(command);
+        assert!(answer.trim().is_empty(), "{command}: {answer}");
+    }
+    running.wait_for(
+        "the load balancer reported it out of service (DOWN) at 2 polls in a row",
+        Duration::from_secs(20),
+    );
+    // HAProxy's checks resume, so the rollback's enable sees web1 UP again.
+    fleet.haproxy_cmd("enable health app/web1");
+    let run = running.finish();
+    run.code(4).stderr_has("FAILED at bake");
+    assert_eq!(currents(&fleet), vec![v1; 3]);
+    only_the_canary_switched(&fleet);
+    none_drained(&fleet);
+}
