@@ -66,6 +66,28 @@ pub fn facts(stage: &Stage, current: Option<u32>, releases: &[u32]) -> BTreeMap<
         .collect()
 }
 
+/// A deploy plan of release 3 for every host of `stage`, which run release
+/// 2 of releases 1 and 2 (`with_facts`; else as a dry run sees them).
+pub fn deploy_plan(
+    stage: &Stage,
+    with_facts: bool,
+    service: Option<&crate::plan::Service>,
+) -> Result<crate::plan::Plan, crate::plan::PlanError> {
+    let f = facts(stage, Some(2), &[1, 2]);
+    crate::plan::deploy(&crate::plan::DeployInput {
+        stage,
+        hosts: &stage.hosts,
+        release: id(3),
+        revision: "abc".into(),
+        facts: with_facts.then_some(&f),
+        run: run(),
+        env: &[],
+        resume: false,
+        digest: String::new(),
+        service,
+    })
+}
+
 pub fn run() -> crate::plan::Run {
     crate::plan::Run {
         id: "run-1".into(),

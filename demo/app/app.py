@@ -40,13 +40,15 @@ the file (set in the restart command: `APP_ERROR_RATE=0.2 bin/restart`).
                                 1st passes, the 2nd fails, ...)
     MODE         APP_MODE       "web" (default) or "worker"
 
-Worker mode (MODE worker, or bin/restart-worker): no port at all. A loop writes
-<deploy_to>/shared/worker.heartbeat every 0.5 s ("release=<id> version=<v>
-[revision=<rev>] time=<epoch seconds>"), with its pid in shared/worker.pid, and logs
-to shared/log/worker.log. bin/worker-health checks it (pid alive, heartbeat fresh).
-BOOT_DELAY delays the first heartbeat; HEALTHY_FOR makes the worker exit with status
-1 after that many seconds (a crash); while shared/health-fail says so, it stops
-writing heartbeats (a stuck worker).
+Worker mode (a MODE file saying worker, or `APP_MODE=worker bin/restart`): no port
+at all. A loop writes <deploy_to>/shared/worker.heartbeat every 0.5 s ("release=<id>
+version=<v> [revision=<rev>] time=<epoch seconds>"), with its pid in
+shared/worker.pid, and logs to shared/log/worker.log. `app.py worker-health [MAX_AGE
+[EXPECT]]` checks it: exit 0 if the pid is alive and the heartbeat at most MAX_AGE
+seconds old (default 3) and containing EXPECT (e.g. "revision=<rev>"), else 1 with
+the reason on stderr. BOOT_DELAY delays the first heartbeat; HEALTHY_FOR makes the
+worker exit with status 1 after that many seconds (a crash); while
+shared/health-fail says so, it stops writing heartbeats (a stuck worker).
 
 SIGTERM/SIGINT: stop accepting, finish in-flight requests (at most 10 s), exit 0 (a
 worker finishes its current beat).
@@ -308,6 +310,8 @@ class Handler(BaseHTTPRequestHandler):
                 seconds = min(30.0, max(0.0, float(params.get("seconds", "2"))))
             except ValueError:
                 return 400, "seconds must be a number\n"
+            # The line that marks the moment a test's request is in flight here.
+            LOG.info("slow request started (%g s)", seconds)
             time.sleep(seconds)
             return 200, f"{VERSION} {RELEASE} {HOSTNAME} slept={seconds:g}\n"
         return 404, "not found\n"
@@ -392,7 +396,41 @@ def worker():
     return 0
 
 
+def worker_health(args):
+    """`app.py worker-health [MAX_AGE [EXPECT]]`: is the worker alive and beating?"""
+    max_age = float(args[0]) if args else 3.0
+    expect = args[1] if len(args) > 1 else None
+
+    def fail(why):
+        print(f"worker-health: {why}", file=sys.stderr)
+        return 1
+
+    if not SHARED:
+        return fail("not run from <deploy_to>/releases/<id>/app.py")
+    pid = _read(os.path.join(SHARED, "worker.pid"))
+    if not pid:
+        return fail("no shared/worker.pid: worker not started")
+    # Not just kill -0: a crashed worker stays a zombie until init reaps it.
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat or stat.rpartition(") ")[2][:1] in ("Z", "X", ""):
+        return fail(f"worker {pid} is not running")
+    beat_path = os.path.join(SHARED, "worker.heartbeat")
+    try:
+        age = time.time() - os.stat(beat_path).st_mtime
+    except OSError:
+        return fail("no heartbeat yet")
+    beat = _read(beat_path)
+    if age > max_age:
+        return fail(f"last heartbeat {age:.1f} s ago (more than {max_age:g} s): {beat}")
+    if expect and expect not in beat:
+        return fail(f"heartbeat lacks {expect!r}: {beat}")
+    print(f"worker-health: ok, pid {pid}, beat {age:.1f} s ago: {beat}")
+    return 0
+
+
 def main():
+    if sys.argv[1:2] == ["worker-health"]:
+        return worker_health(sys.argv[2:])
     if MODE == "worker":
         return worker()
     if MODE != "web":

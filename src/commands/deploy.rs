@@ -11,7 +11,6 @@ use super::{Context, Signals, fleet};
 use crate::artifact::{self, Artifact};
 use crate::cli::DeployArgs;
 use crate::error::Error;
-use crate::execute::Executor;
 use crate::exit::Exit;
 use crate::host::lock::LockKind;
 use crate::host::{HostFacts, ReleaseId};
@@ -197,58 +196,6 @@ async fn locked(
         })?)
     })
     .await
-}
-
-/// Gives the lock back, saying where that was not possible.
-pub async fn release<T: crate::transport::Transport>(ctx: &Context, held: lock::Held<'_, T>) {
-    let kept = held.release().await;
-    if !kept.is_empty() {
-        ctx.note(
-            None,
-            &format!(
-                "could not release the deploy lock on {}; it goes stale once its lease ({}) runs out",
-                kept.join(", "),
-                humantime::format_duration(ctx.stage.rollout.lock_lease)
-            ),
-        );
-    }
-}
-
-/// Puts back into the load balancer the hosts an interrupted run left
-/// drained, when their release answers its health check; reports the rest.
-pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
-    let stage = &ctx.stage;
-    let pipelines = plan::repair(stage, &ctx.hosts, facts, ctx.local_dir().as_deref());
-    if pipelines.is_empty() {
-        return;
-    }
-    for p in &pipelines {
-        let trace = facts[&p.host]
-            .last_run
-            .as_ref()
-            .expect("repair plans only interrupted runs");
-        ctx.note(
-            Some(&p.host),
-            &format!(
-                "left drained by the interrupted {} of {} (run {}); checking it",
-                trace.op, trace.release, trace.run
-            ),
-        );
-    }
-    let reporter = ctx.reporter();
-    let fixed = Executor::new(transport, reporter.as_ref())
-        .run_pipelines(Phase::Repair, &pipelines)
-        .await;
-    for p in &pipelines {
-        if fixed.contains(&p.host) {
-            ctx.note(Some(&p.host), "put back into the load balancer");
-        } else {
-            ctx.note(
-                Some(&p.host),
-                "stays out of the load balancer: its release does not answer its health check",
-            );
-        }
-    }
 }
 
 struct Interrupted {

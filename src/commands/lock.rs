@@ -469,6 +469,21 @@ where
             ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
         })
         .await;
-    super::deploy::release(ctx, held).await;
+    release(ctx, held).await;
     result
+}
+
+/// Gives the lock back, saying where that was not possible.
+pub async fn release<T: Transport>(ctx: &Context, held: Held<'_, T>) {
+    let kept = held.release().await;
+    if !kept.is_empty() {
+        ctx.note(
+            None,
+            &format!(
+                "could not release the deploy lock on {}; it goes stale once its lease ({}) runs out",
+                kept.join(", "),
+                humantime::format_duration(ctx.stage.rollout.lock_lease)
+            ),
+        );
+    }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use super::deploy::repair;
 use super::lock::{self, LockOptions};
 use super::{Context, Signals, fleet, run_result};
 use crate::error::Error;
@@ -14,8 +13,8 @@ use crate::execute::{self, Executor};
 use crate::exit::Exit;
 use crate::host::HostFacts;
 use crate::host::lock::LockKind;
-use crate::plan::{Plan, Service};
-use crate::report::Event;
+use crate::plan::{self, Plan, Service};
+use crate::report::{Event, Phase};
 use crate::transport::ssh::SshTransport;
 
 /// What the hosts and the load balancer said, for the planner.
@@ -89,7 +88,7 @@ where
             ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
         })
         .await;
-    super::deploy::release(ctx, held).await;
+    lock::release(ctx, held).await;
     result
 }
 
@@ -140,4 +139,41 @@ pub async fn service(
         )));
     }
     Ok(found.states)
+}
+
+/// Puts back into the load balancer the hosts an interrupted run left
+/// drained, when their release answers its health check; reports the rest.
+pub async fn repair(ctx: &Context, transport: &SshTransport, facts: &BTreeMap<String, HostFacts>) {
+    let stage = &ctx.stage;
+    let pipelines = plan::repair(stage, &ctx.hosts, facts, ctx.local_dir().as_deref());
+    if pipelines.is_empty() {
+        return;
+    }
+    for p in &pipelines {
+        let trace = facts[&p.host]
+            .last_run
+            .as_ref()
+            .expect("repair plans only interrupted runs");
+        ctx.note(
+            Some(&p.host),
+            &format!(
+                "left drained by the interrupted {} of {} (run {}); checking it",
+                trace.op, trace.release, trace.run
+            ),
+        );
+    }
+    let reporter = ctx.reporter();
+    let fixed = Executor::new(transport, reporter.as_ref())
+        .run_pipelines(Phase::Repair, &pipelines)
+        .await;
+    for p in &pipelines {
+        if fixed.contains(&p.host) {
+            ctx.note(Some(&p.host), "put back into the load balancer");
+        } else {
+            ctx.note(
+                Some(&p.host),
+                "stays out of the load balancer: its release does not answer its health check",
+            );
+        }
+    }
 }

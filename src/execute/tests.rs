@@ -38,20 +38,7 @@ fn plan(hosts: usize) -> Plan {
 /// `extra` goes into `[rollout]`.
 fn plan_with(hosts: usize, extra: &str) -> Plan {
     let stage = stage(hosts, &format!("keep_releases = 1\n{STAGE}{extra}\n"));
-    let f = facts(&stage, Some(2), &[1, 2]);
-    deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: testing::run(),
-        env: &[],
-        resume: false,
-        digest: String::new(),
-        service: None,
-    })
-    .unwrap()
+    testing::deploy_plan(&stage, true, None).unwrap()
 }
 
 async fn run(
@@ -713,20 +700,7 @@ async fn secrets_never_reach_any_output() {
 
 fn plan_with_lb(hosts: usize, lb: &str) -> Plan {
     let stage = stage(hosts, &format!("restart = \"restart-app\"\n{lb}"));
-    let f = facts(&stage, Some(2), &[1, 2]);
-    deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: testing::run(),
-        resume: false,
-        digest: String::new(),
-        env: &[],
-        service: None,
-    })
-    .unwrap()
+    testing::deploy_plan(&stage, true, None).unwrap()
 }
 
 #[tokio::test]

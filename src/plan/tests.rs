@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::lb::LbOp;
-use crate::testing::{facts, id, run, stage};
+use crate::testing::{self, facts, id, run, stage};
 
 const LB_AND_HEALTH: &str = r#"
 restart = "bin/restart {name}"
@@ -19,21 +19,7 @@ rolling_batch_size = 2
 "#;
 
 fn deploy_plan(hosts: usize, extra: &str, with_facts: bool) -> Plan {
-    let stage = stage(hosts, extra);
-    let f = facts(&stage, Some(2), &[1, 2]);
-    deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: with_facts.then_some(&f),
-        run: run(),
-        env: &[],
-        resume: false,
-        digest: String::new(),
-        service: None,
-    })
-    .unwrap()
+    testing::deploy_plan(&stage(hosts, extra), with_facts, None).unwrap()
 }
 
 fn kinds(p: &Pipeline) -> Vec<&'static str> {
@@ -443,20 +429,7 @@ fn driver_none_warns_that_requests_fail() {
 }
 
 fn deploy_with_service(hosts: usize, extra: &str, service: &Service) -> Result<Plan, PlanError> {
-    let stage = stage(hosts, extra);
-    let f = facts(&stage, Some(2), &[1, 2]);
-    deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: run(),
-        env: &[],
-        resume: false,
-        digest: String::new(),
-        service: Some(service),
-    })
+    testing::deploy_plan(&stage(hosts, extra), true, Some(service))
 }
 
 const DRAINING: &str = "[lb]\ndrain = \"lbctl drain {name}\"\nenable = \"lbctl enable {name}\"\n";
@@ -567,21 +540,7 @@ fn zones_go_one_after_another() {
             .stages["production"]
             .clone()
     };
-    let stage = zoned(&stage_text(true));
-    let f = facts(&stage, Some(2), &[1, 2]);
-    let plan = deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: run(),
-        env: &[],
-        resume: false,
-        digest: String::new(),
-        service: None,
-    })
-    .unwrap();
+    let plan = testing::deploy_plan(&zoned(&stage_text(true)), true, None).unwrap();
     let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
     assert_eq!(batches, [vec!["a1", "a2"], vec!["a3"], vec!["b1", "b2"]]);
     let zones: Vec<&str> = plan

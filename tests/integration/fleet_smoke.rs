@@ -52,7 +52,7 @@ fn install_demo_app(fleet: &Fleet, host: &str, release: &str) {
 
 /// Installs the demo app on `host` as release `release` with `files` (knobs such
 /// as `("ERROR_RATE", "0.25")`) in the release, switches to it and runs `restart`
-/// there (e.g. `bin/restart-worker`).
+/// there (e.g. `APP_MODE=worker bin/restart`).
 fn install_release(
     fleet: &Fleet,
     host: &str,
@@ -469,10 +469,12 @@ fn slow_request(
     std::thread::spawn(move || load::get(&url, Duration::from_secs(30)))
 }
 
-/// Connections from the load balancer to the apps (:8080) that are open now.
-fn lb_connections_to_apps(fleet: &Fleet) -> usize {
-    let out = fleet.lb_exec("ss -Htn state established '( dport = :8080 )'");
-    String::from_utf8_lossy(&out.stdout).lines().count()
+/// Whether some web host's app logged that a slow request is in flight there.
+fn slow_request_started(fleet: &Fleet) -> bool {
+    fleet.hosts().iter().any(|h| {
+        std::fs::read_to_string(fleet.srv_dir(&h.name).join("app/shared/log/app.log"))
+            .is_ok_and(|log| log.contains("slow request started"))
+    })
 }
 
 #[test]
@@ -525,7 +527,7 @@ fn fleet_nginx_serves_reloads_gracefully_and_shows_old_workers() {
         wait_for(
             Duration::from_secs(10),
             "nginx to hold the slow request",
-            || lb_connections_to_apps(&fleet) == 1,
+            || slow_request_started(&fleet),
         );
         // web3 leaves the upstream file; a reload makes that take effect.
         std::fs::write(&upstreams, lines[..2].join("\n") + "\n").unwrap();
@@ -828,9 +830,9 @@ fn demo_app_knobs_misbehave_per_release() {
         "web1",
         "w1",
         &[("REVISION", "aa11")],
-        "bin/restart-worker",
+        "APP_MODE=worker bin/restart",
     );
-    let check = "/srv/app/current/bin/worker-health";
+    let check = "/srv/app/current/app.py worker-health";
     wait_for(
         Duration::from_secs(10),
         "the worker's first heartbeat",
@@ -862,13 +864,13 @@ fn demo_app_knobs_misbehave_per_release() {
         "web1",
         "w2",
         &[("HEALTHY_FOR", "1")],
-        "bin/restart-worker",
+        "APP_MODE=worker bin/restart",
     );
     wait_for(Duration::from_secs(10), "w2 to crash", || {
         let out = fleet.exec("web1", check);
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running")
     });
-    install_release(&fleet, "web1", "w3", &[], "bin/restart-worker");
+    install_release(&fleet, "web1", "w3", &[], "APP_MODE=worker bin/restart");
     wait_for(Duration::from_secs(10), "w3 to beat", || {
         fleet
             .exec("web1", &format!("{check} 3 release=w3"))

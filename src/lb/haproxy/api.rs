@@ -23,9 +23,6 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use super::socket::AdminSocket;
-use crate::shell::Cmd;
-
 /// True if `name` may be used as a backend or server name: HAProxy's
 /// identifier characters (letters, digits, `-`, `_`, `.`, `:`).
 pub fn is_ident(name: &str) -> bool {
@@ -38,38 +35,6 @@ pub fn is_ident(name: &str) -> bool {
 /// What to say when [`is_ident`] fails.
 pub const IDENT_RULE: &str =
     "use letters, digits, `-`, `_`, `.` and `:` (HAProxy's names; its runtime API is line-based)";
-
-/// Carries one request from stdin to an admin socket on another host and
-/// its answer back to stdout: `socat`, or `nc` where socat is missing.
-const RELAY: &str = r#"if command -v socat >/dev/null 2>&1; then
-  case $1 in
-    unix) exec socat -t 10 - "UNIX-CONNECT:$2" ;;
-    tcp) case $2 in
-      *:*) exec socat -t 10 - "TCP:[$2]:$3" ;;
-      *) exec socat -t 10 - "TCP:$2:$3" ;;
-    esac ;;
-  esac
-elif command -v nc >/dev/null 2>&1; then
-  case $1 in
-    unix) exec nc -U "$2" ;;
-    tcp) exec nc "$2" "$3" ;;
-  esac
-fi
-echo "neither socat nor nc is installed on $(uname -n 2>/dev/null); one of them is needed there to reach HAProxy's admin socket (apt-get install socat)" >&2
-exit 127"#;
-
-/// The command that relays a request (on its stdin) to `socket` on the
-/// host it runs on.
-pub fn relay(socket: &AdminSocket) -> Cmd {
-    match socket {
-        AdminSocket::Unix { path } => Cmd::script("haproxy-relay", RELAY, ["unix", path.as_str()]),
-        AdminSocket::Tcp { host, port } => Cmd::script(
-            "haproxy-relay",
-            RELAY,
-            ["tcp".to_string(), host.clone(), port.to_string()],
-        ),
-    }
-}
 
 /// A server's administrative state, as `set server ... state` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -460,42 +425,6 @@ other,web1,1,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,0,,,0,5,,1,4,1,,0,,2,0,,0,,,,
         assert_eq!(
             BadName("web 1".into()).to_string(),
             "\"web 1\" is not an HAProxy name: use letters, digits, `-`, `_`, `.` and `:` (HAProxy's names; its runtime API is line-based)"
-        );
-    }
-
-    #[test]
-    fn the_relay_passes_the_socket_as_arguments() {
-        let cmd = relay(&AdminSocket::Unix {
-            path: "/run/haproxy/admin.sock".into(),
-        });
-        assert_eq!(
-            cmd.display(),
-            "shipit:haproxy-relay unix /run/haproxy/admin.sock"
-        );
-        let cmd = relay(&AdminSocket::Tcp {
-            host: "10.0.0.5".into(),
-            port: 9999,
-        });
-        assert_eq!(cmd.display(), "shipit:haproxy-relay tcp 10.0.0.5 9999");
-    }
-
-    #[test]
-    fn the_relay_says_what_is_missing() {
-        // A PATH with nothing but sh: the script explains itself.
-        let bin = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/bin/sh", bin.path().join("sh")).unwrap();
-        let cmd = relay(&AdminSocket::Unix { path: "/x".into() });
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd.render())
-            .env("PATH", bin.path())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(127));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("neither socat nor nc is installed on"),
-            "{stderr}"
         );
     }
 

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::api::{Request, relay};
+use super::api::Request;
 use crate::lb::{Remote, Via};
+use crate::shell::Cmd;
 use crate::transport::{ExecRequest, Quiet};
 
 /// Longest one runtime API request may take, connection included.
@@ -53,6 +54,38 @@ impl fmt::Display for Balancer {
     /// `local:10.0.0.5:9999`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.via, self.socket)
+    }
+}
+
+/// Carries one request from stdin to an admin socket on another host and
+/// its answer back to stdout: `socat`, or `nc` where socat is missing.
+const RELAY: &str = r#"if command -v socat >/dev/null 2>&1; then
+  case $1 in
+    unix) exec socat -t 10 - "UNIX-CONNECT:$2" ;;
+    tcp) case $2 in
+      *:*) exec socat -t 10 - "TCP:[$2]:$3" ;;
+      *) exec socat -t 10 - "TCP:$2:$3" ;;
+    esac ;;
+  esac
+elif command -v nc >/dev/null 2>&1; then
+  case $1 in
+    unix) exec nc -U "$2" ;;
+    tcp) exec nc "$2" "$3" ;;
+  esac
+fi
+echo "neither socat nor nc is installed on $(uname -n 2>/dev/null); one of them is needed there to reach HAProxy's admin socket (apt-get install socat)" >&2
+exit 127"#;
+
+/// The command that relays a request (on its stdin) to `socket` on the
+/// host it runs on.
+pub fn relay(socket: &AdminSocket) -> Cmd {
+    match socket {
+        AdminSocket::Unix { path } => Cmd::script("haproxy-relay", RELAY, ["unix", path.as_str()]),
+        AdminSocket::Tcp { host, port } => Cmd::script(
+            "haproxy-relay",
+            RELAY,
+            ["tcp".to_string(), host.clone(), port.to_string()],
+        ),
     }
 }
 
@@ -126,4 +159,45 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
     Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_passes_the_socket_as_arguments() {
+        let cmd = relay(&AdminSocket::Unix {
+            path: "/run/haproxy/admin.sock".into(),
+        });
+        assert_eq!(
+            cmd.display(),
+            "shipit:haproxy-relay unix /run/haproxy/admin.sock"
+        );
+        let cmd = relay(&AdminSocket::Tcp {
+            host: "10.0.0.5".into(),
+            port: 9999,
+        });
+        assert_eq!(cmd.display(), "shipit:haproxy-relay tcp 10.0.0.5 9999");
+    }
+
+    #[test]
+    fn the_relay_says_what_is_missing() {
+        // A PATH with nothing but sh: the script explains itself.
+        let bin = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/bin/sh", bin.path().join("sh")).unwrap();
+        let cmd = relay(&AdminSocket::Unix { path: "/x".into() });
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd.render())
+            .env("PATH", bin.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(127));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("neither socat nor nc is installed on"),
+            "{stderr}"
+        );
+    }
 }
