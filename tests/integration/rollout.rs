@@ -601,12 +601,17 @@ fn gate_events(run: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The evaluations that decided a gate, as `(batch, outcome, what it measured)`.
+/// The evaluations that decided a gate, as `(batch, outcome, what it
+/// measured)`; printed with how far into the bake each came.
 fn decisions(run: &Run) -> Vec<(u64, String, serde_json::Value)> {
     gate_events(run)
         .into_iter()
         .filter(|e| e.get("outcome").is_some())
         .map(|e| {
+            println!(
+                "MEASURED   batch {} decided {} ms into its bake: {}",
+                e["batch"], e["elapsed"], e["message"]
+            );
             (
                 e["batch"].as_u64().unwrap(),
                 e["outcome"].as_str().unwrap().to_string(),

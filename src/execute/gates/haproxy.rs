@@ -127,11 +127,7 @@ pub fn judge(
 ) -> (Verdict, Measured, String) {
     let Answers { total, errors } = counts.answers;
     let rate = (total > 0).then(|| errors as f64 / total as f64);
-    let from = format!(
-        "from {} in {}",
-        hosts.join(", "),
-        humantime::format_duration(Duration::from_secs(counts.span.as_secs()))
-    );
+    let from = format!("from {} in {}", hosts.join(", "), span(counts.span));
     let (verdict, mut message) = match rate {
         _ if total < min_requests => (
             Verdict::Inconclusive,
@@ -177,9 +173,26 @@ pub fn judge(
     (verdict, measured, message)
 }
 
+/// A window's length as people read it: `0.9s`, `6s`, `5m 2s`.
+fn span(d: Duration) -> String {
+    let tenths = (d.as_millis() + 50) / 100;
+    match tenths {
+        t if t >= 600 => humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
+        t if t % 10 == 0 => format!("{}s", t / 10),
+        t => format!("{}.{}s", t / 10, t % 10),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_read_well() {
+        assert_eq!(span(Duration::from_millis(999)), "1s");
+        assert_eq!(span(Duration::from_millis(1460)), "1.5s");
+        assert_eq!(span(Duration::from_millis(302_400)), "5m 2s");
+    }
 
     fn counted(balancer: &str, host: &str, total: u64, errors: u64) -> Counted {
         Counted {
