@@ -124,8 +124,11 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         over.cancel();
         let found = watch.found.into_inner().expect("watch findings");
         for finding in &found {
+            match finding.hosts.as_slice() {
+                [host] => self.note(Some(host), &finding.why),
+                hosts => self.note(None, &format!("{} fail: {}", hosts.join(", "), finding.why)),
+            }
             for host in &finding.hosts {
-                self.note(Some(host), &finding.why);
                 run.book.update(host, |r| {
                     r.result = Some(HostResult::Failed {
                         step: finding.step,
