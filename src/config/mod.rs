@@ -5,6 +5,7 @@
 //! rules, naming the exact key of every bad value. Nothing past this module
 //! ever sees an unchecked string where a duration, path or template belongs.
 
+pub mod gates;
 mod load;
 pub mod raw;
 pub mod select;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use gates::{Gate, GateCheck, GateQuery, OnInconclusive};
 pub use load::{from_str, load};
 pub use template::{Template, Var, Vars};
 pub use validate::lb::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_ENABLE_TIMEOUT};
@@ -67,6 +69,8 @@ pub struct Stage {
     pub lb: Option<std::sync::Arc<dyn crate::lb::Driver>>,
     pub env: Vec<EnvVar>,
     pub hooks: Hooks,
+    /// `[[gates]]`: checked on live traffic while each batch of a deploy bakes.
+    pub gates: Vec<Gate>,
     pub hosts: Vec<Host>,
     /// Roles with settings of their own (`[roles.NAME.*]`), each resolved
     /// into the stage its hosts run with: this stage with the role's

@@ -16,6 +16,7 @@ pub struct RawFile {
     pub lb: Option<RawLb>,
     pub env: Option<BTreeMap<String, toml::Value>>,
     pub hooks: Option<RawHooks>,
+    pub gates: Option<Vec<RawGate>>,
     /// `[roles.NAME.SECTION]`: settings for the hosts with that role.
     pub roles: Option<BTreeMap<String, RawRole>>,
     pub stages: Option<BTreeMap<String, RawStage>>,
@@ -33,6 +34,8 @@ pub struct RawSettings {
     pub lb: Option<RawLb>,
     pub env: Option<BTreeMap<String, toml::Value>>,
     pub hooks: Option<RawHooks>,
+    /// `[[gates]]`: a stage's list replaces the shared one whole.
+    pub gates: Option<Vec<RawGate>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +49,7 @@ pub struct RawStage {
     pub lb: Option<RawLb>,
     pub env: Option<BTreeMap<String, toml::Value>>,
     pub hooks: Option<RawHooks>,
+    pub gates: Option<Vec<RawGate>>,
     /// `[stages.NAME.roles.ROLE.SECTION]`: a role's settings in this stage.
     pub roles: Option<BTreeMap<String, RawRole>>,
 }
@@ -100,6 +104,7 @@ impl RawFile {
             lb: self.lb.clone(),
             env: self.env.clone(),
             hooks: self.hooks.clone(),
+            gates: self.gates.clone(),
         }
     }
 }
@@ -114,6 +119,7 @@ impl RawStage {
             lb: self.lb.clone(),
             env: self.env.clone(),
             hooks: self.hooks.clone(),
+            gates: self.gates.clone(),
         }
     }
 }
@@ -230,6 +236,33 @@ impl RawLb {
     pub fn get(&self, key: &str) -> Option<&toml::Value> {
         self.0.get(key)
     }
+}
+
+/// One `[[gates]]` entry: the keys of every gate type; which ones the
+/// entry's `type` takes is checked by `validate`.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub interval: Option<String>,
+    pub on_inconclusive: Option<String>,
+    // type = "haproxy"
+    /// `"5%"` or a share such as `0.05`.
+    pub max_error_rate: Option<toml::Value>,
+    pub min_requests: Option<i64>,
+    pub window: Option<String>,
+    // type = "prometheus"
+    pub url: Option<String>,
+    pub query: Option<String>,
+    /// A number (integer or float).
+    pub max: Option<toml::Value>,
+    pub min: Option<toml::Value>,
+    // type = "command"
+    pub run: Option<String>,
+    pub run_on: Option<String>,
+    // prometheus and command
+    pub timeout: Option<String>,
 }
 
 /// `[hooks]`: each a list of commands, each a string or a table
@@ -353,6 +386,9 @@ impl Overlay for RawSettings {
             rollout: self.rollout.overlay(stage.rollout),
             health: self.health.overlay(stage.health),
             lb: self.lb.overlay(stage.lb),
+            // A stage's gates replace the shared list whole (`gates = []`
+            // turns them off for the stage).
+            gates: stage.gates.or(self.gates),
         }
     }
 }

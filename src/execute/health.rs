@@ -242,7 +242,7 @@ async fn http_probe(
 
 /// reqwest's top-level message is "error sending request"; the cause
 /// ("Connection refused") is what the user needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {

@@ -66,7 +66,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
     ) -> journal::Entry {
         journal::Entry {
             run: plan.run.clone(),
-            time: now_utc(),
+            time: now_utc_ms(),
             op: plan.operation.as_str().to_string(),
             release: plan.release.to_string(),
             event: event.to_string(),
@@ -147,5 +147,14 @@ pub(super) fn journal_event(kind: StepKind) -> Option<&'static str> {
 pub(super) fn now_utc() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// For journal entries, to the millisecond: transitions a few
+/// milliseconds apart keep their order, and a journal tells how long
+/// each step took.
+fn now_utc_ms() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
 }

@@ -14,7 +14,8 @@
 //!   (`capacity`): at most `max_unavailable` hosts are out at any moment,
 //!   counting those found out before the run;
 //! - once a batch is back in service it is watched for its bake (`watch`)
-//!   before the next batch starts;
+//!   before the next batch starts: health, the load balancer's state and
+//!   the batch's gates (`gates`);
 //! - a host that was drained (or whose drain failed halfway) is put back
 //!   unless it runs a release that did not prove healthy (`pipeline`): no
 //!   healthy host stays out of the load balancer because shipit stopped;
@@ -27,11 +28,12 @@
 //! The files follow a run: `run` (the phases in order) → `rollout` (batch
 //! after batch, the failure policy) → `pipeline` (one host's steps, putting
 //! it back) → `step` (one step, judged); beside them `undo`, `watch`,
-//! `capacity`, `journal`, `hooks`, `book` (where each host stands),
-//! `health` and `lb`.
+//! `gates`, `capacity`, `journal`, `hooks`, `book` (where each host
+//! stands), `health` and `lb`.
 
 mod book;
 mod capacity;
+mod gates;
 pub mod health;
 mod hooks;
 mod journal;

@@ -37,6 +37,8 @@ pub(super) struct RunCtx<'p> {
     /// Why hosts were not taken out of service: the budget had no room.
     /// The rollout stops there; those hosts were never touched.
     pub refused: std::sync::Mutex<Vec<String>>,
+    /// What the gates decided, per batch.
+    pub gates: super::gates::GateRecord,
 }
 
 /// Which way a pipeline moves a host.

@@ -20,6 +20,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             book: Book::new(plan),
             budget: Budget::pooled(plan.pools.clone(), &plan.out_at_start),
             refused: Default::default(),
+            gates: Default::default(),
         };
         self.reporter.event(&Event::RunStarted {
             operation: plan.operation,
@@ -42,7 +43,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         self.journal_started(plan).await;
 
         let mut stopped_by = None;
-        if !self.local_steps(&plan.hooks.before).await {
+        if let Err(why) = self.gates_preflight(plan).await {
+            stopped_by = Some(format!("{why}; nothing was changed"));
+        }
+        if stopped_by.is_none() && !self.local_steps(&plan.hooks.before).await {
             stopped_by = Some("a before_deploy hook failed; nothing was changed".to_string());
         }
         let mut prepared = stopped_by.is_none();
@@ -116,6 +120,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         self.reporter.event(&Event::RunFinished {
             ok,
             hosts: hosts.clone(),
+            gates: run.gates.all(),
         });
         RunReport {
             ok,

@@ -117,18 +117,8 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
             partial: Mutex::default(),
         };
-        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| match stdin {
-            // Secrets travel on stdin: a command line shows in `ps` on the host.
-            None if cmd.has_secrets() => ExecRequest {
-                command: "sh -s".into(),
-                stdin: Some(Bytes::from(format!("{}\n", cmd.render()))),
-                timeout: self.command_timeout,
-            },
-            stdin => ExecRequest {
-                command: cmd.render(),
-                stdin,
-                timeout: self.command_timeout,
-            },
+        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| {
+            exec_request(cmd, stdin, self.command_timeout)
         };
         let output = match &step.action {
             Action::Nothing { .. } => {
@@ -204,6 +194,27 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         };
         observer.flush();
         judge(shown, output)
+    }
+}
+
+/// How `cmd` is sent. Secrets travel on stdin: a command line shows in
+/// `ps` on the host.
+pub(super) fn exec_request(
+    cmd: &crate::shell::Cmd,
+    stdin: Option<Bytes>,
+    timeout: Option<std::time::Duration>,
+) -> ExecRequest {
+    match stdin {
+        None if cmd.has_secrets() => ExecRequest {
+            command: "sh -s".into(),
+            stdin: Some(Bytes::from(format!("{}\n", cmd.render()))),
+            timeout,
+        },
+        stdin => ExecRequest {
+            command: cmd.render(),
+            stdin,
+            timeout,
+        },
     }
 }
 

@@ -138,6 +138,37 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// The driver's settings, for `--dry-run --json`.
     fn settings(&self) -> serde_json::Value;
+
+    /// The HTTP answers each member gave, as the balancer counts them (one
+    /// entry per balancer and member; the counts only grow until the
+    /// balancer restarts): what error-rate gates measure. `None`: this kind
+    /// of balancer does not count answers per server.
+    async fn answers(
+        &self,
+        _ctx: &LbCtx<'_>,
+        _members: &[Member],
+    ) -> Option<Result<Vec<Counted>, String>> {
+        None
+    }
+}
+
+/// One member's answers as one balancer counted them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    /// Which balancer counted (an HA pair counts twice, apart).
+    pub balancer: String,
+    pub host: String,
+    /// `None`: the balancer does not list the member (any more).
+    pub answers: Option<Answers>,
+}
+
+/// HTTP answers a server gave since the balancer started counting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Answers {
+    /// Every answer, whatever its status.
+    pub total: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
 }
 
 /// What a driver learns about a host to make a [`Member`] of it.

@@ -10,6 +10,7 @@ use crate::host::{Current, HostFacts, Layout, ReleaseId};
 use crate::lb::ServiceState;
 use crate::shell::Word;
 
+use super::gates;
 use super::roles;
 use super::shape::{self, Shape};
 use super::steps::{HostSteps, RunEnv};
@@ -236,6 +237,7 @@ fn assemble(
             pipelines: b.hosts.iter().filter_map(|h| pipelines.remove(h)).collect(),
             bake: b.bake,
             zone: b.zone,
+            gates: Vec::new(),
         })
         .collect()
 }
@@ -432,6 +434,29 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
 
     let whole = HostSteps::new(stage, None, &input.release, None, Operation::Deploy, run);
     warnings.splice(0..0, self::warnings(stage, &rolling_hosts, &out));
+    let planned: Vec<PlannedHost> = input
+        .hosts
+        .iter()
+        .map(|h| PlannedHost {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            before: before(h),
+            unchanged: done(h),
+            zone: h.zone.clone(),
+            left_out: kept_out(h),
+            role: stage.role_of(h).map(str::to_string),
+        })
+        .collect();
+    let mut batches = assemble(shaped, rolling);
+    gates::attach(
+        &gates::GateInput {
+            stage,
+            release: &input.release,
+            run,
+            hosts: &planned,
+        },
+        &mut batches,
+    );
     Ok(Plan {
         run: input.run.id.clone(),
         operation: Operation::Deploy,
@@ -439,21 +464,9 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         stage: stage.name.clone(),
         release: input.release.clone(),
         revision: input.revision.clone(),
-        hosts: input
-            .hosts
-            .iter()
-            .map(|h| PlannedHost {
-                name: h.name.clone(),
-                address: h.address.clone(),
-                before: before(h),
-                unchanged: done(h),
-                zone: h.zone.clone(),
-                left_out: kept_out(h),
-                role: stage.role_of(h).map(str::to_string),
-            })
-            .collect(),
+        hosts: planned,
         prepare,
-        batches: assemble(shaped, rolling),
+        batches,
         shape,
         parts,
         pools,

@@ -5,6 +5,7 @@
 //! the very same value to the executor.
 
 mod build;
+pub mod gates;
 mod render;
 pub mod roles;
 pub mod shape;
@@ -25,6 +26,7 @@ pub use build::{
     DeployInput, PlanError, RollbackInput, Run, Service, deploy, health_check, repair, rollback,
     rollout_shape,
 };
+pub use gates::{BatchGate, GateCommand, Measure};
 pub use render::render;
 pub use roles::{Part, Pools};
 pub use shape::Shape;
@@ -116,8 +118,9 @@ pub struct OutOfService {
     pub returns: bool,
 }
 
-/// One batch of the rolling phase: its hosts' pipelines, run at once, and
-/// how long the batch is watched once every host is back in service.
+/// One batch of the rolling phase: its hosts' pipelines, run at once, how
+/// long the batch is watched once every host is back in service, and the
+/// gates evaluated during that watch.
 #[derive(Debug, Clone, Serialize)]
 pub struct Batch {
     pub pipelines: Vec<Pipeline>,
@@ -126,6 +129,8 @@ pub struct Batch {
     /// The zone all its hosts are in, with `rollout.by_zone`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Evaluated during the bake (deploys only; see `gates`).
+    pub gates: Vec<BatchGate>,
 }
 
 impl Batch {
@@ -214,6 +219,8 @@ pub enum StepKind {
     /// in service.
     #[serde(rename = "min_healthy_time")]
     MinHealthyTime,
+    /// A `[[gates]]` check during the watch.
+    Gate,
     MarkBad,
     Cleanup,
     #[serde(rename = "before_deploy")]
@@ -258,6 +265,7 @@ impl StepKind {
             StepKind::Enable => "enable",
             StepKind::Bake => "bake",
             StepKind::MinHealthyTime => "min_healthy_time",
+            StepKind::Gate => "gate",
             StepKind::MarkBad => "mark-bad",
             StepKind::Cleanup => "cleanup",
             StepKind::BeforeDeploy => "before_deploy",
@@ -440,6 +448,14 @@ impl Plan {
     /// them wherever they might show up (command output, errors).
     pub fn secrets(&self) -> Vec<String> {
         let hooks = &self.hooks;
+        let gate_commands =
+            self.batches
+                .iter()
+                .flat_map(|b| &b.gates)
+                .flat_map(|g| match &g.measure {
+                    Measure::Command { commands, .. } => commands.iter().map(|c| &c.cmd).collect(),
+                    _ => Vec::new(),
+                });
         let steps = self
             .pipelines()
             .chain(&self.undo)
@@ -462,6 +478,7 @@ impl Plan {
                 },
                 Action::Nothing { .. } => Vec::new(),
             })
+            .chain(gate_commands)
             .flat_map(|cmd| cmd.secrets().into_iter().map(str::to_string))
             .collect();
         all.sort();

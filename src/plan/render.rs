@@ -55,6 +55,7 @@ pub fn render(plan: &Plan, full: bool) -> String {
             )
         }
     );
+    let _ = writeln!(out, "  rollout   {}", rollout(plan));
     for host in &plan.hosts {
         let before = host.before.as_ref().map_or_else(
             || "unknown (a dry run does not connect)".to_string(),
@@ -121,8 +122,13 @@ pub fn render(plan: &Plan, full: bool) -> String {
             "the next batch starts when all are healthy".to_string()
         } else {
             format!(
-                "then watched for {} (health checks keep running) before the next batch",
-                humantime::format_duration(watch)
+                "then watched for {} (health checks and the load balancer's state keep being polled{}) before the next batch",
+                humantime::format_duration(watch),
+                if batch.gates.is_empty() {
+                    ""
+                } else {
+                    ", gates evaluated"
+                }
             )
         };
         let _ = writeln!(
@@ -132,6 +138,10 @@ pub fn render(plan: &Plan, full: bool) -> String {
             names.join(", ")
         );
         section(&mut out, &batch.pipelines, full);
+        // The gates measure the batch as a whole, during its bake.
+        for gate in &batch.gates {
+            let _ = writeln!(out, "  {:<8}  {:<13}  {}", "batch", "gate", gate.describe());
+        }
     }
     if !plan.finish.is_empty() {
         let _ = writeln!(out, "\nAfter every batch succeeded:");
@@ -229,6 +239,59 @@ fn capacity(plan: &Plan) -> String {
         })
         .collect();
     format!("out of service, per pool: {}", pools.join("; "))
+}
+
+/// The shape in one line: `ramp 1, 2, 50% (the last repeats); bake 5m,
+/// then 30s; zone by zone`.
+fn rollout(plan: &Plan) -> String {
+    let shape = &plan.shape;
+    let ramp: Vec<String> = shape.ramp.iter().map(ToString::to_string).collect();
+    let mut text = match ramp.as_slice() {
+        [one] => format!("batches of {one}"),
+        _ => format!("ramp {} (the last repeats)", ramp.join(", ")),
+    };
+    let bakes: Vec<String> = shape
+        .bake
+        .iter()
+        .map(|d| humantime::format_duration(*d).to_string())
+        .collect();
+    match bakes.as_slice() {
+        [] => text.push_str("; no bake"),
+        [one] => {
+            let _ = write!(text, "; bake {one} after every batch");
+        }
+        [first @ .., last] => {
+            let _ = write!(text, "; bake {}, then {last}", first.join(", "));
+        }
+    }
+    if shape.by_zone {
+        text.push_str("; zone by zone");
+    }
+    let gated = plan.batches.iter().filter(|b| !b.gates.is_empty()).count();
+    if gated > 0 {
+        let kinds: Vec<String> = plan
+            .batches
+            .iter()
+            .find(|b| !b.gates.is_empty())
+            .map(|b| {
+                b.gates
+                    .iter()
+                    .map(|g| format!("gates[{}] {}", g.index, g.kind()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = write!(
+            text,
+            "; {} gated by {} during their bake",
+            if gated == plan.batches.len() {
+                "every batch".to_string()
+            } else {
+                format!("{gated} of {} batches", plan.batches.len())
+            },
+            kinds.join(", ")
+        );
+    }
+    text
 }
 
 /// Run-level steps on the machine running shipit, under a heading.

@@ -8,6 +8,7 @@
 //! one, or changing its meaning, needs a new [`json::SCHEMA_VERSION`].
 
 pub mod choose;
+pub mod gates;
 pub mod json;
 pub mod plain;
 pub mod progress;
@@ -22,6 +23,8 @@ use serde::Serialize;
 use crate::exit::Exit;
 use crate::host::ReleaseId;
 use crate::plan::{Operation, Plan, StepKind};
+
+pub use gates::{CommandRun, GateSummary, Measured, Verdict};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -142,6 +145,33 @@ pub enum Event {
         /// Ended early by Ctrl-C (the batch stays in service).
         interrupted: bool,
     },
+    /// One evaluation of a gate during a bake, with what it measured.
+    GateEvaluated {
+        /// The batch baking, 1-based.
+        batch: usize,
+        of: usize,
+        /// The gate's place in `[[gates]]`, 0-based.
+        gate: usize,
+        #[serde(rename = "type")]
+        kind: String,
+        /// The hosts measured.
+        hosts: Vec<String>,
+        verdict: Verdict,
+        /// `pass` or `fail` when this evaluation decides the gate for the
+        /// batch (a fail at any time, or the bake's last evaluation, where
+        /// an inconclusive verdict becomes what `on_inconclusive` says);
+        /// absent while the bake goes on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outcome: Option<Verdict>,
+        measured: Measured,
+        /// What passes, in words: `5xx ≤ 5% of at least 50 answers`.
+        limit: String,
+        /// The evaluation in words.
+        message: String,
+        /// Time into the bake.
+        #[serde(serialize_with = "millis")]
+        elapsed: Duration,
+    },
     /// Something shipit did or decided that the user should know about.
     Note {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +181,8 @@ pub enum Event {
     RunFinished {
         ok: bool,
         hosts: Vec<HostSummary>,
+        /// Per batch that was gated, what each gate decided and measured.
+        gates: Vec<GateSummary>,
     },
     /// The last event of every command: how it ended.
     Result {
@@ -187,12 +219,22 @@ impl Event {
                 *error = opt(error);
             }
             Event::HostFinished { error, .. } => *error = opt(error),
-            Event::RunFinished { hosts, .. } => {
+            Event::RunFinished { hosts, gates, .. } => {
                 for h in hosts {
                     if let HostResult::Failed { error, .. } = &mut h.result {
                         *error = f(error);
                     }
                 }
+                for g in gates {
+                    g.message = f(&g.message);
+                    g.measured = g.measured.map_text(f);
+                }
+            }
+            Event::GateEvaluated {
+                message, measured, ..
+            } => {
+                *message = f(message);
+                *measured = measured.map_text(f);
             }
             Event::Result { message, .. } => *message = opt(message),
             Event::BuildFinished { .. }

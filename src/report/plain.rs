@@ -39,6 +39,9 @@ struct State<W> {
     host_width: usize,
     /// A `::group::` is open (GitHub Actions).
     group_open: bool,
+    /// Each gate's last verdict in the current bake: a gate's line is
+    /// shown when its verdict changes (every evaluation with `-v`).
+    gate_verdicts: std::collections::BTreeMap<(usize, usize), super::Verdict>,
 }
 
 /// Hosts names shorter than this still get this much room, so short
@@ -52,6 +55,7 @@ impl<W: Write + Send> Plain<W> {
                 out,
                 host_width: MIN_HOST_WIDTH,
                 group_open: false,
+                gate_verdicts: Default::default(),
             }),
             verbosity,
             github: false,
@@ -237,6 +241,7 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 hosts,
                 duration,
             } if normal => {
+                s.gate_verdicts.clear();
                 s.line(&format!(
                     "== bake {batch}/{of}: watching {} for {}",
                     hosts.join(", "),
@@ -260,15 +265,51 @@ impl<W: Write + Send> Reporter for Plain<W> {
                     seconds(*duration)
                 ));
             }
+            Event::GateEvaluated {
+                batch,
+                of,
+                gate,
+                kind,
+                verdict,
+                outcome,
+                message,
+                elapsed,
+                ..
+            } => {
+                let changed = s.gate_verdicts.insert((*batch, *gate), *verdict) != Some(*verdict);
+                let shown = match outcome {
+                    Some(super::Verdict::Fail) => true,
+                    Some(_) => normal,
+                    None => verbose || (normal && changed),
+                };
+                if shown {
+                    let said = match outcome {
+                        Some(super::Verdict::Pass) => "passed",
+                        Some(_) => "FAILED",
+                        None => verdict.as_str(),
+                    };
+                    s.line(&format!(
+                        "== gate {batch}/{of} gates[{gate}] {kind}: {said} ({}): {message}",
+                        seconds(*elapsed)
+                    ));
+                }
+            }
             Event::Note { host, message } => {
                 let host = s.host(host.as_deref().unwrap_or("shipit"));
                 s.line(&format!("{host} {message}"));
             }
-            Event::RunFinished { hosts, .. } => {
+            Event::RunFinished { hosts, gates, .. } => {
                 s.close_group();
                 s.raw("");
                 for line in table::render(hosts, &|_, cell| cell.to_string()) {
                     s.raw(&line);
+                }
+                let gate_lines = table::gates(gates);
+                if !gate_lines.is_empty() {
+                    s.raw("");
+                    for line in gate_lines {
+                        s.raw(&line);
+                    }
                 }
                 for failure in table::failures(hosts) {
                     s.raw(&format!("\n{failure}"));
@@ -337,7 +378,7 @@ mod tests {
     use super::*;
     use crate::exit::Exit;
     use crate::plan::StepKind;
-    use crate::report::HostSummary;
+    use crate::report::{HostSummary, Measured, Verdict};
 
     fn render(verbosity: Verbosity, github: bool, events: &[Event]) -> String {
         let plain = Plain::new(Vec::new(), verbosity).github(github);
@@ -392,6 +433,7 @@ mod tests {
                     duration: Duration::from_millis(1300),
                     left_out: None,
                 }],
+                gates: Vec::new(),
             },
             Event::Result {
                 ok: false,
@@ -445,6 +487,88 @@ mod tests {
         let verbose = untimed(&render(Verbosity::Verbose, false, &failed_run()));
         assert!(verbose.contains("web1     restart      $ sh -c bin/restart\n"));
         assert!(verbose.contains("web1     restart      | boom\n"));
+    }
+
+    fn gate(batch: usize, verdict: Verdict, outcome: Option<Verdict>, message: &str) -> Event {
+        Event::GateEvaluated {
+            batch,
+            of: 2,
+            gate: 0,
+            kind: "haproxy".into(),
+            hosts: vec!["web1".into()],
+            verdict,
+            outcome,
+            measured: Measured::Haproxy {
+                answers: 60,
+                errors: 0,
+                error_rate: Some(0.0),
+                window: Duration::from_secs(3),
+                missing: Vec::new(),
+                resets: Vec::new(),
+            },
+            limit: "5xx ≤ 5% of at least 50 answers".into(),
+            message: message.into(),
+            elapsed: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn gate_lines_when_a_verdict_changes_and_a_table_at_the_end() {
+        use Verdict::{Fail, Inconclusive, Pass};
+        let events = vec![
+            Event::BakeStarted {
+                batch: 1,
+                of: 2,
+                hosts: vec!["web1".into()],
+                duration: Duration::from_secs(30),
+            },
+            gate(1, Inconclusive, None, "only 12 answers"),
+            gate(1, Inconclusive, None, "only 30 answers"),
+            gate(1, Pass, None, "5xx 0%"),
+            gate(1, Pass, None, "5xx 0%"),
+            gate(1, Pass, Some(Pass), "5xx 0% (0 of 800 answers)"),
+            gate(
+                2,
+                Fail,
+                Some(Fail),
+                "5xx 50% (40 of 80 answers) > max_error_rate 5%",
+            ),
+            Event::RunFinished {
+                ok: false,
+                hosts: Vec::new(),
+                gates: vec![crate::report::GateSummary {
+                    batch: 2,
+                    of: 2,
+                    gate: 0,
+                    kind: "haproxy".into(),
+                    outcome: Fail,
+                    measured: Measured::Error {
+                        error: String::new(),
+                    },
+                    limit: String::new(),
+                    message: "5xx 50% (40 of 80 answers) > max_error_rate 5%".into(),
+                }],
+            },
+        ];
+        let out = untimed(&render(Verbosity::Normal, false, &events));
+        assert_eq!(
+            out,
+            "== bake 1/2: watching web1 for 30s\n\
+             == gate 1/2 gates[0] haproxy: inconclusive (3.0s): only 12 answers\n\
+             == gate 1/2 gates[0] haproxy: pass (3.0s): 5xx 0%\n\
+             == gate 1/2 gates[0] haproxy: passed (3.0s): 5xx 0% (0 of 800 answers)\n\
+             == gate 2/2 gates[0] haproxy: FAILED (3.0s): 5xx 50% (40 of 80 answers) > max_error_rate 5%\n\
+             \n\
+             HOST  RELEASE  RESULT  TIME\n\
+             \n\
+             BATCH  GATE              RESULT  MEASURED\n\
+             2/2    gates[0] haproxy  FAILED  5xx 50% (40 of 80 answers) > max_error_rate 5%"
+        );
+        // -v shows every evaluation; -q only the failure.
+        let verbose = render(Verbosity::Verbose, false, &events);
+        assert_eq!(verbose.matches("== gate").count(), 6);
+        let quiet = untimed(&render(Verbosity::Quiet, false, &events));
+        assert_eq!(quiet.matches("== gate").count(), 1, "{quiet}");
     }
 
     #[test]

@@ -13,19 +13,26 @@
 //!   ⠚ web2      health · GET http://10.0.0.12:8080/health           2s
 //! ```
 //!
+//! While a batch bakes, a line counts the bake down and shows each gate's
+//! latest measurement (the error rate of a haproxy gate):
+//!
+//! ```text
+//!   ⠹ bake 1/4 · web1 · 4m 12s left · gates[0] haproxy 5xx 0.4% of 512
+//! ```
+//!
 //! With `-q` no bars are drawn: only errors, notes and the table.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::plain::{Verbosity, human_bytes};
 use super::table::{self, seconds};
-use super::{Event, HostResult, Phase, Reporter};
+use super::{Event, HostResult, Measured, Phase, Reporter, Verdict};
 use crate::host::ReleaseId;
 use crate::plan::StepKind;
 
@@ -48,6 +55,34 @@ struct State {
     hosts: BTreeMap<String, HostLine>,
     host_width: usize,
     run: Option<Run>,
+    /// The batch baking now, if one is.
+    bake: Option<BakeLine>,
+}
+
+/// The live line of a bake: its countdown and its gates' latest values.
+struct BakeLine {
+    bar: ProgressBar,
+    title: String,
+    ends: Instant,
+    /// Per gate (by its index), its latest measurement in a few words.
+    gates: BTreeMap<usize, String>,
+}
+
+impl BakeLine {
+    /// Redraws the countdown (the ticker calls this too).
+    fn refresh(&self) {
+        let left = self.ends.saturating_duration_since(Instant::now());
+        let mut text = format!(
+            "{} · {} left",
+            self.title,
+            humantime::format_duration(Duration::from_secs(left.as_secs()))
+        );
+        for gate in self.gates.values() {
+            text.push_str(" · ");
+            text.push_str(gate);
+        }
+        self.bar.set_message(text);
+    }
 }
 
 struct Run {
@@ -135,6 +170,10 @@ impl Progress {
                         if let Some(header) = &state.header {
                             header.tick();
                         }
+                        if let Some(bake) = &state.bake {
+                            bake.refresh();
+                            bake.bar.tick();
+                        }
                         for line in state.hosts.values() {
                             line.bar.tick();
                         }
@@ -201,8 +240,17 @@ impl Inner {
         self.verbosity >= Verbosity::Normal
     }
 
+    /// Removes the bake's line, if there is one.
+    fn end_bake(&self, state: &mut State) {
+        if let Some(bake) = state.bake.take() {
+            bake.bar.finish_and_clear();
+            self.multi.remove(&bake.bar);
+        }
+    }
+
     /// Removes every live line (before the table or an error).
     fn clear_all(&self, state: &mut State) {
+        self.end_bake(state);
         for (_, line) in std::mem::take(&mut state.hosts) {
             line.bar.finish_and_clear();
             self.multi.remove(&line.bar);
@@ -457,11 +505,65 @@ impl Reporter for Progress {
                 };
                 me.println(&text);
             }
+            Event::BakeStarted {
+                batch,
+                of,
+                hosts,
+                duration,
+            } if me.bars() => {
+                me.end_bake(&mut state);
+                let bar = me.multi.add(
+                    ProgressBar::new_spinner()
+                        .with_style(style("  {spinner} {wide_msg}"))
+                        .with_message(String::new()),
+                );
+                let line = BakeLine {
+                    bar,
+                    title: format!("bake {batch}/{of} · {}", hosts.join(" ")),
+                    ends: Instant::now() + *duration,
+                    gates: BTreeMap::new(),
+                };
+                line.refresh();
+                line.bar.tick();
+                state.bake = Some(line);
+            }
+            Event::BakeFinished { .. } => me.end_bake(&mut state),
+            Event::GateEvaluated {
+                batch,
+                of,
+                gate,
+                kind,
+                outcome,
+                measured,
+                message,
+                ..
+            } => {
+                if let Some(bake) = &mut state.bake {
+                    bake.gates.insert(
+                        *gate,
+                        format!("gates[{gate}] {kind} {}", at_a_glance(measured)),
+                    );
+                    bake.refresh();
+                }
+                match outcome {
+                    Some(Verdict::Fail) => me.println(&me.red(&format!(
+                        "✗ gate {batch}/{of} gates[{gate}] {kind} FAILED: {message}"
+                    ))),
+                    Some(_) if normal => me.println(&format!(
+                        "{} {}",
+                        me.green("✓"),
+                        me.dim(&format!(
+                            "gate {batch}/{of} gates[{gate}] {kind} passed: {message}"
+                        ))
+                    )),
+                    _ => {}
+                }
+            }
             Event::Note { host, message } => {
                 let who = me.host(&state, host.as_deref().unwrap_or("shipit"));
                 me.println(&me.yellow(&format!("{who} {message}")));
             }
-            Event::RunFinished { hosts, .. } => {
+            Event::RunFinished { hosts, gates, .. } => {
                 me.clear_all(&mut state);
                 me.println("");
                 let paint = |result: &HostResult, cell: &str| match result {
@@ -473,6 +575,13 @@ impl Reporter for Progress {
                 let lines = table::render(hosts, &paint);
                 for (i, line) in lines.iter().enumerate() {
                     me.println(&if i == 0 { me.bold(line) } else { line.clone() });
+                }
+                let gate_lines = table::gates(gates);
+                if !gate_lines.is_empty() {
+                    me.println("");
+                    for (i, line) in gate_lines.iter().enumerate() {
+                        me.println(&if i == 0 { me.bold(line) } else { line.clone() });
+                    }
                 }
                 for failure in table::failures(hosts) {
                     me.println("");
@@ -487,6 +596,32 @@ impl Reporter for Progress {
             }
             _ => {}
         }
+    }
+}
+
+/// A measurement in a few words, for the bake's line: `5xx 0.4% of 512`.
+fn at_a_glance(measured: &Measured) -> String {
+    match measured {
+        Measured::Haproxy {
+            answers,
+            error_rate,
+            ..
+        } => match error_rate {
+            Some(rate) => format!("5xx {} of {answers}", crate::plan::gates::percent(*rate)),
+            None => "no answers yet".to_string(),
+        },
+        Measured::Prometheus { value, .. } => {
+            value.map_or_else(|| "no data".to_string(), |v| format!("{v}"))
+        }
+        Measured::Command { runs } => {
+            let failed = runs.iter().filter(|r| r.exit_code != Some(0)).count();
+            if failed == 0 {
+                "ok".to_string()
+            } else {
+                format!("{failed} of {} not ok", runs.len())
+            }
+        }
+        Measured::Error { .. } => "cannot measure".to_string(),
     }
 }
 

@@ -6,7 +6,7 @@
 //! web2  20261122101500                    FAILED at health   2.3s
 //! ```
 
-use super::{HostResult, HostSummary};
+use super::{GateSummary, HostResult, HostSummary, Verdict};
 use crate::host::ReleaseId;
 
 /// One row per host; `paint` may colour a result cell (it gets the padded
@@ -62,6 +62,66 @@ pub fn render(hosts: &[HostSummary], paint: &dyn Fn(&HostResult, &str) -> String
         out.push(line(row, &|c| paint(&h.result, &c)));
     }
     out
+}
+
+/// One row per gate and batch that was gated: what the gate decided and
+/// what it measured.
+///
+/// ```text
+/// BATCH  GATE              RESULT  MEASURED
+/// 1/4    gates[0] haproxy  pass    5xx 0% (0 of 212 answers from web1 in 30s) ≤ max_error_rate 5%
+/// ```
+pub fn gates(gates: &[GateSummary]) -> Vec<String> {
+    if gates.is_empty() {
+        return Vec::new();
+    }
+    let rows: Vec<[String; 4]> = gates
+        .iter()
+        .map(|g| {
+            [
+                format!("{}/{}", g.batch, g.of),
+                format!("gates[{}] {}", g.gate, g.kind),
+                match g.outcome {
+                    Verdict::Pass => "pass".to_string(),
+                    Verdict::Fail => "FAILED".to_string(),
+                    Verdict::Inconclusive => "undecided".to_string(),
+                },
+                g.message.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "BATCH".to_string(),
+        "GATE".into(),
+        "RESULT".into(),
+        "MEASURED".into(),
+    ];
+    let widths: Vec<usize> = (0..3)
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|r| {
+            format!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+            .trim_end()
+            .to_string()
+        })
+        .collect()
 }
 
 /// `old → new`, or just the release when it did not change.

@@ -13,5 +13,6 @@ mod lb_caddy;
 mod lb_nginx;
 mod output;
 mod roles_health;
+mod rollout;
 mod ssh;
 mod zero_downtime;

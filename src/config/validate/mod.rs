@@ -18,6 +18,7 @@ use super::{Config, ConfigError, ConfigErrors, Stage};
 
 mod app;
 mod env;
+mod gates;
 mod health;
 mod hooks;
 mod hosts;
@@ -83,6 +84,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 let lb = stage.lb(hosts.as_deref(), hosts.as_deref(), app.as_ref(), ssh.as_ref());
                 let env = stage.env();
                 let hooks = stage.hooks();
+                let gates = stage.gates(lb.as_ref(), rollout.as_ref());
                 let apart = match (&hosts, &app, &ssh) {
                     (Some(hosts), Some(app), Some(ssh)) => stage.hosts_apart(hosts, app, ssh),
                     _ => true,
@@ -90,8 +92,8 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                 if let Some(hosts) = &hosts {
                     all_roles.extend(hosts.iter().flat_map(|h| h.roles.iter().cloned()));
                 }
-                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(hosts)) =
-                    (apart, app, ssh, rollout, health, lb, env, hooks, hosts)
+                if let (true, Some(app), Some(ssh), Some(rollout), Some(health), Some(lb), Some(env), Some(hooks), Some(gates), Some(hosts)) =
+                    (apart, app, ssh, rollout, health, lb, env, hooks, gates, hosts)
                 {
                     let mut built = Stage {
                         name: name.clone(),
@@ -102,6 +104,7 @@ pub(super) fn validate(file: &Path, raw: RawFile) -> Result<Config, ConfigErrors
                         lb,
                         env,
                         hooks,
+                        gates,
                         hosts,
                         roles: BTreeMap::new(),
                     };
@@ -706,5 +709,39 @@ mod example {
             lb.settings()["balancers"][0]["via"]["spec"],
             "deploy@lb1.example.com"
         );
+        assert_eq!(config.stages["production"].gates.len(), 1);
+        assert!(staging.gates.is_empty());
+    }
+
+    /// The gates shown commented out are valid too.
+    #[test]
+    fn the_example_gates_are_valid() {
+        let text = include_str!("../../../deploy.toml.example");
+        let start = text.find("\n[[gates]]").expect("gates in the example");
+        let end = text.find("[stages.production]").expect("stages");
+        let gates: String = text[start..end]
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest == "[[gates]]"
+                        || rest.split_once(" = ").is_some_and(|(key, _)| {
+                            key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{gates}\n{}", &text[..start], &text[end..]);
+        let config = super::super::from_str(std::path::Path::new("deploy.toml.example"), &text)
+            .unwrap_or_else(|e| panic!("{e}\n{gates}"));
+        let kinds: Vec<&str> = config.stages["production"]
+            .gates
+            .iter()
+            .map(|g| g.check.kind())
+            .collect();
+        assert_eq!(kinds, ["haproxy", "prometheus", "command"]);
     }
 }

@@ -271,6 +271,8 @@ pub(super) fn role_stages(
                     lb,
                     env: stage.env.clone(),
                     hooks,
+                    // Gates measure the run as a whole: the stage's.
+                    gates: stage.gates.clone(),
                     hosts: stage.hosts.clone(),
                     roles: BTreeMap::new(),
                 },

@@ -15,9 +15,10 @@
 //! - `show servers state B`: a version line, a `#` header and one line per
 //!   server (`srv_op_state`, `srv_admin_state`);
 //! - `show stat -1 4 -1`: CSV of every server, with the current sessions
-//!   (`scur`), queued requests (`qcur`) and the `status` column ("UP",
+//!   (`scur`), queued requests (`qcur`), the `status` column ("UP",
 //!   "UP 1/2" while a failed check counts down, "DOWN", "DRAIN", "MAINT",
-//!   "no check").
+//!   "no check") and the HTTP answers by status class (`hrsp_1xx` …
+//!   `hrsp_5xx`, `hrsp_other`), counted since HAProxy started.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -242,6 +243,9 @@ pub struct ServerStat {
     pub check_status: String,
     /// HAProxy's words for it: "Layer7 wrong status".
     pub check_desc: String,
+    /// HTTP answers since HAProxy started (`None` in a TCP backend, or an
+    /// HAProxy without the `hrsp_*` columns).
+    pub answers: Option<crate::lb::Answers>,
 }
 
 impl ServerStat {
@@ -321,6 +325,17 @@ pub fn parse_stat(answer: &str) -> Result<Vec<ServerStat>, String> {
     );
     let check_status = columns.get("check_status").copied();
     let check_desc = columns.get("check_desc").copied();
+    let classes: Option<Vec<usize>> = [
+        "hrsp_1xx",
+        "hrsp_2xx",
+        "hrsp_3xx",
+        "hrsp_4xx",
+        "hrsp_5xx",
+        "hrsp_other",
+    ]
+    .iter()
+    .map(|name| columns.get(name).copied())
+    .collect();
     let mut servers = Vec::new();
     for line in lines {
         let fields: Vec<&str> = line.split(',').collect();
@@ -337,6 +352,20 @@ pub fn parse_stat(answer: &str) -> Result<Vec<ServerStat>, String> {
                     .map_err(|_| format!("unexpected `show stat` line: {line:?}")),
             }
         };
+        // Empty cells (a TCP backend) count nothing.
+        let answers = match &classes {
+            Some(columns) => {
+                let counts: Vec<u64> = columns
+                    .iter()
+                    .map(|&i| count(i))
+                    .collect::<Result<_, _>>()?;
+                Some(crate::lb::Answers {
+                    total: counts.iter().sum(),
+                    errors: counts[4],
+                })
+            }
+            None => None,
+        };
         servers.push(ServerStat {
             backend: get(px).to_string(),
             server: server.to_string(),
@@ -345,6 +374,7 @@ pub fn parse_stat(answer: &str) -> Result<Vec<ServerStat>, String> {
             status: get(status).to_string(),
             check_status: check_status.map(get).unwrap_or_default().to_string(),
             check_desc: check_desc.map(get).unwrap_or_default().to_string(),
+            answers,
         });
     }
     Ok(servers)
@@ -364,7 +394,7 @@ mod tests {
 ";
 
     const STAT: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health
-app,web1,0,0,2,3,,9,0,0,,0,,0,0,0,0,DRAIN,1,1,0,1,1,0,5,,1,3,1,,0,,2,0,,0,L7OK,200,1,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 check passed,,2,2,3
+app,web1,0,0,2,3,,9,0,0,,0,,0,0,0,0,DRAIN,1,1,0,1,1,0,5,,1,3,1,,0,,2,0,,0,L7OK,200,1,0,90,3,2,5,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 check passed,,2,2,3
 app,web2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP 1/2,1,1,0,1,1,0,5,,1,3,2,,0,,2,0,,0,L7STS,500,1,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 wrong status,,2,2,2
 app,web3,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,1,1,0,1,1,0,5,,1,3,3,,0,,2,0,,0,,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,,2,2,
 other,web1,1,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,0,,,0,5,,1,4,1,,0,,2,0,,0,,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,,,,
@@ -457,6 +487,14 @@ other,web1,1,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,0,,,0,5,,1,4,1,,0,,2,0,,0,,,,
         );
         let web1 = &servers[0];
         assert_eq!((web1.scur, web1.qcur), (2, 0));
+        assert_eq!(
+            web1.answers,
+            Some(crate::lb::Answers {
+                total: 100,
+                errors: 5
+            })
+        );
+        assert_eq!(servers[1].answers, Some(crate::lb::Answers::default()));
         assert!(!web1.is_idle() && !web1.is_up());
         let web2 = &servers[1];
         assert!(web2.is_idle());
@@ -476,6 +514,9 @@ other,web1,1,0,0,0,,0,0,0,,0,,0,0,0,0,no check,1,1,0,,,0,5,,1,4,1,,0,,2,0,,0,,,,
             parse_stat("Permission denied\n"),
             Err("Permission denied".into())
         );
+        // An HAProxy without the answer columns counts nothing.
+        let old = parse_stat("# pxname,svname,scur,qcur,status\napp,web1,0,0,UP\n").unwrap();
+        assert_eq!(old[0].answers, None);
         assert!(
             parse_stat("# pxname,svname\napp,web1\n")
                 .unwrap_err()

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use self::api::{Request, ServerStat, State};
 pub use self::socket::{AdminSocket, Balancer};
 use super::{
-    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
+    Counted, Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
     ServiceState, Via, human,
 };
 use crate::config::Template;
@@ -254,6 +254,38 @@ impl Driver for Haproxy {
 
     fn settings(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// `show stat` on every HAProxy at once: each member's `hrsp_*`
+    /// counters there. One request per balancer, however many members.
+    async fn answers(
+        &self,
+        ctx: &LbCtx<'_>,
+        members: &[Member],
+    ) -> Option<Result<Vec<Counted>, String>> {
+        let answers = join_all(self.balancers.iter().map(|b| async move {
+            let stats = self.stats(ctx, b).await?;
+            Ok::<_, String>(
+                members
+                    .iter()
+                    .map(|m| Counted {
+                        balancer: b.to_string(),
+                        host: m.host.clone(),
+                        answers: stats
+                            .iter()
+                            .find(|s| s.backend == self.backend && s.server == m.server)
+                            .and_then(|s| s.answers),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }))
+        .await;
+        Some(
+            answers
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map(|all| all.into_iter().flatten().collect()),
+        )
     }
 }
 

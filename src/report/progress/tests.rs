@@ -154,6 +154,7 @@ fn failing_run(p: &Progress, screen: &Screen) -> BTreeMap<&'static str, String> 
         message: "left out of the load balancer".into(),
     });
     p.event(&Event::RunFinished {
+        gates: Vec::new(),
         ok: false,
         hosts: vec![
             summary("web1", id(3), HostResult::Done),
@@ -354,4 +355,70 @@ fn host_lines_show_the_command_without_shipits_prefixes() {
     );
     assert_eq!(short_action("GET http://x/health"), "GET http://x/health");
     assert_eq!(short_action("unbalanced 'quote"), "unbalanced 'quote");
+}
+
+#[test]
+fn a_bake_counts_down_and_shows_each_gates_latest_value() {
+    use crate::report::{Measured, Verdict};
+    let (p, screen) = progress(Verbosity::Normal, false);
+    p.event(&run_started());
+    p.event(&Event::BakeStarted {
+        batch: 1,
+        of: 2,
+        hosts: vec!["web1".into()],
+        duration: Duration::from_secs(300),
+    });
+    let baking = screen.text();
+    let line = line_with(&baking, "bake 1/2");
+    assert!(line.contains("bake 1/2 · web1 · 4m 5"), "{baking}");
+    assert!(line.contains("left"), "{baking}");
+    let gate = |outcome: Option<Verdict>, errors: u64, message: &str| Event::GateEvaluated {
+        batch: 1,
+        of: 2,
+        gate: 0,
+        kind: "haproxy".into(),
+        hosts: vec!["web1".into()],
+        verdict: outcome.unwrap_or(Verdict::Pass),
+        outcome,
+        measured: Measured::Haproxy {
+            answers: 200,
+            errors,
+            error_rate: Some(errors as f64 / 200.0),
+            window: Duration::from_secs(4),
+            missing: Vec::new(),
+            resets: Vec::new(),
+        },
+        limit: "5xx ≤ 5% of at least 50 answers".into(),
+        message: message.into(),
+        elapsed: Duration::from_secs(4),
+    };
+    p.event(&gate(None, 1, "5xx 0.5%"));
+    let measuring = screen.text();
+    assert!(
+        line_with(&measuring, "bake 1/2").contains("· gates[0] haproxy 5xx 0.5% of 200"),
+        "{measuring}"
+    );
+    p.event(&gate(
+        Some(Verdict::Fail),
+        40,
+        "5xx 20% (40 of 200 answers from web1 in 4s) > max_error_rate 5%",
+    ));
+    p.event(&Event::BakeFinished {
+        batch: 1,
+        of: 2,
+        ok: false,
+        duration: Duration::from_secs(4),
+        interrupted: false,
+    });
+    let after = screen.text();
+    assert!(
+        after.contains(
+            "✗ gate 1/2 gates[0] haproxy FAILED: 5xx 20% (40 of 200 answers from web1 in 4s) > max_error_rate 5%"
+        ),
+        "{after}"
+    );
+    assert!(
+        !after.contains("left ·"),
+        "the bake's line is gone:\n{after}"
+    );
 }
