@@ -567,7 +567,7 @@ fn min_healthy_time_fails_a_host_its_load_balancer_marks_down() {
     let run = project.shipit(&["test", "deploy"]);
     println!("min_healthy_time, HAProxy says DOWN:\n{}", run.stderr);
     run.code(4)
-        .stderr_has("is DOWN in its load balancer")
+        .stderr_has("the load balancer reported it out of service (DOWN)")
         .stderr_has("within health.min_healthy_time (8s)");
     for h in ["web1", "web2"] {
         assert_eq!(current(&fleet, h).as_deref(), Some(r1.as_str()), "{h}");
