@@ -3,7 +3,8 @@
 //! host's health check keeps being polled; a host whose check fails
 //! [`FAILS_IN_A_ROW`] times in a row fails the batch, and the failure
 //! policy applies as for any failed step. A first Ctrl-C ends the watch
-//! (the batch is in service; no new batch starts).
+//! (the batch is in service; no new batch starts), and so do a promote, an
+//! abort and a rollback from `shipit STAGE …` (`control`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +30,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         if batch.bake.is_zero() {
             return;
         }
+        // A promote, an abort or a rollback ends the bake (`control`).
+        let Some(steer) = self.bake_watch(number, of, batch.bake) else {
+            return;
+        };
         let hosts: Vec<String> = batch.hosts().map(str::to_string).collect();
         self.reporter.event(&Event::BakeStarted {
             batch: number,
@@ -68,11 +73,15 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             }
         });
         tokio::select! {
-            _ = join_all(watchers) => {}
+            // Watchers end early only by failing; with none (no host has a
+            // health check) the bake still lasts its time.
+            () = async { join_all(watchers).await; over.cancelled().await } => {}
             () = tokio::time::sleep_until(deadline) => {}
             () = self.cancel.cancelled() => {}
+            () = steer.cut() => {}
         }
         over.cancel();
+        let ended_by = steer.end();
         let failures = failures.into_inner().expect("failures");
         for (host, why) in &failures {
             self.note(Some(host), why);
@@ -90,6 +99,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             ok: failures.is_empty(),
             duration: started.elapsed(),
             interrupted: self.cancel.is_cancelled(),
+            ended_by,
         });
     }
 

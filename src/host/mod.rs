@@ -1,8 +1,9 @@
 //! What shipit keeps on each host, and the pure rules over it: the
 //! directory layout and its commands (`layout`), what a read-only probe
 //! reports (`facts`), which releases rollback and cleanup pick (`releases`),
-//! what `shipit STAGE check` reads and how it judges it (`check`), and the
-//! revisions log format (`revlog`).
+//! what `shipit STAGE check` reads and how it judges it (`check`), the
+//! revisions log format (`revlog`), and how a running rollout is steered
+//! through the hosts (`steer`).
 
 pub mod check;
 pub mod facts;
@@ -11,6 +12,7 @@ pub mod layout;
 pub mod lock;
 pub mod releases;
 pub mod revlog;
+pub mod steer;
 
 use std::fmt;
 use std::str::FromStr;

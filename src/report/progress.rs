@@ -461,6 +461,57 @@ impl Reporter for Progress {
                 let who = me.host(&state, host.as_deref().unwrap_or("shipit"));
                 me.println(&me.yellow(&format!("{who} {message}")));
             }
+            Event::Steer {
+                detail, outcome, ..
+            } => {
+                let who = me.host(&state, "shipit");
+                me.println(&me.bold(&format!("{who} {detail}")));
+                // The header says whether the run waits, and for whom.
+                if let (Some(header), Some(run)) = (&state.header, &state.run)
+                    && *outcome == crate::host::steer::Outcome::Done
+                    && detail.starts_with("paused by ")
+                {
+                    header.set_message(format!("{} · PAUSED", run.title));
+                }
+            }
+            Event::BakeStarted {
+                batch,
+                of,
+                duration,
+                ..
+            } if me.bars() => {
+                if let (Some(header), Some(run)) = (&state.header, &state.run) {
+                    header.set_message(format!(
+                        "{} · bake {batch}/{of} ({})",
+                        run.title,
+                        humantime::format_duration(*duration)
+                    ));
+                }
+            }
+            Event::BakeFinished {
+                batch,
+                of,
+                ok,
+                duration,
+                ended_by,
+                ..
+            } if normal => {
+                let verdict = match (ok, ended_by) {
+                    (true, None) => me.green("passed"),
+                    (true, Some(by)) => me.yellow(&format!("ended early ({by})")),
+                    (false, _) => me.red("FAILED"),
+                };
+                me.println(&format!(
+                    "{} bake {batch}/{of} {verdict}  {}",
+                    if *ok { me.green("✓") } else { me.red("✗") },
+                    me.dim(&format!("({})", seconds(*duration)))
+                ));
+            }
+            Event::Retuned { batches, .. } => {
+                if let Some(header) = &state.header {
+                    header.set_length(batches.len() as u64);
+                }
+            }
             Event::RunFinished { hosts, .. } => {
                 me.clear_all(&mut state);
                 me.println("");
