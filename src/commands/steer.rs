@@ -430,6 +430,7 @@ async fn wait(
                 action: answer.action.clone(),
                 by: answer.by.clone(),
                 message: request.message().map(str::to_string),
+                asked: request.time.clone(),
                 outcome: answer.outcome,
                 detail: answer.detail.clone(),
             });

@@ -160,6 +160,8 @@ pub enum Event {
         by: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// When it was asked, by the requester's clock (RFC 3339, ms).
+        asked: String,
         outcome: crate::host::steer::Outcome,
         /// What it means for the run, for people.
         detail: String,

@@ -10,5 +10,6 @@ mod failures;
 mod fleet_smoke;
 mod hooks;
 mod output;
+mod run_control;
 mod ssh;
 mod zero_downtime;

@@ -689,6 +689,13 @@ impl Inner {
     }
 
     fn rollout_over(&mut self, reporter: &dyn Reporter) -> Option<Steered> {
+        let after = match self.at {
+            At::Batch { number, of } | At::Bake { number, of, .. } => {
+                format!("after batch {number}/{of}")
+            }
+            At::Paused { next, of } => format!("before batch {next}/{of}"),
+            At::Prepare | At::Undo | At::Finish => "before batch 1".into(),
+        };
         self.over = true;
         self.at = At::Finish;
         if let Some(Pause::Pending(request)) = self.pause.take() {
@@ -706,7 +713,7 @@ impl Inner {
         if !self.stopping {
             self.stopping = true;
             let detail = format!(
-                "stopped by {} after the last batch ({}); then {}",
+                "stopped by {} {after} ({}); then {}",
                 who(&stop),
                 stop.ask.name(),
                 self.then(stop.ask == Ask::Rollback)
@@ -743,6 +750,7 @@ impl Inner {
             action: answer.action.clone(),
             by: answer.by.clone(),
             message: request.message().map(str::to_string),
+            asked: request.time.clone(),
             outcome: answer.outcome,
             detail: answer.detail.clone(),
         });
