@@ -146,7 +146,7 @@ fn deploy_under_load(fleet: &Fleet, project: &Project) -> (Load, Running) {
 }
 
 /// The deploy's events named `event`.
-fn events<'a>(run: &'a Run, event: &str) -> Vec<serde_json::Value> {
+fn events(run: &Run, event: &str) -> Vec<serde_json::Value> {
     run.events()
         .into_iter()
         .filter(|e| e["event"] == event)
