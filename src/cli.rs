@@ -168,7 +168,7 @@ pub enum StageCommand {
     /// Stop the running deploy or rollback once the batch in flight is
     /// back in service (a bake ends at once); rollout.on_failure applies
     /// (a deploy rolls back by default).
-    Abort,
+    Abort(AbortArgs),
     /// Change the batches of the running deploy or rollback that have not
     /// started yet: their size, their bake, or both (within
     /// rollout.max_unavailable).
@@ -177,6 +177,13 @@ pub enum StageCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct PauseArgs {
+    /// Why, shown by the running deploy and recorded in revisions.log.
+    #[arg(long, short = 'm', value_name = "TEXT", value_parser = steer_message)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AbortArgs {
     /// Why, shown by the running deploy and recorded in revisions.log.
     #[arg(long, short = 'm', value_name = "TEXT", value_parser = steer_message)]
     pub message: Option<String>,
@@ -227,7 +234,8 @@ pub struct LockWaitArgs {
     /// Take over a lock whose run died (its heartbeat stopped).
     #[arg(long)]
     pub break_stale_lock: bool,
-    /// Shown to anyone who finds the lock taken.
+    /// Shown to anyone who finds the lock taken (and, for a rollback that
+    /// stops a running deploy, sent with the request).
     #[arg(long, short = 'm', value_name = "TEXT")]
     pub message: Option<String>,
 }

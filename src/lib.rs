@@ -104,7 +104,7 @@ async fn dispatch(
                 StageCommand::Pause(_)
                 | StageCommand::Resume
                 | StageCommand::Promote(_)
-                | StageCommand::Abort
+                | StageCommand::Abort(_)
                 | StageCommand::Tune(_) => {
                     "stopping: no longer waiting for the run's answer; a request handed over stays with the run"
                 }
@@ -139,7 +139,12 @@ async fn dispatch(
                     let ask = Ask::Promote { all: args.all };
                     commands::steer::run(&ctx, ask, &signals).await
                 }
-                StageCommand::Abort => commands::steer::run(&ctx, Ask::Abort, &signals).await,
+                StageCommand::Abort(args) => {
+                    let ask = Ask::Abort {
+                        message: args.message,
+                    };
+                    commands::steer::run(&ctx, ask, &signals).await
+                }
                 StageCommand::Tune(args) => {
                     let ask = Ask::Tune {
                         batch_size: args.batch_size,

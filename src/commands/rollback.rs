@@ -84,7 +84,8 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 stale: false,
                 ..
             }) if args.to.is_none() && options.wait.is_none() => {
-                match steer::rollback_running(ctx, &transport, signals).await {
+                let message = args.lock.message.clone();
+                match steer::rollback_running(ctx, &transport, message, signals).await {
                     Ok(Some(exit)) => Ok(exit),
                     // It ended meanwhile: roll back as usual.
                     Ok(None) => {

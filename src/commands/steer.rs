@@ -64,6 +64,7 @@ pub async fn run(ctx: &Context, ask: Ask, signals: &Signals) -> Result<Exit, Err
 pub async fn rollback_running(
     ctx: &Context,
     transport: &SshTransport,
+    message: Option<String>,
     signals: &Signals,
 ) -> Result<Option<Exit>, Error> {
     let target = match find_run(ctx, transport, signals).await {
@@ -77,7 +78,7 @@ pub async fn rollback_running(
             target.info.describe()
         )));
     }
-    request(ctx, transport, &target, Ask::Rollback, signals)
+    request(ctx, transport, &target, Ask::Rollback { message }, signals)
         .await
         .map(Some)
 }
@@ -444,15 +445,17 @@ async fn wait(
                 Outcome::Refused | Outcome::Ignored => {
                     return Err(Error::Unchanged(answer.detail.clone()));
                 }
-                Outcome::Done if request.ask != Ask::Rollback => return Ok(Exit::Success),
-                Outcome::Accepted if !matches!(request.ask, Ask::Pause { .. } | Ask::Rollback) => {
+                Outcome::Done if !request.is_rollback() => return Ok(Exit::Success),
+                Outcome::Accepted
+                    if !matches!(request.ask, Ask::Pause { .. } | Ask::Rollback { .. }) =>
+                {
                     return Ok(Exit::Success);
                 }
                 _ => {}
             }
         }
         if let Some(state) = state {
-            if request.ask == Ask::Rollback && last_stage != Some(state.stage) {
+            if request.is_rollback() && last_stage != Some(state.stage) {
                 if matches!(state.stage, steer::Stage::Undo) {
                     ctx.note(
                         None,
@@ -505,7 +508,7 @@ fn ended_as(request: &Request, answered: bool, ended: &steer::Ended) -> Result<E
             request.ask.name()
         )));
     }
-    if request.ask != Ask::Rollback {
+    if !request.is_rollback() {
         return Ok(Exit::Success);
     }
     // The deploy's exit: 4 rolled back, 1 stopped before any host switched.
@@ -521,7 +524,7 @@ fn ended_as(request: &Request, answered: bool, ended: &steer::Ended) -> Result<E
 }
 
 fn gone(request: &Request, why: &str) -> Error {
-    let exit = if request.ask == Ask::Rollback {
+    let exit = if request.is_rollback() {
         Exit::Partial
     } else {
         Exit::FailedUnchanged

@@ -49,9 +49,15 @@ pub enum Ask {
         all: bool,
     },
     /// Stop after the batch in flight; `rollout.on_failure` applies.
-    Abort,
+    Abort {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// Stop after the batch in flight and roll back every switched host.
-    Rollback,
+    Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
     /// Cut the batches not started yet anew.
     Tune {
         /// As in `rolling_batch_size`: `3` or `25%`.
@@ -70,8 +76,8 @@ impl Ask {
             Ask::Resume => "resume",
             Ask::Promote { all: false } => "promote",
             Ask::Promote { all: true } => "promote --all",
-            Ask::Abort => "abort",
-            Ask::Rollback => "rollback",
+            Ask::Abort { .. } => "abort",
+            Ask::Rollback { .. } => "rollback",
             Ask::Tune { .. } => "tune",
         }
     }
@@ -101,9 +107,20 @@ impl Request {
     /// The message shown with the request, if any.
     pub fn message(&self) -> Option<&str> {
         match &self.ask {
-            Ask::Pause { message } => message.as_deref(),
+            Ask::Pause { message } | Ask::Abort { message } | Ask::Rollback { message } => {
+                message.as_deref()
+            }
             _ => None,
         }
+    }
+
+    /// An abort or a rollback: the run stops on it.
+    pub fn stops(&self) -> bool {
+        matches!(self.ask, Ask::Abort { .. } | Ask::Rollback { .. })
+    }
+
+    pub fn is_rollback(&self) -> bool {
+        matches!(self.ask, Ask::Rollback { .. })
     }
 
     /// A request read back from a host, file `name` holding `line`. Anyone
@@ -127,6 +144,12 @@ impl Request {
         request.machine = plain(&request.machine, 100);
         request.time = plain(&request.time, 40);
         if let Ask::Pause {
+            message: Some(message),
+        }
+        | Ask::Abort {
+            message: Some(message),
+        }
+        | Ask::Rollback {
             message: Some(message),
         } = &mut request.ask
         {
@@ -500,8 +523,10 @@ mod tests {
             Ask::Pause { message: None },
             Ask::Resume,
             Ask::Promote { all: true },
-            Ask::Abort,
-            Ask::Rollback,
+            Ask::Abort { message: None },
+            Ask::Rollback {
+                message: Some("bad release".into()),
+            },
             Ask::Tune {
                 batch_size: Some("25%".into()),
                 bake_ms: Some(10_000),
@@ -534,10 +559,10 @@ mod tests {
         assert!(why.contains("newer shipit"), "{why}");
         assert_eq!(Request::parse("r\u{1b}2", "junk").unwrap_err().0, "r?2");
         // The id must be the file name: no request answers for another.
-        let line = request("r1", "a", Ask::Abort).to_line();
+        let line = request("r1", "a", Ask::Abort { message: None }).to_line();
         assert!(Request::parse("r9", &line).is_err());
         // A run id shipit cannot have written.
-        let line = request("r1", "a\u{7}b", Ask::Abort).to_line();
+        let line = request("r1", "a\u{7}b", Ask::Abort { message: None }).to_line();
         assert!(Request::parse("r1", &line).is_err());
         // Control characters and long messages are made fit to print.
         let mut r = request(
@@ -621,7 +646,7 @@ mod tests {
         // Written again (a retry): still one request.
         assert_eq!(run(&layout.steer_request(&pause)).0, 0);
         // For another run: refused, nothing written.
-        let other = request("r2", "run-b", Ask::Abort);
+        let other = request("r2", "run-b", Ask::Abort { message: None });
         assert_eq!(run(&layout.steer_request(&other)).0, NOT_HELD as i32);
         let (_, out, _) = run(&layout.steer_poll());
         let polled = Polled::parse(&out);

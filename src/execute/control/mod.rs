@@ -231,7 +231,7 @@ impl Control {
             by: "?".into(),
             machine: "?".into(),
             time: String::new(),
-            ask: Ask::Abort,
+            ask: Ask::Abort { message: None },
         };
         if !self
             .inner
@@ -480,7 +480,7 @@ impl Inner {
             Ask::Pause { message } => self.receive_pause(reporter, request, message, &by),
             Ask::Resume => self.receive_resume(reporter, request, &by),
             Ask::Promote { all } => self.receive_promote(reporter, request, all, &by),
-            Ask::Abort | Ask::Rollback => self.receive_stop(reporter, request, &by),
+            Ask::Abort { .. } | Ask::Rollback { .. } => self.receive_stop(reporter, request, &by),
             Ask::Tune {
                 batch_size,
                 bake_ms,
@@ -590,7 +590,7 @@ impl Inner {
     }
 
     fn receive_stop(&mut self, reporter: &dyn Reporter, request: Request, by: &str) {
-        let rollback = request.ask == Ask::Rollback;
+        let rollback = request.is_rollback();
         if rollback && self.operation == Operation::Rollback {
             let detail = format!("rollback by {by} refused: this run is a rollback itself");
             return self.answer(reporter, &request, Outcome::Refused, detail);
@@ -609,7 +609,14 @@ impl Inner {
             At::Bake { number, of, .. } => format!("ending bake {number}/{of} now"),
             _ => format!("stopping {}", self.acts()),
         };
-        let detail = format!("{by} asks to {}: {when}; then {then}", request.ask.name());
+        let detail = format!(
+            "{by} asks to {}{}: {when}; then {then}",
+            request.ask.name(),
+            request
+                .message()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        );
         self.stop = Some(request.clone());
         self.answer(reporter, &request, Outcome::Accepted, detail);
     }
@@ -651,7 +658,7 @@ impl Inner {
                 who(&stop),
                 index + 1,
                 stop.ask.name(),
-                self.then(stop.ask == Ask::Rollback)
+                self.then(stop.is_rollback())
             );
             self.answer(reporter, &stop, Outcome::Done, detail);
             return Gate::Stop;
@@ -716,12 +723,12 @@ impl Inner {
                 "stopped by {} {after} ({}); then {}",
                 who(&stop),
                 stop.ask.name(),
-                self.then(stop.ask == Ask::Rollback)
+                self.then(stop.is_rollback())
             );
             self.answer(reporter, &stop, Outcome::Done, detail);
         }
         Some(Steered {
-            rollback: stop.ask == Ask::Rollback,
+            rollback: stop.is_rollback(),
             by: who(&stop),
         })
     }

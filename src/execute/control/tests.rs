@@ -232,7 +232,7 @@ async fn an_abort_ends_a_bake_at_once_and_stops_at_the_next_gate() {
     let (c, rec) = control(&p);
     c.batch_started(0, 3, Tuning::for_plan(&p));
     assert!(c.bake_begins(1, 3, Duration::from_secs(300)));
-    c.receive(ask("q1", &p, Ask::Abort));
+    c.receive(ask("q1", &p, Ask::Abort { message: None }));
     assert_eq!(
         last(&rec, "q1"),
         (
@@ -250,7 +250,7 @@ async fn an_abort_ends_a_bake_at_once_and_stops_at_the_next_gate() {
         Some("abort by alice@laptop")
     );
     // A second stop is answered and changes nothing.
-    c.receive(ask("q2", &p, Ask::Rollback));
+    c.receive(ask("q2", &p, Ask::Rollback { message: None }));
     assert_eq!(last(&rec, "q2").0, Outcome::Ignored);
     assert_eq!(c.gate(1, 3), Gate::Stop);
     assert_eq!(last(&rec, "q1").0, Outcome::Done);
@@ -278,7 +278,7 @@ fn a_stop_during_a_batch_skips_its_bake_and_a_late_one_still_counts() {
     let p = plan(2, "on_failure = \"pause\"");
     let (c, rec) = control(&p);
     c.batch_started(1, 2, Tuning::for_plan(&p));
-    c.receive(ask("q1", &p, Ask::Abort));
+    c.receive(ask("q1", &p, Ask::Abort { message: None }));
     assert!(last(&rec, "q1").1.ends_with(
         "stopping once batch 2/2 is back in service; then the hosts stay where they are (rollout.on_failure)"
     ));
@@ -298,7 +298,7 @@ fn a_stop_during_a_batch_skips_its_bake_and_a_late_one_still_counts() {
 fn requests_for_another_run_or_a_rollback_of_a_rollback_are_refused() {
     let p = plan(2, "");
     let (c, rec) = control(&p);
-    let mut other = ask("q1", &p, Ask::Abort);
+    let mut other = ask("q1", &p, Ask::Abort { message: None });
     other.run = "someone-else".into();
     c.receive(other);
     assert_eq!(last(&rec, "q1").0, Outcome::Refused);
@@ -315,7 +315,7 @@ fn requests_for_another_run_or_a_rollback_of_a_rollback_are_refused() {
     let mut rollback = p.clone();
     rollback.operation = Operation::Rollback;
     let (c, rec) = control(&rollback);
-    c.receive(ask("q3", &rollback, Ask::Rollback));
+    c.receive(ask("q3", &rollback, Ask::Rollback { message: None }));
     assert_eq!(
         last(&rec, "q3"),
         (
@@ -324,7 +324,7 @@ fn requests_for_another_run_or_a_rollback_of_a_rollback_are_refused() {
         )
     );
     // An abort of a rollback stops it where it is.
-    c.receive(ask("q4", &rollback, Ask::Abort));
+    c.receive(ask("q4", &rollback, Ask::Abort { message: None }));
     assert!(
         last(&rec, "q4")
             .1
@@ -465,7 +465,7 @@ async fn an_abort_during_the_first_bake_rolls_back_at_once() {
             while c.publication().0.stage != steer::Stage::Bake {
                 changed.changed().await.unwrap();
             }
-            c.receive(ask("q1", &p, Ask::Abort));
+            c.receive(ask("q1", &p, Ask::Abort { message: None }));
         }
     };
     let (report, ()) = tokio::time::timeout(Duration::from_secs(30), async {
@@ -508,7 +508,7 @@ async fn an_abort_during_the_first_bake_rolls_back_at_once() {
 async fn a_rollback_asked_stops_a_deploy_whose_policy_is_pause() {
     let p = plan(2, "rolling_batch_size = 1\non_failure = \"pause\"");
     let (c, recording) = control(&p);
-    c.receive(ask("q1", &p, Ask::Rollback));
+    c.receive(ask("q1", &p, Ask::Rollback { message: None }));
     let report = run(
         &p,
         c,
