@@ -87,13 +87,17 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 let message = args.lock.message.clone();
                 match steer::rollback_running(ctx, &transport, message, signals).await {
                     Ok(Some(exit)) => Ok(exit),
-                    // It ended meanwhile: roll back as usual.
+                    // It ended meanwhile, having deployed: roll back as
+                    // usual, once it has given the lock back.
                     Ok(None) => {
                         let locking = Locking {
                             kind: LockKind::Rollback,
                             run: &run.id,
                             message: args.lock.message.clone(),
-                            options,
+                            options: LockOptions {
+                                wait: Some(std::time::Duration::from_secs(60)),
+                                ..options
+                            },
                             repair: true,
                         };
                         run::locked(ctx, &transport, locking, signals, None, &plan_from).await

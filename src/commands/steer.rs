@@ -51,7 +51,12 @@ pub async fn run(ctx: &Context, ask: Ask, signals: &Signals) -> Result<Exit, Err
         let target = find_run(ctx, &transport, signals)
             .await
             .map_err(|e| Error::Unchanged(e.message))?;
-        request(ctx, &transport, &target, ask, signals).await
+        match request(ctx, &transport, &target, ask, signals).await? {
+            Waited::Exit(exit) => Ok(exit),
+            Waited::TooLate(code) => Err(Error::Unchanged(format!(
+                "the run ended (exit {code}) before it could act on the request"
+            ))),
+        }
     }
     .await;
     transport.close().await;
@@ -70,6 +75,9 @@ pub async fn rollback_running(
     let target = match find_run(ctx, transport, signals).await {
         Ok(target) => target,
         Err(NotSteerable { no_run: true, .. }) => return Ok(None),
+        Err(NotSteerable {
+            ended: Some(code), ..
+        }) => return after_the_deploy(ctx, code),
         Err(e) => return Err(Error::Unchanged(e.message)),
     };
     if target.info.kind != LockKind::Deploy {
@@ -78,9 +86,51 @@ pub async fn rollback_running(
             target.info.describe()
         )));
     }
-    request(ctx, transport, &target, Ask::Rollback { message }, signals)
-        .await
-        .map(Some)
+    match request(ctx, transport, &target, Ask::Rollback { message }, signals).await? {
+        Waited::Exit(exit) => Ok(Some(exit)),
+        Waited::TooLate(code) => after_the_deploy(ctx, code),
+    }
+}
+
+/// A deploy that ended (exit `code`) before it could roll back on request:
+/// `None` when it deployed, so a rollback of its own undoes it; done when
+/// it changed nothing or rolled back by itself.
+fn after_the_deploy(ctx: &Context, code: u8) -> Result<Option<Exit>, Error> {
+    match code {
+        0 => {
+            ctx.note(
+                None,
+                "the deploy finished before it could roll back on request; rolling back what it deployed",
+            );
+            Ok(None)
+        }
+        1 | 4 => {
+            ctx.note(
+                None,
+                &format!(
+                    "the deploy ended by itself (exit {code}) with every host on the release it ran before; \
+                     nothing to roll back"
+                ),
+            );
+            Ok(Some(Exit::Success))
+        }
+        _ => Err(Error::Run {
+            exit: Exit::Partial,
+            message: format!(
+                "the deploy ended (exit {code}) before it could roll back on request, with hosts left changed; \
+                 look at `shipit {} status`, then roll back",
+                ctx.stage.name
+            ),
+        }),
+    }
+}
+
+/// How waiting for an answer ended.
+enum Waited {
+    Exit(Exit),
+    /// A rollback came too late: the deploy finished its rollout and
+    /// ended with this exit code.
+    TooLate(u8),
 }
 
 /// The run to steer.
@@ -96,6 +146,9 @@ struct Target {
 struct NotSteerable {
     message: String,
     no_run: bool,
+    /// The run holding the lock has ended (it is about to give the lock
+    /// back), with this exit code.
+    ended: Option<u8>,
 }
 
 /// Reads every reachable host: the one live deploy or rollback holding
@@ -119,12 +172,14 @@ async fn find_run(
                 return Err(NotSteerable {
                     message,
                     no_run: true,
+                    ended: None,
                 });
             }
             Found::Refused(message) => {
                 return Err(NotSteerable {
                     message,
                     no_run: false,
+                    ended: None,
                 });
             }
         };
@@ -147,12 +202,14 @@ async fn find_run(
         }
         let ended = ours
             .filter_map(|s| s.state.as_ref())
-            .any(|st| st.run == run && st.ended.is_some());
-        if ended || Instant::now() >= deadline || signals.cancel.is_cancelled() {
-            let why = if ended {
-                "it is ending".to_string()
-            } else {
-                "it is not taking requests: it is finishing, or a shipit without run control started it".to_string()
+            .find(|st| st.run == run)
+            .and_then(|st| st.ended.as_ref())
+            .map(|e| e.exit_code);
+        if ended.is_some() || Instant::now() >= deadline || signals.cancel.is_cancelled() {
+            let why = match ended {
+                Some(code) => format!("it has just ended (exit {code})"),
+                None => "it is not taking requests: it is finishing, or a shipit without run control started it"
+                    .to_string(),
             };
             return Err(NotSteerable {
                 message: format!(
@@ -160,6 +217,7 @@ async fn find_run(
                     info.describe()
                 ),
                 no_run: false,
+                ended,
             });
         }
         if !said_waiting {
@@ -325,7 +383,7 @@ async fn request(
     target: &Target,
     ask: Ask,
     signals: &Signals,
-) -> Result<Exit, Error> {
+) -> Result<Waited, Error> {
     let now = jiff::Timestamp::now();
     let request = Request {
         id: steer::request_id(now, std::process::id()),
@@ -374,7 +432,7 @@ async fn request(
             state.by,
             target.run,
             where_is(state),
-            request.ask.name()
+            request.ask.verb()
         ),
     );
     wait(ctx, transport, &layout, &written, &request, signals).await
@@ -389,7 +447,7 @@ async fn wait(
     hosts: &[String],
     request: &Request,
     signals: &Signals,
-) -> Result<Exit, Error> {
+) -> Result<Waited, Error> {
     let asked = Instant::now();
     let cmd = layout.steer_read().render();
     let mut at = 0;
@@ -440,16 +498,20 @@ async fn wait(
             }
             shown = Some(answer.clone());
         }
-        if let Some(answer) = answer {
+        // A rollback that comes too late waits for the deploy's end: what
+        // to do then depends on how it ended.
+        let too_late =
+            request.is_rollback() && answer.is_some_and(|a| a.outcome == Outcome::Ignored);
+        if let Some(answer) = answer.filter(|_| !too_late) {
             match answer.outcome {
                 Outcome::Refused | Outcome::Ignored => {
                     return Err(Error::Unchanged(answer.detail.clone()));
                 }
-                Outcome::Done if !request.is_rollback() => return Ok(Exit::Success),
+                Outcome::Done if !request.is_rollback() => return Ok(Waited::Exit(Exit::Success)),
                 Outcome::Accepted
                     if !matches!(request.ask, Ask::Pause { .. } | Ask::Rollback { .. }) =>
                 {
-                    return Ok(Exit::Success);
+                    return Ok(Waited::Exit(Exit::Success));
                 }
                 _ => {}
             }
@@ -465,7 +527,10 @@ async fn wait(
                 last_stage = Some(state.stage);
             }
             if let Some(ended) = &state.ended {
-                return ended_as(request, answer.is_some(), ended);
+                if too_late || (answer.is_none() && request.is_rollback()) {
+                    return Ok(Waited::TooLate(ended.exit_code));
+                }
+                return ended_as(request, answer.is_some(), ended).map(Waited::Exit);
             }
         }
         let ours = seen.lock.as_ref().is_some_and(|l| l.run == request.run);

@@ -69,6 +69,19 @@ pub enum Ask {
 }
 
 impl Ask {
+    /// What is asked, as a verb: "asks to roll back".
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Ask::Pause { .. } => "pause",
+            Ask::Resume => "resume",
+            Ask::Promote { all: false } => "end its bake",
+            Ask::Promote { all: true } => "skip every bake",
+            Ask::Abort { .. } => "abort",
+            Ask::Rollback { .. } => "roll back",
+            Ask::Tune { .. } => "retune its batches",
+        }
+    }
+
     /// The command's name: `pause`, `promote --all`, …
     pub fn name(&self) -> &'static str {
         match self {

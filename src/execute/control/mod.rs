@@ -611,7 +611,7 @@ impl Inner {
         };
         let detail = format!(
             "{by} asks to {}{}: {when}; then {then}",
-            request.ask.name(),
+            request.ask.verb(),
             request
                 .message()
                 .map(|m| format!(" ({m})"))
