@@ -483,3 +483,34 @@ fn with_no_run_going_every_steering_command_says_so_and_changes_nothing() {
     project.shipit(&["test", "unlock"]).success();
     assert_eq!(snapshot(), before, "nothing changed on the hosts");
 }
+
+#[test]
+fn a_rollback_too_late_to_stop_the_deploy_waits_for_it_and_undoes_it() {
+    let fleet = fleet();
+    // The deploy's after_deploy hook (after the last batch and cleanup)
+    // holds it while a file exists: the rollback comes while it finishes.
+    let dir = tempfile::tempdir().unwrap();
+    let (hold, finishing) = (dir.path().join("hold"), dir.path().join("finishing"));
+    std::fs::write(&hold, "").unwrap();
+    let hook = format!(
+        "[stages.test.hooks]\nafter_deploy = [\"touch {} && while [ -e {} ]; do sleep 0.1; done\"]\n",
+        finishing.display(),
+        hold.display()
+    );
+    let (project, v1) = project(&fleet, "", &hook);
+    let deploy = project.spawn(&["test", "deploy"]);
+    wait_for(WAIT, "the deploy to reach its after_deploy hook", || {
+        finishing.exists()
+    });
+    let mut rollback = project.spawn(&["test", "rollback"]);
+    rollback.wait_for("comes too late: every batch is done", WAIT);
+    std::fs::remove_file(&hold).unwrap();
+    deploy.finish().success();
+    rollback.finish().success().stderr_has(
+        "the deploy finished before it could roll back on request; rolling back what it deployed",
+    );
+    for host in names() {
+        assert_eq!(current(&fleet, &host), v1, "{host} is back on v1");
+    }
+    assert_all_in_service(&fleet);
+}
