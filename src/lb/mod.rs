@@ -10,6 +10,7 @@
 //!
 //! - `haproxy`: HAProxy's runtime API over its admin socket;
 //! - `command`: the user's own drain / enable commands;
+//! - `nginx`: a file of `server` lines nginx includes, edited and reloaded;
 //! - `none` (no `[lb]`): no load balancer; a restarting host drops requests.
 //!
 //! The planner puts [`LbAction`]s (a driver, an operation and a
@@ -18,6 +19,7 @@
 
 pub mod command;
 pub mod haproxy;
+pub mod nginx;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,7 +36,7 @@ use crate::shell::{Cmd, Word};
 use crate::transport::{ExecObserver, ExecRequest, Output, TransportError};
 
 /// Every driver, by its `driver = "..."` name. A new driver is one line.
-pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC];
+pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC, nginx::SPEC];
 
 /// `[lb]` keys every driver understands (besides its own).
 pub const SHARED_KEYS: &[&str] = &["driver", "drain_timeout", "drain_timeout_action"];

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::support::fleet::{Fleet, FleetOptions, Haproxy, wait_for};
-use crate::support::load::{self, Load, Report};
+use crate::support::load::{self, Load, LoadOptions, Report};
 use crate::support::shipit::{DEPLOY_TO, Project, Run, host_state, standard_config};
 
 const HOSTS: usize = 4;
@@ -22,7 +22,7 @@ const HOSTS: usize = 4;
 const RATE: u32 = 200;
 const CONNECTIONS: usize = 8;
 /// Seconds each app sleeps before it listens.
-const BOOT_DELAY: &str = "2";
+pub(crate) const BOOT_DELAY: &str = "2";
 
 fn fleet(haproxy: Haproxy) -> Fleet {
     Fleet::start(FleetOptions {
@@ -48,7 +48,7 @@ fn local_haproxy(fleet: &Fleet) -> String {
 /// every app started from then on (whatever its release) sleeps
 /// `BOOT_DELAY` seconds before it listens. The first deploy onto fresh
 /// hosts skips that to save time: nothing is measured there.
-fn config(fleet: &Fleet, lb: &str, slow_boot: bool, extra: &str) -> String {
+pub(crate) fn config(fleet: &Fleet, lb: &str, slow_boot: bool, extra: &str) -> String {
     let slow = if slow_boot {
         format!("[stages.test.app]\nrestart = \"APP_BOOT_DELAY={BOOT_DELAY} bin/restart\"\n")
     } else {
@@ -60,8 +60,28 @@ fn config(fleet: &Fleet, lb: &str, slow_boot: bool, extra: &str) -> String {
 /// Runs `shipit` while the load runs; returns the run, the load's report,
 /// and when (on the load's clock) shipit finished. The load goes on for a
 /// second after that, to see what the fleet serves at the end.
-fn under_load(fleet: &Fleet, what: &str, shipit: impl FnOnce() -> Run) -> (Run, Report, Duration) {
-    let load = Load::start(&fleet.lb_url(), CONNECTIONS, RATE);
+pub(crate) fn under_load(
+    fleet: &Fleet,
+    what: &str,
+    shipit: impl FnOnce() -> Run,
+) -> (Run, Report, Duration) {
+    under_load_with(fleet, what, true, shipit)
+}
+
+/// [`under_load`], with `keep_alive` false opening a connection per request.
+pub(crate) fn under_load_with(
+    fleet: &Fleet,
+    what: &str,
+    keep_alive: bool,
+    shipit: impl FnOnce() -> Run,
+) -> (Run, Report, Duration) {
+    let options = LoadOptions {
+        connections: CONNECTIONS,
+        rate: RATE,
+        keep_alive,
+        ..LoadOptions::default()
+    };
+    let load = Load::start_with(&fleet.lb_url(), options);
     // The stream is flowing (and answered) before shipit starts.
     std::thread::sleep(Duration::from_millis(500));
     let run = shipit();
@@ -76,7 +96,7 @@ fn under_load(fleet: &Fleet, what: &str, shipit: impl FnOnce() -> Run) -> (Run, 
 /// shipit ran, only the new one once it was done, and the load really ran
 /// throughout.
 #[track_caller]
-fn assert_zero_downtime(report: &Report, finished: Duration, old: &str, new: &str) {
+pub(crate) fn assert_zero_downtime(report: &Report, finished: Duration, old: &str, new: &str) {
     let failures = report.failures();
     assert!(
         failures.is_empty(),
@@ -142,7 +162,7 @@ fn wait_all_up(fleet: &Fleet) {
     );
 }
 
-fn versions_served(fleet: &Fleet) -> Vec<String> {
+pub(crate) fn versions_served(fleet: &Fleet) -> Vec<String> {
     names(fleet)
         .iter()
         .map(|h| {

@@ -434,10 +434,6 @@ mod tests {
     fn bad_values_and_their_messages() {
         assert_messages(&[
             (
-                "[lb]\ndriver = \"f5\"",
-                "/p/deploy.toml: lb.driver: \"f5\" is not allowed; use \"haproxy\", \"command\" or \"none\" (no load balancer)",
-            ),
-            (
                 "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\ndrain = \"x\"",
                 "/p/deploy.toml: lb.drain: only used by driver = \"command\", but lb.driver is \"haproxy\"",
             ),
@@ -461,11 +457,35 @@ mod tests {
                 "[lb]\ndriver = \"haproxy\"\nsocket = \"/a.sock\"\nbackend = \"app\"\n[stages.production.lb]\nbackend = \"other\"\ndrain = \"x\"",
                 "/p/deploy.toml: stages.production.lb.drain: only used by driver = \"command\", but lb.driver is \"haproxy\"",
             ),
-            (
-                "[lb]\ndriver = \"haproxy\"\nsockett = \"/a.sock\"",
-                "/p/deploy.toml:10: lb: unknown key `sockett`; allowed here: `backend`, `drain`, `drain_timeout`, `drain_timeout_action`, `driver`, `enable`, `enable_timeout`, `run_on`, `server`, `socket`, `via`, `wait_drained`",
-            ),
         ]);
+    }
+
+    /// Messages that list every driver, or every key of every driver.
+    #[test]
+    fn unknown_drivers_and_keys_are_named_with_what_is_allowed() {
+        let drivers: Vec<String> = crate::lb::DRIVERS
+            .iter()
+            .map(|d| format!("\"{}\"", d.name))
+            .collect();
+        assert_eq!(
+            error("[lb]\ndriver = \"f5\""),
+            format!(
+                "/p/deploy.toml: lb.driver: \"f5\" is not allowed; use {} or \"none\" (no load balancer)",
+                drivers.join(", ")
+            )
+        );
+        let keys: Vec<String> = crate::lb::all_keys()
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect();
+        assert!(keys.len() > 12, "every driver's keys: {keys:?}");
+        assert_eq!(
+            error("[lb]\ndriver = \"haproxy\"\nsockett = \"/a.sock\""),
+            format!(
+                "/p/deploy.toml:10: lb: unknown key `sockett`; allowed here: {}",
+                keys.join(", ")
+            )
+        );
     }
 
     #[test]
