@@ -60,6 +60,13 @@ pub fn render(
     let mut out = String::new();
     let width = hosts.iter().map(|(h, _)| h.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(out, "{:<width$}  {:<14}  LAST RUN", "HOST", "CURRENT");
+    // A run whose lock is alive is going on, not interrupted.
+    let live: Vec<&str> = hosts
+        .iter()
+        .filter_map(|(_, f)| f.lock.as_ref())
+        .filter(|l| !stale(l))
+        .map(|l| l.run.as_str())
+        .collect();
     let mut resumable = false;
     for (name, facts) in hosts {
         let current = match &facts.current {
@@ -82,6 +89,9 @@ pub fn render(
                 match &run.finished {
                     Some(result) => {
                         let _ = write!(text, ": finished, {result}");
+                    }
+                    None if live.contains(&run.run.as_str()) => {
+                        let _ = write!(text, ": RUNNING, last {}", run.last_event());
                     }
                     None => {
                         resumable |= run.op == "deploy";

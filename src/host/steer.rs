@@ -182,8 +182,7 @@ pub fn request_id(now: jiff::Timestamp, pid: u32) -> String {
     )
 }
 
-/// Whether `id` is a name [`request_id`] can make (the requester checks
-/// before using it as a file name).
+/// Whether `id` is a name [`request_id`] can make: a plain file name.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -415,6 +414,9 @@ impl Layout {
     /// Writes `request` for its run: exits [`NOT_HELD`] if that run does
     /// not hold the lock here, [`CLOSED`] if it takes no requests.
     pub fn steer_request(&self, request: &Request) -> Cmd {
+        // The id names a file on the host: it never holds a `/` or a
+        // leading dot (`request_id` makes it so).
+        debug_assert!(valid_id(&request.id), "{:?}", request.id);
         Cmd::script(
             "steer-request",
             REQUEST,

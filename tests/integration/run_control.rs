@@ -208,7 +208,9 @@ fn pause_and_resume(fleet: &Fleet, lb: &str) -> (Paused, String) {
         .success()
         .stdout_has("running: deploy of ")
         .stdout_has("PAUSED by ")
-        .stdout_has("(checking dashboards)");
+        .stdout_has("(checking dashboards)")
+        .stdout_has("RUNNING, last rolled-out");
+    assert!(!status.stdout.contains("INTERRUPTED"), "{status}");
 
     // Five seconds of pause: the deploy holds still (the hosts say so).
     std::thread::sleep(Duration::from_secs(5));
