@@ -516,3 +516,38 @@ fn a_rollback_too_late_to_stop_the_deploy_waits_for_it_and_undoes_it() {
     }
     assert_all_in_service(&fleet);
 }
+
+#[test]
+fn a_paused_run_whose_machine_dies_is_stale_and_resumes_unpaused() {
+    let fleet = fleet();
+    let (project, v1) = project(&fleet, "", "");
+    let mut deploy = project.spawn(&["test", "deploy"]);
+    deploy.wait_for("== batch 1/4", WAIT);
+    project.shipit(&["test", "pause"]).success();
+    deploy.wait_for("paused by ", WAIT);
+    deploy.signal("KILL");
+    assert_eq!(deploy.finish().code, -1, "killed");
+
+    // Paused between batches: every host is in service.
+    assert_all_in_service(&fleet);
+    let status = project.shipit(&["test", "status"]);
+    status
+        .success()
+        .stdout_has("PAUSED by ")
+        .stdout_has("its lock is STALE, so the run is gone")
+        .stdout_has("deploy --resume");
+    project
+        .shipit(&["test", "resume"])
+        .code(1)
+        .stderr_has("stopped refreshing it");
+    // --resume goes on from where it stopped, not paused.
+    let resumed = project.shipit(&["test", "deploy", "--resume"]);
+    resumed.success().stderr_has("resuming run");
+    assert!(!resumed.stderr.contains("paused by"), "{resumed}");
+    let new = current(&fleet, "web1");
+    assert_ne!(new, v1);
+    for host in names() {
+        assert_eq!(current(&fleet, &host), new, "{host}");
+    }
+    assert_all_in_service(&fleet);
+}
