@@ -10,6 +10,7 @@
 //!
 //! - `haproxy`: HAProxy's runtime API over its admin socket;
 //! - `command`: the user's own drain / enable commands;
+//! - `caddy`: Caddy's admin API, on one reverse_proxy handler's upstreams;
 //! - `nginx`: a file of `server` lines nginx includes, edited and reloaded;
 //! - `none` (no `[lb]`): no load balancer; a restarting host drops requests.
 //!
@@ -17,6 +18,7 @@
 //! [`Member`]: one host as the balancer knows it) into plans as plain
 //! data; the executor performs them through the driver with an [`LbCtx`].
 
+pub mod caddy;
 pub mod command;
 pub mod haproxy;
 pub mod nginx;
@@ -36,7 +38,7 @@ use crate::shell::{Cmd, Word};
 use crate::transport::{ExecObserver, ExecRequest, Output, TransportError};
 
 /// Every driver, by its `driver = "..."` name. A new driver is one line.
-pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC, nginx::SPEC];
+pub const DRIVERS: &[DriverSpec] = &[haproxy::SPEC, command::SPEC, caddy::SPEC, nginx::SPEC];
 
 /// `[lb]` keys every driver understands (besides its own).
 pub const SHARED_KEYS: &[&str] = &["driver", "drain_timeout", "drain_timeout_action"];

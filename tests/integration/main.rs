@@ -9,6 +9,7 @@ mod exit_codes;
 mod failures;
 mod fleet_smoke;
 mod hooks;
+mod lb_caddy;
 mod lb_nginx;
 mod output;
 mod run_control;
