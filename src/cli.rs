@@ -156,6 +156,73 @@ pub enum StageCommand {
     /// Remove old releases now, keeping `app.keep_releases` (under the
     /// deploy lock).
     Cleanup(CleanupArgs),
+    /// Pause the deploy or rollback running on this stage, from any
+    /// machine: the batch in flight finishes, no new one starts until
+    /// `resume`. Waits until the run is paused.
+    Pause(PauseArgs),
+    /// Let a paused deploy or rollback go on.
+    Resume,
+    /// End the bake under way now (its checks stop); with --all, skip
+    /// every bake still to come too.
+    Promote(PromoteArgs),
+    /// Stop the running deploy or rollback once the batch in flight is
+    /// back in service (a bake ends at once); rollout.on_failure applies
+    /// (a deploy rolls back by default).
+    Abort(AbortArgs),
+    /// Change the batches of the running deploy or rollback that have not
+    /// started yet: their size, their bake, or both (within
+    /// rollout.max_unavailable).
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    /// Why, shown by the running deploy and recorded in revisions.log.
+    #[arg(long, short = 'm', value_name = "TEXT", value_parser = steer_message)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AbortArgs {
+    /// Why, shown by the running deploy and recorded in revisions.log.
+    #[arg(long, short = 'm', value_name = "TEXT", value_parser = steer_message)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// Also skip every bake still to come.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = true)]
+pub struct TuneArgs {
+    /// Hosts per batch from the next batch on: a number or a share such
+    /// as 25% (of the run's hosts).
+    #[arg(long, value_name = "N", value_parser = batch_size)]
+    pub batch_size: Option<String>,
+    /// How long each of those batches is watched once back in service
+    /// (0s: not at all).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub bake: Option<std::time::Duration>,
+}
+
+fn batch_size(text: &str) -> Result<String, String> {
+    text.parse::<crate::config::BatchSize>()
+        .map(|size| size.to_string())
+}
+
+fn steer_message(text: &str) -> Result<String, String> {
+    let max = crate::host::steer::MAX_MESSAGE;
+    if text.contains(char::is_control) {
+        Err("the message must be one line of plain text".into())
+    } else if text.chars().count() > max {
+        Err(format!("the message is longer than {max} characters"))
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// Options about the deploy lock, shared by deploy and rollback.
@@ -167,7 +234,8 @@ pub struct LockWaitArgs {
     /// Take over a lock whose run died (its heartbeat stopped).
     #[arg(long)]
     pub break_stale_lock: bool,
-    /// Shown to anyone who finds the lock taken.
+    /// Shown to anyone who finds the lock taken (and, for a rollback that
+    /// stops a running deploy, sent with the request).
     #[arg(long, short = 'm', value_name = "TEXT")]
     pub message: Option<String>,
 }
@@ -495,6 +563,11 @@ mod tests {
             "check",
             "exec",
             "cleanup",
+            "pause",
+            "resume",
+            "promote",
+            "abort",
+            "tune",
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
@@ -504,6 +577,47 @@ mod tests {
                 "--{arg} missing"
             );
         }
+    }
+
+    #[test]
+    fn steering_commands() {
+        let Ok(Invocation::Stage { command, .. }) = parse(args("production pause -m dashboards"))
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            command,
+            StageCommand::Pause(PauseArgs { message: Some(m) }) if m == "dashboards"
+        ));
+        assert!(matches!(
+            parse(args("production promote --all")),
+            Ok(Invocation::Stage {
+                command: StageCommand::Promote(PromoteArgs { all: true }),
+                ..
+            })
+        ));
+        let Ok(Invocation::Stage {
+            command: StageCommand::Tune(tune),
+            ..
+        }) = parse(args("production tune --batch-size 25% --bake 10s"))
+        else {
+            panic!()
+        };
+        assert_eq!(tune.batch_size.as_deref(), Some("25%"));
+        assert_eq!(tune.bake, Some(std::time::Duration::from_secs(10)));
+        // tune needs something to change; sizes are checked as in deploy.toml.
+        assert_eq!(parse(args("production tune")).err().unwrap().exit_code(), 2);
+        let err = parse(args("production tune --batch-size 0")).err().unwrap();
+        assert!(err.to_string().contains("not a batch size"), "{err}");
+        let err = parse(vec![
+            "production".into(),
+            "pause".into(),
+            "-m".into(),
+            "a\nb".into(),
+        ])
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("one line"), "{err}");
     }
 
     #[test]

@@ -60,6 +60,11 @@ fn lock_message(
         message.push_str(&format!(
             "\n  that run is alive (heartbeat {age_secs}s ago): wait for it with --lock-wait 10m"
         ));
+        if matches!(kind, Some(LockKind::Deploy | LockKind::Rollback)) {
+            message.push_str(&format!(
+                ", or steer it: `shipit {stage} pause`, `abort`, `rollback` (docs/run-control.md)"
+            ));
+        }
     }
     message
 }

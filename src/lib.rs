@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use cli::{Invocation, StageCommand};
 use exit::Exit;
+use host::steer::Ask;
 use report::{Event, Reporter};
 
 /// Runs shipit with `args` (without the program name) and returns the
@@ -100,6 +101,13 @@ async fn dispatch(
                 StageCommand::Exec(_) => {
                     "stopping the command on every host and waiting for it to end (signal again to stop waiting)"
                 }
+                StageCommand::Pause(_)
+                | StageCommand::Resume
+                | StageCommand::Promote(_)
+                | StageCommand::Abort(_)
+                | StageCommand::Tune(_) => {
+                    "stopping: no longer waiting for the run's answer; a request handed over stays with the run"
+                }
                 _ => {
                     "stopping: no new step starts; running steps finish, drained hosts go back into the \
                      load balancer and the lock is released (signal again to hurry)"
@@ -120,6 +128,30 @@ async fn dispatch(
                 StageCommand::Check => commands::check::run(&ctx).await,
                 StageCommand::Exec(args) => commands::exec::run(&ctx, &args, &signals).await,
                 StageCommand::Cleanup(args) => commands::cleanup::run(&ctx, &args, &signals).await,
+                StageCommand::Pause(args) => {
+                    let ask = Ask::Pause {
+                        message: args.message,
+                    };
+                    commands::steer::run(&ctx, ask, &signals).await
+                }
+                StageCommand::Resume => commands::steer::run(&ctx, Ask::Resume, &signals).await,
+                StageCommand::Promote(args) => {
+                    let ask = Ask::Promote { all: args.all };
+                    commands::steer::run(&ctx, ask, &signals).await
+                }
+                StageCommand::Abort(args) => {
+                    let ask = Ask::Abort {
+                        message: args.message,
+                    };
+                    commands::steer::run(&ctx, ask, &signals).await
+                }
+                StageCommand::Tune(args) => {
+                    let ask = Ask::Tune {
+                        batch_size: args.batch_size,
+                        bake_ms: args.bake.map(|d| d.as_millis() as u64),
+                    };
+                    commands::steer::run(&ctx, ask, &signals).await
+                }
             }
         }
     }

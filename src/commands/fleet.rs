@@ -26,6 +26,22 @@ pub async fn connect_for_run(stage: &Stage, hosts: &[Host]) -> Result<SshTranspo
     all_or_nothing(connect_targets(stage, hosts, &lb_targets(stage, hosts)).await).await
 }
 
+/// Connects to every host that answers; the errors say why the others did
+/// not. For commands that need only some hosts (steering a run needs one
+/// that holds its lock); none answering is an error.
+pub async fn connect_some(
+    stage: &Stage,
+    hosts: &[Host],
+) -> Result<(SshTransport, Vec<TransportError>), Error> {
+    let (transport, errors) = connect_targets(stage, hosts, &[]).await;
+    if errors.len() < hosts.len() {
+        Ok((transport, errors))
+    } else {
+        transport.close().await;
+        Err(Error::Connect(errors))
+    }
+}
+
 /// The machines LB commands go through that are not among `hosts`: other
 /// machines (`user@host`), and inventory hosts left out by `--hosts`.
 fn lb_targets(stage: &Stage, hosts: &[Host]) -> Vec<SshTarget> {

@@ -297,6 +297,11 @@ async fn release_on<T: Transport>(transport: &T, layout: &Layout, hosts: &[Strin
 }
 
 impl<T: Transport> Held<'_, T> {
+    /// The hosts it is held on, in name order.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     /// Gives the lock back on every host; hosts that cannot be reached keep
     /// it until its lease runs out. Returns those hosts.
     pub async fn release(self) -> Vec<String> {

@@ -15,6 +15,7 @@ pub mod releases;
 pub mod rollback;
 pub mod run;
 pub mod status;
+pub mod steer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -205,6 +206,9 @@ use crate::report::HostResult;
 pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
     if report.ok {
         return Ok(Exit::Success);
+    }
+    if let (Some(steered), false) = (&report.steered, report.interrupted) {
+        return Err(steer::stopped(plan, report, steered));
     }
     let operation = plan.operation.as_str();
     let changed = report.hosts.iter().any(|h| h.now != h.before || h.drained);

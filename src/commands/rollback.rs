@@ -1,10 +1,12 @@
 //! `shipit STAGE rollback`: back to the release before the current one (or
 //! `--to ID`), through the same rolling pipeline, capacity rules and
-//! coordinator (`run`) as a deploy, under the deploy lock.
+//! coordinator (`run`) as a deploy, under the deploy lock. While a deploy
+//! holds the lock, it asks that deploy to stop and roll back (`steer`)
+//! and ends as that rollback does.
 
 use super::lock::{self, LockOptions};
 use super::run::{self, Found, Locking};
-use super::{Context, Signals, fleet};
+use super::{Context, Signals, fleet, steer};
 use crate::cli::RollbackArgs;
 use crate::error::Error;
 use crate::exit::Exit;
@@ -72,7 +74,39 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
             },
             repair: true,
         };
-        run::locked(ctx, &transport, locking, signals, None, plan_from).await
+        let options = locking.options.clone();
+        match run::locked(ctx, &transport, locking, signals, None, &plan_from).await {
+            // A deploy is running: ask it to stop and roll back, and end as
+            // that rollback does. With --to or --lock-wait the user asked
+            // for a rollback of their own after it.
+            Err(Error::LockHeld {
+                kind: Some(LockKind::Deploy),
+                stale: false,
+                ..
+            }) if args.to.is_none() && options.wait.is_none() => {
+                let message = args.lock.message.clone();
+                match steer::rollback_running(ctx, &transport, message, signals).await {
+                    Ok(Some(exit)) => Ok(exit),
+                    // It ended meanwhile, having deployed: roll back as
+                    // usual, once it has given the lock back.
+                    Ok(None) => {
+                        let locking = Locking {
+                            kind: LockKind::Rollback,
+                            run: &run.id,
+                            message: args.lock.message.clone(),
+                            options: LockOptions {
+                                wait: Some(std::time::Duration::from_secs(60)),
+                                ..options
+                            },
+                            repair: true,
+                        };
+                        run::locked(ctx, &transport, locking, signals, None, &plan_from).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        }
     };
     transport.close().await;
     result

@@ -1,17 +1,21 @@
 //! What a deploy and a rollback share, once the hosts are connected: take
 //! the deploy lock, read every host, put back hosts an interrupted run left
 //! drained, ask the load balancer about every host of the stage (which it
-//! knows, which are out of service), plan, run the plan, give the lock
-//! back. The command decides only what differs: how its plan is made.
+//! knows, which are out of service), plan, run the plan while taking
+//! requests to steer it (`execute::control`), give the lock back. The
+//! command decides only what differs: how its plan is made.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::lock::{self, LockOptions};
 use super::{Context, Signals, fleet, run_result};
 use crate::error::Error;
-use crate::execute::{self, Executor};
+use crate::execute::control::remote::Steering;
+use crate::execute::{self, Control, Executor};
 use crate::exit::Exit;
 use crate::host::HostFacts;
+use crate::host::Layout;
 use crate::host::lock::LockKind;
 use crate::plan::{self, Plan, Service};
 use crate::report::{Event, Phase};
@@ -74,14 +78,31 @@ where
         }
         tracing::debug!("planned");
         let reporter = ctx.reporter();
+        // Requests from `shipit STAGE pause` and the like, from anywhere.
+        let control = Arc::new(Control::new(
+            &plan,
+            &info.by,
+            &info.machine,
+            info.pid,
+            reporter.clone(),
+        ));
         let mut executor = Executor::new(transport, reporter.as_ref())
             .command_timeout(stage.ssh.command_timeout)
-            .cancel_on(signals.cancel.clone(), signals.hurry.clone());
+            .cancel_on(signals.cancel.clone(), signals.hurry.clone())
+            .control(control.clone());
         if let Some(archive) = archive {
             executor = executor.archive(archive);
         }
-        let report = executor.run(&plan).await;
-        run_result(&plan, &report)
+        let layout = Layout::new(&stage.app.deploy_to);
+        let steering = Steering::new(transport, layout, held.hosts().to_vec(), control);
+        let report = steering.alongside(executor.run(&plan)).await;
+        let result = run_result(&plan, &report);
+        let (code, message) = match &result {
+            Ok(exit) => (exit.code(), None),
+            Err(e) => (e.exit().code(), Some(e.to_string())),
+        };
+        steering.ended(code, message).await;
+        result
     };
     let result = held
         .keep_while(&signals.cancel, work, |why| {

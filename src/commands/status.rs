@@ -1,18 +1,36 @@
 //! `shipit STAGE status`: what is live on each host, who holds the deploy
-//! lock, and how the last run went, as the hosts' journals tell it.
+//! lock, how the last run went, as the hosts' journals tell it, and where
+//! a running deploy or rollback stands (batch, bake, pause), as it
+//! publishes it.
 
 use std::fmt::Write as _;
 
 use super::lock::is_stale;
-use super::{Context, fleet};
+use super::{Context, fleet, steer};
 use crate::error::Error;
 use crate::exit::Exit;
-use crate::host::{Current, HostFacts};
+use crate::host::lock::LockKind;
+use crate::host::{Current, HostFacts, Layout};
 
 pub async fn run(ctx: &Context) -> Result<Exit, Error> {
     let stage = &ctx.stage;
     let transport = fleet::connect(stage, &ctx.hosts).await?;
     let facts = fleet::probe(&transport, stage, &ctx.hosts).await;
+    // A deploy or rollback holding the lock says where it is.
+    let holders: Vec<&str> = facts
+        .iter()
+        .flat_map(|f| f.iter())
+        .filter(|(_, f)| {
+            f.lock.as_ref().is_some_and(|l| {
+                l.info
+                    .as_ref()
+                    .is_some_and(|i| matches!(i.kind, LockKind::Deploy | LockKind::Rollback))
+            })
+        })
+        .map(|(h, _)| h.as_str())
+        .collect();
+    let layout = Layout::new(&stage.app.deploy_to);
+    let running = steer::running(&transport, &layout, &holders).await;
     transport.close().await;
     let facts = facts?;
     let hosts: Vec<(&str, &HostFacts)> = ctx
@@ -20,7 +38,17 @@ pub async fn run(ctx: &Context) -> Result<Exit, Error> {
         .iter()
         .filter_map(|h| facts.get(&h.name).map(|f| (h.name.as_str(), f)))
         .collect();
-    ctx.print(&render(&stage.name, &hosts, is_stale));
+    let mut text = render(&stage.name, &hosts, is_stale);
+    if let Some((state, age)) = running {
+        let stale = hosts
+            .iter()
+            .filter_map(|(_, f)| f.lock.as_ref())
+            .find(|l| l.run == state.run)
+            .is_some_and(is_stale);
+        text.push('\n');
+        text.push_str(&steer::describe(&state, age, stale, &stage.name));
+    }
+    ctx.print(&text);
     Ok(Exit::Success)
 }
 
@@ -32,6 +60,13 @@ pub fn render(
     let mut out = String::new();
     let width = hosts.iter().map(|(h, _)| h.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(out, "{:<width$}  {:<14}  LAST RUN", "HOST", "CURRENT");
+    // A run whose lock is alive is going on, not interrupted.
+    let live: Vec<&str> = hosts
+        .iter()
+        .filter_map(|(_, f)| f.lock.as_ref())
+        .filter(|l| !stale(l))
+        .map(|l| l.run.as_str())
+        .collect();
     let mut resumable = false;
     for (name, facts) in hosts {
         let current = match &facts.current {
@@ -54,6 +89,9 @@ pub fn render(
                 match &run.finished {
                     Some(result) => {
                         let _ = write!(text, ": finished, {result}");
+                    }
+                    None if live.contains(&run.run.as_str()) => {
+                        let _ = write!(text, ": RUNNING, last {}", run.last_event());
                     }
                     None => {
                         resumable |= run.op == "deploy";

@@ -251,6 +251,34 @@ impl BatchSize {
     }
 }
 
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    /// `3` or `25%`, as `rolling_batch_size` takes them (the command line
+    /// of `shipit STAGE tune`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let parsed = match text.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(BatchSize::Percent),
+            None => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(BatchSize::Count),
+        };
+        parsed.ok_or_else(|| {
+            format!(
+                "{text:?} is not a batch size; use a number of hosts (at least 1) or a percentage such as \"25%\""
+            )
+        })
+    }
+}
+
 impl serde::Serialize for BatchSize {
     /// `2` or `"50%"`, as written in deploy.toml.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -103,6 +103,8 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     revision: plan.revision.clone(),
                     by: plan.bookkeeping.by.clone(),
                     result: outcome(&run, ok),
+                    message: None,
+                    run: None,
                 };
                 (host, entry)
             })

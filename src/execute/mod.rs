@@ -29,10 +29,12 @@
 //! after batch, the failure policy) → `pipeline` (one host's steps, putting
 //! it back) → `step` (one step, judged); beside them `undo`, `watch`,
 //! `gates`, `capacity`, `journal`, `hooks`, `book` (where each host
-//! stands), `health` and `lb`.
+//! stands), `health` and `lb`; and `control`, which steers a run while it
+//! goes (pause, resume, promote, abort, rollback, tune) at its safe points.
 
 mod book;
 mod capacity;
+pub mod control;
 mod gates;
 pub mod health;
 mod hooks;
@@ -45,6 +47,7 @@ mod step;
 mod undo;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +60,7 @@ use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
 
 pub use capacity::{Budget, Refused};
+pub use control::{Control, Steered};
 
 /// How a run ended, host by host.
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ pub struct RunReport {
     pub undo_failed: Vec<String>,
     /// A run-level reason the run stopped (a failing hook), if no host did.
     pub stopped_by: Option<String>,
+    /// Stopped by an `abort` or a `rollback` from someone.
+    pub steered: Option<Steered>,
     pub hosts: Vec<HostSummary>,
 }
 
@@ -82,6 +88,7 @@ pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
     command_timeout: Option<Duration>,
     cancel: CancellationToken,
     hurry: CancellationToken,
+    control: Option<Arc<Control>>,
 }
 
 impl<'a, T: Transport> Executor<'a, T> {
@@ -102,6 +109,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             command_timeout: None,
             cancel: CancellationToken::new(),
             hurry: CancellationToken::new(),
+            control: None,
         }
     }
 
@@ -125,6 +133,13 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
         self
     }
 
+    /// Requests from `shipit STAGE pause` and the like reach the run
+    /// through `control`, which it asks at its safe points.
+    pub fn control(mut self, control: Arc<Control>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
     pub async fn run(&self, plan: &Plan) -> RunReport {
         // Every event of the run goes through the mask: a command may print
         // a secret it was given, and its output and errors reach the user.
@@ -141,6 +156,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             command_timeout: self.command_timeout,
             cancel: self.cancel.clone(),
             hurry: self.hurry.clone(),
+            control: self.control.clone(),
         }
         .run_plan(plan)
         .await

@@ -14,11 +14,17 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
     /// stopped the rollout, if one did.
     pub(super) async fn rollout(&self, run: &RunCtx<'_>) -> Option<usize> {
         let plan = run.plan;
-        let total = plan.batches.len();
-        for (i, batch) in plan.batches.iter().enumerate() {
-            if self.cancel.is_cancelled() {
+        // A tune cuts the batches not started yet anew (`control`).
+        let mut batches = plan.batches.clone();
+        let mut i = 0;
+        while i < batches.len() {
+            if self.cancel.is_cancelled()
+                || !self.safe_point(run, &mut batches, i).await
+                || self.cancel.is_cancelled()
+            {
                 break;
             }
+            let (batch, total) = (&batches[i], batches.len());
             for host in batch.hosts() {
                 run.book.update(host, |r| r.batch = Some(i));
             }
@@ -46,6 +52,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 );
                 break;
             }
+            i += 1;
         }
         None
     }

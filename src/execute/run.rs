@@ -71,6 +71,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         } else {
             None
         };
+        let steered = self.steer_over();
         let interrupted = self.cancel.is_cancelled();
         let refused = run.refused.lock().expect("refused").clone();
         if stopped_by.is_none() && !refused.is_empty() {
@@ -83,8 +84,12 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
 
         let wants_undo = plan.operation == Operation::Deploy
             && ((failed_batch.is_some() && plan.on_failure.action == OnFailure::Rollback)
-                || (interrupted && plan.on_failure.rollback_on_abort));
+                || (interrupted && plan.on_failure.rollback_on_abort)
+                || steered
+                    .as_ref()
+                    .is_some_and(|s| s.rollback || plan.on_failure.action == OnFailure::Rollback));
         let undone = if wants_undo && !self.hurry.is_cancelled() {
+            self.steer_moved(crate::host::steer::Stage::Undo);
             self.undo(&run).await
         } else {
             None
@@ -93,6 +98,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         let rolled_out = prepared
             && failed_batch.is_none()
             && !interrupted
+            && steered.is_none()
             && refused.is_empty()
             && Self::all_done(&run);
         if rolled_out && !plan.finish.is_empty() {
@@ -128,6 +134,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             undo_ran: undone.is_some(),
             undo_failed: undone.map(|u| u.failed).unwrap_or_default(),
             stopped_by,
+            steered,
             hosts,
         }
     }

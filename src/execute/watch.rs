@@ -18,8 +18,10 @@
 //! (`StepKind::MinHealthyTime`), a later one on the bake. The first
 //! failure ends the watch ([`Watch::fail`]), and the failure policy
 //! applies as for any failed step. A first Ctrl-C ends the watch (the
-//! batch is in service; no new batch starts). A host an operator keeps out
-//! of the load balancer is not in service, so not watched.
+//! batch is in service; no new batch starts), and so do a promote, an
+//! abort and a rollback from `shipit STAGE …` (`control`). A host an
+//! operator keeps out of the load balancer is not in service, so not
+//! watched.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -129,6 +131,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         if deadline <= started {
             return;
         }
+        // A promote, an abort or a rollback ends the bake (`control`).
+        let Some(steer) = self.bake_watch(number, of, batch.bake) else {
+            return;
+        };
         let hosts: Vec<String> = batch.hosts().map(str::to_string).collect();
         // As configured: the bake, or the longest min_healthy_time (each
         // counts from its host's return, a moment ago).
@@ -164,8 +170,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         tokio::select! {
             _ = checks => {}
             () = self.cancel.cancelled() => {}
+            () = steer.cut() => {}
         }
         over.cancel();
+        let ended_by = steer.end();
         let found = watch.found.into_inner().expect("watch findings");
         for finding in &found {
             match finding.hosts.as_slice() {
@@ -188,6 +196,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             ok: found.is_empty(),
             duration: started.elapsed(),
             interrupted: self.cancel.is_cancelled(),
+            ended_by,
         });
     }
 

@@ -2,8 +2,8 @@
 //! directory layout and its commands (`layout`), what a read-only probe
 //! reports (`facts`), which releases rollback and cleanup pick (`releases`),
 //! what `shipit STAGE check` reads and how it judges it (`check`), health
-//! checks run on the host (`health`), and the revisions log format
-//! (`revlog`).
+//! checks run on the host (`health`), the revisions log format (`revlog`),
+//! and how a running rollout is steered through the hosts (`steer`).
 
 pub mod check;
 pub mod facts;
@@ -13,6 +13,7 @@ pub mod layout;
 pub mod lock;
 pub mod releases;
 pub mod revlog;
+pub mod steer;
 
 use std::fmt;
 use std::str::FromStr;

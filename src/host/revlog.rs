@@ -1,6 +1,7 @@
 //! `revisions.log`: one JSON object per line, appended on every host for
-//! every deploy and rollback, so `grep`, `jq` and `shipit releases` can all
-//! read it.
+//! every deploy and rollback, and for every request that steered a run
+//! (`pause`, `abort`…: who asked, and what came of it), so `grep`, `jq`
+//! and `shipit releases` can all read it.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Entry {
     /// UTC, RFC 3339.
     pub time: String,
-    /// `deploy` or `rollback`.
+    /// `deploy` or `rollback`; for a request that steered a run, its
+    /// command: `pause`, `resume`, `promote`, `abort`, `rollback`, `tune`.
     pub action: String,
     pub release: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -17,8 +19,15 @@ pub struct Entry {
     pub revision: String,
     /// Who ran it: `user@machine`, or the CI actor.
     pub by: String,
-    /// `success`, or what went wrong on this host.
+    /// `success`, or what went wrong on this host; for a request, what
+    /// came of it.
     pub result: String,
+    /// A request's `-m` text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The run a request steered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Entry {
@@ -47,6 +56,8 @@ mod tests {
             revision: "abc\nnewline".into(),
             by: "ana@laptop".into(),
             result: "success".into(),
+            message: None,
+            run: None,
         };
         let line = entry.to_line();
         assert!(!line.contains('\n'));

@@ -144,6 +144,37 @@ pub enum Event {
         duration: Duration,
         /// Ended early by Ctrl-C (the batch stays in service).
         interrupted: bool,
+        /// Ended early by a request: `promote by alice@laptop`,
+        /// `abort by …`, `rollback by …`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ended_by: Option<String>,
+    },
+    /// A request to steer the run (`shipit STAGE pause`, `resume`,
+    /// `promote`, `abort`, `rollback`, `tune`), from anyone who can deploy,
+    /// and what became of it. A request is answered `accepted` when it
+    /// acts at the next safe point, then `done` once it did.
+    Steer {
+        /// The request's id.
+        request: String,
+        /// `pause`, `resume`, `promote`, `promote --all`, `abort`,
+        /// `rollback`, `tune`.
+        action: String,
+        /// Who asked: `alice@laptop`, or a CI actor and its machine.
+        by: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// When it was asked, by the requester's clock (RFC 3339, ms).
+        asked: String,
+        outcome: crate::host::steer::Outcome,
+        /// What it means for the run, for people.
+        detail: String,
+    },
+    /// The batches not started yet were cut anew (`shipit STAGE tune`).
+    Retuned {
+        /// The first batch cut anew (1-based).
+        from: usize,
+        /// Every batch of the run now, those done included.
+        batches: Vec<Vec<String>>,
     },
     /// One evaluation of a gate during a bake, with what it measured.
     GateEvaluated {
@@ -206,6 +237,12 @@ impl Event {
         match &mut event {
             Event::BuildStarted { command } => *command = f(command),
             Event::Warning { message } | Event::Note { message, .. } => *message = f(message),
+            Event::Steer {
+                detail, message, ..
+            } => {
+                *detail = f(detail);
+                *message = opt(message);
+            }
             Event::StepStarted { action, .. } => *action = f(action),
             Event::Output { line, .. } => *line = f(line),
             Event::StepFinished {
@@ -244,6 +281,7 @@ impl Event {
             | Event::PhaseStarted { .. }
             | Event::BakeStarted { .. }
             | Event::BakeFinished { .. }
+            | Event::Retuned { .. }
             | Event::UploadProgress { .. } => {}
         }
         event

@@ -254,11 +254,13 @@ impl<W: Write + Send> Reporter for Plain<W> {
                 ok,
                 duration,
                 interrupted,
+                ended_by,
             } if normal || !ok => {
-                let verdict = match (ok, interrupted) {
-                    (true, false) => "passed",
-                    (true, true) => "ended early (interrupted)",
-                    (false, _) => "FAILED",
+                let verdict = match (ok, interrupted, ended_by) {
+                    (true, false, None) => "passed".to_string(),
+                    (true, false, Some(by)) => format!("ended early ({by})"),
+                    (true, true, _) => "ended early (interrupted)".to_string(),
+                    (false, _, _) => "FAILED".to_string(),
                 };
                 s.line(&format!(
                     "== bake {batch}/{of}: {verdict}  ({})",
@@ -293,6 +295,22 @@ impl<W: Write + Send> Reporter for Plain<W> {
                         seconds(*elapsed)
                     ));
                 }
+            }
+            Event::Steer { detail, .. } => {
+                let host = s.host("shipit");
+                s.line(&format!("{host} {detail}"));
+            }
+            Event::Retuned { from, batches } if normal => {
+                let rest: Vec<String> = batches
+                    .iter()
+                    .skip(from - 1)
+                    .map(|b| b.join(", "))
+                    .collect();
+                s.line(&format!(
+                    "== batches from {from} on, now {} in all: {}",
+                    batches.len(),
+                    rest.join(" | ")
+                ));
             }
             Event::Note { host, message } => {
                 let host = s.host(host.as_deref().unwrap_or("shipit"));

@@ -527,7 +527,28 @@ impl Reporter for Progress {
                 line.bar.tick();
                 state.bake = Some(line);
             }
-            Event::BakeFinished { .. } => me.end_bake(&mut state),
+            Event::BakeFinished {
+                batch,
+                of,
+                ok,
+                duration,
+                ended_by,
+                ..
+            } => {
+                me.end_bake(&mut state);
+                if normal {
+                    let verdict = match (ok, ended_by) {
+                        (true, None) => me.green("passed"),
+                        (true, Some(by)) => me.yellow(&format!("ended early ({by})")),
+                        (false, _) => me.red("FAILED"),
+                    };
+                    me.println(&format!(
+                        "{} bake {batch}/{of} {verdict}  {}",
+                        if *ok { me.green("✓") } else { me.red("✗") },
+                        me.dim(&format!("({})", seconds(*duration)))
+                    ));
+                }
+            }
             Event::GateEvaluated {
                 batch,
                 of,
@@ -562,6 +583,24 @@ impl Reporter for Progress {
             Event::Note { host, message } => {
                 let who = me.host(&state, host.as_deref().unwrap_or("shipit"));
                 me.println(&me.yellow(&format!("{who} {message}")));
+            }
+            Event::Steer {
+                detail, outcome, ..
+            } => {
+                let who = me.host(&state, "shipit");
+                me.println(&me.bold(&format!("{who} {detail}")));
+                // The header says whether the run waits, and for whom.
+                if let (Some(header), Some(run)) = (&state.header, &state.run)
+                    && *outcome == crate::host::steer::Outcome::Done
+                    && detail.starts_with("paused by ")
+                {
+                    header.set_message(format!("{} · PAUSED", run.title));
+                }
+            }
+            Event::Retuned { batches, .. } => {
+                if let Some(header) = &state.header {
+                    header.set_length(batches.len() as u64);
+                }
             }
             Event::RunFinished { hosts, gates, .. } => {
                 me.clear_all(&mut state);

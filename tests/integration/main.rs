@@ -14,5 +14,6 @@ mod lb_nginx;
 mod output;
 mod roles_health;
 mod rollout;
+mod run_control;
 mod ssh;
 mod zero_downtime;

@@ -339,15 +339,17 @@ fn unmeasured(error: String) -> Evaluation {
     )
 }
 
-/// The gate's hosts that have not failed in this run (with
-/// `on_failure = "continue"` a failed host may be out of service).
+/// The gate's hosts that run the release now and have not failed in this
+/// run (with `on_failure = "continue"` a failed host may be out of
+/// service): the hosts switched so far, however the batches were cut.
 fn measured(run: &RunCtx<'_>, gate: &BatchGate) -> Vec<Member> {
     gate.hosts
         .iter()
         .filter(|m| {
-            !run.book
-                .get(&m.host)
-                .is_some_and(|r| matches!(r.result, Some(HostResult::Failed { .. })))
+            run.book.get(&m.host).is_some_and(|r| {
+                r.now.as_ref() == Some(&run.plan.release)
+                    && !matches!(r.result, Some(HostResult::Failed { .. }))
+            })
         })
         .cloned()
         .collect()

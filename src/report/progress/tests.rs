@@ -409,6 +409,7 @@ fn a_bake_counts_down_and_shows_each_gates_latest_value() {
         ok: false,
         duration: Duration::from_secs(4),
         interrupted: false,
+        ended_by: None,
     });
     let after = screen.text();
     assert!(

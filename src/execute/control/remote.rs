@@ -1,0 +1,163 @@
+//! The running side of steering, over the hosts: while a run goes it
+//! reads the requests on one host every [`POLL_EVERY`] (the first host of
+//! the lock that answers, failing over to the next), and publishes its
+//! state on every host holding its lock whenever the state changes,
+//! together with the revisions.log lines of the answers. Both are
+//! bookkeeping: trouble is logged, never fatal, and never slows the run.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::Control;
+use crate::host::Layout;
+use crate::host::steer::{self, Ended, Polled, Requests};
+use crate::transport::{ExecRequest, Quiet, Transport};
+
+/// How often the run looks for requests: a request is picked up within
+/// this, plus one round trip.
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// How long one poll or publish may take on a host before it counts as
+/// failed there.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Steering<'t, T: Transport> {
+    transport: &'t T,
+    layout: Layout,
+    /// The hosts holding the run's lock, in name order: polled in turn.
+    hosts: Vec<String>,
+    control: Arc<Control>,
+}
+
+impl<'t, T: Transport> Steering<'t, T> {
+    pub fn new(
+        transport: &'t T,
+        layout: Layout,
+        hosts: Vec<String>,
+        control: Arc<Control>,
+    ) -> Steering<'t, T> {
+        Steering {
+            transport,
+            layout,
+            hosts,
+            control,
+        }
+    }
+
+    /// Runs `work` while taking requests and publishing the run's state.
+    /// The first publication opens the hosts to requests.
+    pub async fn alongside<F: Future>(&self, work: F) -> F::Output {
+        let done = CancellationToken::new();
+        let work = async {
+            let out = work.await;
+            done.cancel();
+            out
+        };
+        let (out, (), ()) = tokio::join!(work, self.poll(&done), self.publish(&done));
+        out
+    }
+
+    /// The run is over: publishes how it ended (requesters waiting for it
+    /// read this) and closes the hosts to requests.
+    pub async fn ended(&self, exit_code: u8, message: Option<String>) {
+        let (mut state, log) = self.control.publication();
+        state.stage = steer::Stage::Ended;
+        state.bake_left_ms = None;
+        state.paused = None;
+        state.pending.clear();
+        state.ended = Some(Ended { exit_code, message });
+        let cmd = self.layout.steer_publish(Requests::Close, &state, &log);
+        join_all(self.hosts.iter().map(|h| self.exec(h, cmd.render()))).await;
+    }
+
+    /// Reads requests from one host until `done`.
+    async fn poll(&self, done: &CancellationToken) {
+        if self.hosts.is_empty() {
+            return;
+        }
+        let cmd = self.layout.steer_poll().render();
+        let mut at = 0;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(POLL_EVERY) => {}
+                () = done.cancelled() => return,
+            }
+            let host = &self.hosts[at];
+            match self.exec(host, cmd.clone()).await {
+                Some(stdout) => {
+                    let polled = Polled::parse(&stdout);
+                    for (id, why) in polled.unreadable {
+                        self.control.unreadable(&id, &why);
+                    }
+                    for request in polled.requests {
+                        self.control.receive(request);
+                    }
+                }
+                None => {
+                    at = (at + 1) % self.hosts.len();
+                    tracing::debug!(
+                        "steering: {host} did not answer; reading requests on {} now",
+                        self.hosts[at]
+                    );
+                }
+            }
+        }
+    }
+
+    /// Publishes the state on every host each time it changes, until
+    /// `done`. A host that missed the first publication (which opens it to
+    /// requests) gets it again the next time.
+    async fn publish(&self, done: &CancellationToken) {
+        let mut changed = self.control.subscribe();
+        let mut opened = vec![false; self.hosts.len()];
+        loop {
+            changed.borrow_and_update();
+            let (state, log) = self.control.publication();
+            let results = join_all(self.hosts.iter().zip(&opened).map(|(host, open)| {
+                let mode = if *open {
+                    Requests::Keep
+                } else {
+                    Requests::Open
+                };
+                let cmd = self.layout.steer_publish(mode, &state, &log).render();
+                self.exec(host, cmd)
+            }))
+            .await;
+            for (open, result) in opened.iter_mut().zip(&results) {
+                *open |= result.is_some();
+            }
+            if results.iter().all(Option::is_none) && !log.is_empty() {
+                // Not written anywhere: kept for the next publication.
+                self.control.unwritten(log);
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                () = done.cancelled() => return,
+            }
+        }
+    }
+
+    /// Runs `command` on `host`; its stdout if it succeeded.
+    async fn exec(&self, host: &str, command: String) -> Option<String> {
+        let request = ExecRequest {
+            command,
+            stdin: None,
+            timeout: Some(COMMAND_TIMEOUT),
+        };
+        match self.transport.exec(host, request, &Quiet).await {
+            Ok(out) if out.exit.success() => Some(out.stdout_text()),
+            Ok(out) => {
+                tracing::debug!("steering on {host}: {} {}", out.exit, out.stderr_tail(3));
+                None
+            }
+            Err(e) => {
+                tracing::debug!("steering on {host}: {e}");
+                None
+            }
+        }
+    }
+}
