@@ -196,9 +196,7 @@ const WEBS: [&str; 3] = ["web1", "web2", "web3"];
 /// named jobs1) that is not in it: its server is deleted from the backend.
 fn web_and_worker(extra: &str) -> (Fleet, Project) {
     let fleet = fleet(4, Haproxy::Local);
-    fleet.haproxy_cmd("set server app/web4 state maint");
-    let said = fleet.haproxy_cmd("del server app/web4");
-    assert!(said.contains("Server deleted"), "del server: {said}");
+    fleet.haproxy_delete_server("web4");
     assert!(!admin_states(&fleet).contains_key("web4"));
     let project = Project::new(&web_and_worker_config(&fleet, extra));
     (fleet, project)

@@ -282,8 +282,13 @@ async fn wait(
                     return Err(Error::Unchanged(answer.detail.clone()));
                 }
                 Outcome::Done if !request.is_rollback() => return Ok(Waited::Exit(Exit::Success)),
+                // A pause waits for the pause, a promote for the bake's end, a
+                // rollback for the end of the run.
                 Outcome::Accepted
-                    if !matches!(request.ask, Ask::Pause { .. } | Ask::Rollback { .. }) =>
+                    if !matches!(
+                        request.ask,
+                        Ask::Pause { .. } | Ask::Promote { .. } | Ask::Rollback { .. }
+                    ) =>
                 {
                     return Ok(Waited::Exit(Exit::Success));
                 }

@@ -174,7 +174,12 @@ impl Inner {
             );
             return self.answer(reporter, &request, Outcome::Refused, detail);
         }
-        let detail = format!("promote by {by} taken: ending {} now", self.where_now());
+        let detail = match self.at {
+            At::Bake { number, of, .. } => {
+                format!("promote by {by} taken: ending bake {number}/{of} now")
+            }
+            _ => format!("promote by {by} taken: ending {} now", self.where_now()),
+        };
         self.cut = Some(request.clone());
         self.answer(reporter, &request, Outcome::Accepted, detail);
     }

@@ -845,6 +845,31 @@ impl Fleet {
         answer
     }
 
+    /// Takes `server` out of backend `app` for good (HAProxy 2.5+ deletes
+    /// servers at runtime). HAProxy refuses while an idle or checking
+    /// connection is still attached, so this closes them and asks again until
+    /// it lets go.
+    pub fn haproxy_delete_server(&self, server: &str) {
+        assert_eq!(
+            self.haproxy_cmd(&format!("set server app/{server} state maint"))
+                .trim(),
+            ""
+        );
+        self.haproxy_cmd(&format!("shutdown sessions server app/{server}"));
+        let give_up = Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer = self.haproxy_cmd(&format!("del server app/{server}"));
+            if answer.contains("Server deleted") {
+                return;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "del server app/{server}: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The status column of `show stat` for a server of backend `app`: "UP", "DOWN",
     /// "MAINT", "DRAIN", or a transitional "UP 1/2" / "DOWN 1/2". `None` if unknown.
     pub fn haproxy_server_status(&self, server: &str) -> Option<String> {
