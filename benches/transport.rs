@@ -186,7 +186,7 @@ async fn main() {
     let mut ours = Vec::new();
     for _ in 0..5 {
         let mut request = req("cat >/dev/null");
-        request.stdin = Some(data.clone());
+        request.stdin = Some(data.clone().into());
         let start = Instant::now();
         ssh.exec("web1", request, &Quiet).await.unwrap();
         ours.push(start.elapsed());

@@ -69,9 +69,12 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
     }
     let artifact = artifact::prepare(&stage.app.source).await?;
     let digest = artifact.digest.clone();
+    if let Some(warning) = artifact::skipped_warning(stage.app.source.path(), &artifact.skipped) {
+        ctx.event(&Event::Warning { message: warning });
+    }
     ctx.event(&Event::Packed {
         source: stage.app.source.path().display().to_string(),
-        bytes: artifact.bytes.len() as u64,
+        bytes: artifact.archive.len(),
         files: artifact.files,
         duration: artifact.packing,
     });
@@ -150,7 +153,7 @@ async fn locked(
         },
         repair: resuming.is_none(),
     };
-    let archive = prepared.artifact.bytes.clone();
+    let archive = crate::transport::Stdin::File(prepared.artifact.archive.clone());
     run::locked(ctx, transport, locking, signals, Some(archive), |found| {
         let facts = &found.facts;
         let release = match &resuming {

@@ -45,7 +45,7 @@ pub async fn locked<F>(
     transport: &SshTransport,
     locking: Locking<'_>,
     signals: &Signals,
-    archive: Option<bytes::Bytes>,
+    archive: Option<crate::transport::Stdin>,
     plan: F,
 ) -> Result<Exit, Error>
 where

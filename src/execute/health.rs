@@ -176,7 +176,7 @@ impl<T: Transport> Prober<'_, T> {
         let request = if cmd.has_secrets() {
             ExecRequest {
                 command: "sh -s".into(),
-                stdin: Some(bytes::Bytes::from(format!("{}\n", cmd.render()))),
+                stdin: Some(bytes::Bytes::from(format!("{}\n", cmd.render())).into()),
                 timeout,
             }
         } else {

@@ -50,14 +50,13 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::Plan;
 use crate::report::redact::Redact;
 use crate::report::{Event, HostSummary, Reporter};
-use crate::transport::Transport;
 use crate::transport::local::LocalTransport;
+use crate::transport::{Stdin, Transport};
 
 pub use capacity::{Budget, Refused};
 pub use control::{Control, Steered};
@@ -83,7 +82,7 @@ pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
     transport: &'a T,
     local: &'a L,
     reporter: &'a dyn Reporter,
-    archive: Option<Bytes>,
+    archive: Option<Stdin>,
     http: reqwest::Client,
     command_timeout: Option<Duration>,
     cancel: CancellationToken,
@@ -114,8 +113,8 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
     }
 
     /// The release archive streamed by `Upload` steps.
-    pub fn archive(mut self, archive: Bytes) -> Self {
-        self.archive = Some(archive);
+    pub fn archive(mut self, archive: impl Into<Stdin>) -> Self {
+        self.archive = Some(archive.into());
         self
     }
 

@@ -13,7 +13,7 @@ use crate::lb::LbOp;
 use crate::plan::{Action, Step, StepKind};
 use crate::report::{Event, Reporter};
 use crate::transport::{
-    self, ExecObserver, ExecRequest, Output, Stream, Transport, TransportError,
+    self, ExecObserver, ExecRequest, Output, Stdin, Stream, Transport, TransportError,
 };
 
 /// Why a step failed, for the event stream and the summary.
@@ -114,10 +114,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             reporter: self.reporter,
             host,
             step: step.kind,
-            total: self.archive.as_ref().map_or(0, |a| a.len() as u64),
+            total: self.archive.as_ref().map_or(0, Stdin::len),
             partial: Mutex::default(),
         };
-        let request = |cmd: &crate::shell::Cmd, stdin: Option<Bytes>| {
+        let request = |cmd: &crate::shell::Cmd, stdin: Option<Stdin>| {
             exec_request(cmd, stdin, self.command_timeout)
         };
         let output = match &step.action {
@@ -180,7 +180,10 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     .await
             }
             Action::Upload { cmd } => {
-                let archive = self.archive.clone().unwrap_or_default();
+                let archive = self
+                    .archive
+                    .clone()
+                    .unwrap_or_else(|| Stdin::Bytes(Bytes::new()));
                 let cmd = chain(cmd, then);
                 self.transport
                     .exec(host, request(&cmd, Some(archive)), &observer)
@@ -201,13 +204,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
 /// `ps` on the host.
 pub(super) fn exec_request(
     cmd: &crate::shell::Cmd,
-    stdin: Option<Bytes>,
+    stdin: Option<Stdin>,
     timeout: Option<std::time::Duration>,
 ) -> ExecRequest {
     match stdin {
         None if cmd.has_secrets() => ExecRequest {
             command: "sh -s".into(),
-            stdin: Some(Bytes::from(format!("{}\n", cmd.render()))),
+            stdin: Some(Bytes::from(format!("{}\n", cmd.render())).into()),
             timeout,
         },
         stdin => ExecRequest {

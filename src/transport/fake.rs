@@ -68,7 +68,12 @@ impl Transport for FakeTransport {
     ) -> Result<Output, TransportError> {
         // What ran: the command line, and a script sent on stdin if any.
         let mut ran = request.command.clone();
-        if let Some(stdin) = request.stdin.as_ref().filter(|s| s.len() < 64 * 1024) {
+        if let Some(stdin) = request
+            .stdin
+            .as_ref()
+            .and_then(|s| s.as_bytes())
+            .filter(|s| s.len() < 64 * 1024)
+        {
             ran.push_str("\n<stdin>\n");
             ran.push_str(&String::from_utf8_lossy(stdin));
         }
@@ -77,7 +82,7 @@ impl Transport for FakeTransport {
             .unwrap()
             .push((host.to_string(), ran.clone()));
         if let Some(stdin) = &request.stdin {
-            observer.stdin_progress(stdin.len() as u64);
+            observer.stdin_progress(stdin.len());
         }
         let (mut code, mut delay) = (0, Duration::ZERO);
         for rule in self.rules.lock().unwrap().iter() {

@@ -8,9 +8,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::{
-    ExecObserver, ExecRequest, Exit, Output, STDIN_CHUNK, Stream, Transport, TransportError,
-};
+use super::{ExecObserver, ExecRequest, Exit, Output, Stream, Transport, TransportError};
 
 /// The machine running shipit, as a [`Transport`] (the host name is ignored).
 pub struct LocalTransport;
@@ -60,10 +58,12 @@ pub async fn run(
         let feed = async {
             if let (Some(mut pipe), Some(data)) = (stdin, input) {
                 let mut sent = 0u64;
-                for chunk in data.chunks(STDIN_CHUNK) {
-                    // A command that stops reading early is its own business;
-                    // its exit status will tell.
-                    if pipe.write_all(chunk).await.is_err() {
+                // An unreadable input ends it early, as does a command that
+                // stops reading (its exit status will tell).
+                while let Ok(chunk) = data.chunk(sent).await
+                    && !chunk.is_empty()
+                {
+                    if pipe.write_all(&chunk).await.is_err() {
                         break;
                     }
                     sent += chunk.len() as u64;
@@ -183,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn streams_stdin_and_passes_env() {
         let mut request = req("wc -c; printf %s \"$X\"");
-        request.stdin = Some(bytes::Bytes::from(vec![b'a'; 600_000]));
+        request.stdin = Some(bytes::Bytes::from(vec![b'a'; 600_000]).into());
         let out = run(request, &[("X".into(), "y z".into())], &Quiet)
             .await
             .unwrap();

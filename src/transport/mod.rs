@@ -13,6 +13,7 @@ pub mod ssh;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,10 +27,112 @@ pub const STDIN_CHUNK: usize = 256 * 1024;
 pub struct ExecRequest {
     /// A complete POSIX `sh` command line, already quoted (see `crate::shell`).
     pub command: String,
-    /// Bytes streamed to the command's stdin, followed by EOF.
-    pub stdin: Option<Bytes>,
+    /// Streamed to the command's stdin, followed by EOF.
+    pub stdin: Option<Stdin>,
     /// The command fails with [`TransportError::Timeout`] if it runs longer.
     pub timeout: Option<Duration>,
+}
+
+/// What a command reads on stdin.
+#[derive(Debug, Clone)]
+pub enum Stdin {
+    /// A short input held in memory (a script, an admin request).
+    Bytes(Bytes),
+    /// A file on the machine running shipit (the release archive), read
+    /// piece by piece as it is sent. Every host's upload shares the one open
+    /// file and reads at its own offset, so memory holds a piece per host,
+    /// never the file.
+    File(SharedFile),
+}
+
+impl From<Bytes> for Stdin {
+    fn from(bytes: Bytes) -> Self {
+        Stdin::Bytes(bytes)
+    }
+}
+
+impl Stdin {
+    pub fn len(&self) -> u64 {
+        match self {
+            Stdin::Bytes(bytes) => bytes.len() as u64,
+            Stdin::File(file) => file.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The input if it is held in memory.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Stdin::Bytes(bytes) => Some(bytes),
+            Stdin::File(_) => None,
+        }
+    }
+
+    /// The next piece of at most [`STDIN_CHUNK`] bytes from `offset`; empty
+    /// at the end.
+    pub async fn chunk(&self, offset: u64) -> std::io::Result<Bytes> {
+        match self {
+            Stdin::Bytes(bytes) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + STDIN_CHUNK).min(bytes.len());
+                Ok(bytes.slice(start..end))
+            }
+            Stdin::File(file) => file.chunk(offset).await,
+        }
+    }
+}
+
+/// An open file and its length, shared by every command that sends it.
+#[derive(Debug, Clone)]
+pub struct SharedFile {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+impl SharedFile {
+    /// `file` must not change while it is shared: its length is read once.
+    pub fn new(file: std::fs::File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(SharedFile {
+            file: Arc::new(file),
+            len,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads at `offset` without moving a shared cursor (`pread`), off the
+    /// async threads.
+    async fn chunk(&self, offset: u64) -> std::io::Result<Bytes> {
+        let want = self.len.saturating_sub(offset).min(STDIN_CHUNK as u64) as usize;
+        if want == 0 {
+            return Ok(Bytes::new());
+        }
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0; want];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buffer, offset).map_err(
+                |e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        std::io::Error::other("the file became shorter while it was being sent")
+                    }
+                    _ => e,
+                },
+            )?;
+            Ok(Bytes::from(buffer))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 /// How a remote command ended.

@@ -191,7 +191,7 @@ async fn ed25519_exec_exit_codes_signals_stderr_and_stdin() {
     let expected = sh(&format!("sha256sum < {}", random.path().display()));
     let recorder = Recorder::default();
     let mut request = req("sha256sum; echo done >&2");
-    request.stdin = Some(Bytes::from(bytes));
+    request.stdin = Some(Bytes::from(bytes).into());
     let out = ssh.exec("web1", request, &recorder).await.unwrap();
     assert_eq!(out.exit, Exit::Code(0));
     assert_eq!(out.stdout_text(), expected);
@@ -201,7 +201,7 @@ async fn ed25519_exec_exit_codes_signals_stderr_and_stdin() {
 
     // A command that stops reading early: its exit status tells, no hang.
     let mut request = req("head -c 5; exit 4");
-    request.stdin = Some(Bytes::from(vec![b'x'; 16 << 20]));
+    request.stdin = Some(Bytes::from(vec![b'x'; 16 << 20]).into());
     let out = tokio::time::timeout(Duration::from_secs(60), ssh.exec("web1", request, &Quiet))
         .await
         .expect("exec hung on unread stdin")
@@ -211,7 +211,7 @@ async fn ed25519_exec_exit_codes_signals_stderr_and_stdin() {
 
     // Stdin is closed (EOF) even when empty.
     let mut request = req("wc -c");
-    request.stdin = Some(Bytes::new());
+    request.stdin = Some(Bytes::new().into());
     let out = ssh.exec("web1", request, &Quiet).await.unwrap();
     assert_eq!(out.stdout_text().trim(), "0");
 

@@ -127,7 +127,7 @@ async fn relayed(
     let relay = relay(&balancer.admin);
     let exec = ExecRequest {
         command: relay.render(),
-        stdin: Some(Bytes::from(request)),
+        stdin: Some(Bytes::from(request).into()),
         timeout: Some(ANSWER_TIMEOUT),
     };
     match remote.exec(&balancer.via, exec, &Quiet).await {
@@ -201,7 +201,7 @@ mod tests {
         let out = crate::transport::local::run(
             ExecRequest {
                 command: cmd.render(),
-                stdin: Some(Bytes::from(request)),
+                stdin: Some(Bytes::from(request).into()),
                 timeout: Some(Duration::from_secs(10)),
             },
             &[],

@@ -418,7 +418,12 @@ impl Remote for FakeCaddy {
         Box::pin(async move {
             // Let another drain of the batch run between two requests.
             tokio::task::yield_now().await;
-            let raw = request.stdin.unwrap_or_default();
+            let raw = request
+                .stdin
+                .as_ref()
+                .and_then(|s| s.as_bytes())
+                .map(bytes::Bytes::copy_from_slice)
+                .unwrap_or_default();
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let mut req = httparse::Request::new(&mut headers);
             let head = match req.parse(&raw).unwrap() {

@@ -105,7 +105,7 @@ pub async fn ask(
     let relay = relay(&balancer.socket);
     let exec = ExecRequest {
         command: relay.render(),
-        stdin: Some(Bytes::from(line)),
+        stdin: Some(Bytes::from(line).into()),
         timeout: Some(ANSWER_TIMEOUT),
     };
     match remote.exec(&balancer.via, exec, &Quiet).await {

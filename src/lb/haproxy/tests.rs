@@ -178,9 +178,15 @@ impl Remote for Flaky {
         _observer: &'a dyn ExecObserver,
     ) -> BoxFuture<'a, Result<Output, TransportError>> {
         Box::pin(async move {
-            let line = String::from_utf8_lossy(request.stdin.as_deref().unwrap_or_default())
-                .trim()
-                .to_string();
+            let line = String::from_utf8_lossy(
+                request
+                    .stdin
+                    .as_ref()
+                    .and_then(|s| s.as_bytes())
+                    .unwrap_or_default(),
+            )
+            .trim()
+            .to_string();
             self.asked.lock().unwrap().push(line);
             match self.answers.lock().unwrap().pop_front() {
                 Some(Ok(stdout)) => Ok(Output {

@@ -3,7 +3,7 @@
 //!
 //! This file owns [`SshTransport`] and running a command: channel limits
 //! per connection (sshd's `MaxSessions 10` refuses more, and a refusal is
-//! treated as backpressure), stdin streamed in [`STDIN_CHUNK`] pieces,
+//! treated as backpressure), stdin streamed in [`super::STDIN_CHUNK`] pieces,
 //! exit statuses and signals, timeouts and lost connections. How hosts are
 //! reached and logged in to lives in `connect`, `auth`, `known_hosts` and
 //! `settings`; `docs/ssh.md` explains the behaviour to operators.
@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use russh::ChannelMsg;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,9 +28,7 @@ pub use settings::{HostKeyChecking, SshConfigSource, SshEnv, SshOverrides, SshTa
 
 use connect::{Connection, Shared, describe};
 
-use super::{
-    ExecObserver, ExecRequest, Exit, Output, STDIN_CHUNK, Stream, Transport, TransportError,
-};
+use super::{ExecObserver, ExecRequest, Exit, Output, Stdin, Stream, Transport, TransportError};
 
 /// Limits and timeouts for connecting and running commands.
 #[derive(Debug, Clone)]
@@ -264,10 +261,15 @@ async fn exec_on_channel(
         return (Err(lost_or(host, connection, e)), false);
     }
     let feed = async {
-        if let Some(data) = &request.stdin {
-            feed_stdin(writer, data, observer).await;
+        if let Some(data) = &request.stdin
+            && let Err(e) = feed_stdin(writer, data, observer).await
+        {
+            // No EOF: the command must not take a cut-short input for all
+            // of it. It is stopped instead (see `Running`).
+            return Some(e);
         }
         let _ = writer.eof().await;
+        None
     };
     let collect = collect_output(reader, observer);
     // Feed and read at once. Once the channel is gone, stop feeding: a
@@ -279,7 +281,18 @@ async fn exec_on_channel(
         let mut fed = false;
         loop {
             tokio::select! {
-                () = &mut feed, if !fed => fed = true,
+                unreadable = &mut feed, if !fed => match unreadable {
+                    None => fed = true,
+                    Some(e) => {
+                        let error = TransportError::Local {
+                            detail: format!(
+                                "cannot read what `{}` reads on stdin: {e}",
+                                request.command
+                            ),
+                        };
+                        return (Err(error), false);
+                    }
+                },
                 collected = &mut collect => break collected,
             }
         }
@@ -492,22 +505,29 @@ async fn open_session(
     }
 }
 
+/// Streams `data` in [`super::STDIN_CHUNK`] pieces, each sent once the channel's
+/// window has room, so a host holds at most a piece plus its window in
+/// memory. A file that cannot be read is an error; a command that stops
+/// reading early is its own business (its exit status will tell).
 async fn feed_stdin(
     writer: &russh::ChannelWriteHalf<russh::client::Msg>,
-    data: &Bytes,
+    data: &Stdin,
     observer: &dyn ExecObserver,
-) {
-    let mut sent = 0usize;
+) -> Result<(), std::io::Error> {
+    let mut sent = 0u64;
     while sent < data.len() {
-        let end = (sent + STDIN_CHUNK).min(data.len());
-        // A command that stops reading early is its own business; its exit
-        // status will tell.
-        if writer.data_bytes(data.slice(sent..end)).await.is_err() {
-            return;
+        let chunk = data.chunk(sent).await?;
+        if chunk.is_empty() {
+            break;
         }
-        sent = end;
-        observer.stdin_progress(sent as u64);
+        let len = chunk.len() as u64;
+        if writer.data_bytes(chunk).await.is_err() {
+            return Ok(());
+        }
+        sent += len;
+        observer.stdin_progress(sent);
     }
+    Ok(())
 }
 
 /// Reads the channel until it is gone: stdout, stderr, how it ended, and
