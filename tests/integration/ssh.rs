@@ -1034,3 +1034,99 @@ async fn unreachable_host_times_out_with_a_clear_error() {
     assert!(text.starts_with("web2: "), "{text}");
     assert!(text.contains("no answer within 1s"), "{text}");
 }
+
+/// The processes of `marker`'s command line on the fleet's hosts (they
+/// share this machine's process table).
+fn running(marker: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", marker])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A command given up on is stopped by one `kill` of its process group: its
+/// whole tree (children, a subshell, a grandchild) is gone. What ran on the
+/// host to stop it is that kill alone, never a search of every process's
+/// `/proc/*/environ`, which took seconds on a loaded host. A command given
+/// up on before its login shell even started (a slow `.bashrc`) is stopped
+/// the same way once it has.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_command_tree_is_killed_by_its_group_without_a_proc_scan() {
+    let fleet = fleet(1);
+    // The host's bash logs every command sshd gives it, one per record.
+    let bashrc = fleet.home_dir("web1").join(".bashrc");
+    let log = fleet.home_dir("web1").join("commands.log");
+    let logging = "printf '%s\\036' \"$BASH_EXECUTION_STRING\" >> ~/commands.log\n";
+    std::fs::write(&bashrc, std::fs::read_to_string(&bashrc).unwrap() + logging).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (ssh, errors) = connect(&targets(&fleet), &overrides(&fleet), home.path()).await;
+    no_errors(&errors);
+    let commands = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .split('\u{1e}')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let stops = |ran: &[String]| -> Vec<String> {
+        ran.iter()
+            .filter(|c| c.starts_with("kill "))
+            .cloned()
+            .collect()
+    };
+
+    for (round, slow_shell) in [(1, false), (2, true)] {
+        if slow_shell {
+            // Given up on while its login shell still reads .bashrc.
+            std::fs::write(
+                &bashrc,
+                std::fs::read_to_string(&bashrc).unwrap() + "sleep 1\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(&log, "").unwrap();
+        let marker = format!("sleep 27{round}.828");
+        let tree = format!("{marker} & ({marker}; :) & sh -c '{marker}; :' & echo started; wait");
+        let mut request = req(&tree);
+        request.timeout = Some(Duration::from_millis(if slow_shell { 200 } else { 1500 }));
+        let err = ssh.exec("web1", request, &Quiet).await.unwrap_err();
+        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        let mut gone = false;
+        for _ in 0..300 {
+            if !running(&marker) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            gone,
+            "round {round}: part of the abandoned command's tree still runs"
+        );
+        // Once stopped, the session is given back; then nothing else ran.
+        ssh.settle(Duration::from_secs(20)).await;
+        let ran = commands();
+        assert_eq!(ran.len(), 2, "round {round}: {ran:#?}");
+        assert!(ran[0].ends_with(&tree), "round {round}: {ran:#?}");
+        let stop = stops(&ran);
+        assert_eq!(stop.len(), 1, "round {round}: {ran:#?}");
+        let group: u32 = stop[0]
+            .strip_prefix("kill -s TERM -- -")
+            .and_then(|rest| rest.strip_suffix(" 2>/dev/null; true"))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: not one kill of a group: {ran:#?}"));
+        assert!(group > 1);
+        assert!(
+            ran.iter().all(|c| !c.contains("/proc")),
+            "round {round}: {ran:#?}"
+        );
+    }
+    let out = ssh
+        .exec("web1", req("echo still here"), &Quiet)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "still here\n");
+}

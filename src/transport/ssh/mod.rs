@@ -6,27 +6,29 @@
 //! treated as backpressure), stdin streamed in [`super::STDIN_CHUNK`] pieces,
 //! exit statuses and signals, timeouts and lost connections. How hosts are
 //! reached and logged in to lives in `connect`, `auth`, `known_hosts` and
-//! `settings`; `docs/ssh.md` explains the behaviour to operators.
+//! `settings`; how a command given up on is stopped, in `stop`;
+//! `docs/ssh.md` explains the behaviour to operators.
 
 mod auth;
 mod connect;
 mod known_hosts;
 mod quick_ack;
 mod settings;
+mod stop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use russh::ChannelMsg;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 pub use auth::{MAX_ATTEMPTS, PASSPHRASE_VAR};
 pub use connect::HANDSHAKES_PER_SSHD;
 pub use settings::{HostKeyChecking, SshConfigSource, SshEnv, SshOverrides, SshTarget};
 
 use connect::{Connection, Shared, describe};
+use stop::{Running, Token, exec_token, tag_command};
 
 use super::{ExecObserver, ExecRequest, Exit, Output, Stdin, Stream, Transport, TransportError};
 
@@ -217,15 +219,13 @@ impl SshTransport {
             permit: Some(permit),
             ended: false,
         };
-        let command = tag_command(&token, &request.command);
         let outcome = {
             let (Some(reader), Some(writer)) = (running.reader.as_mut(), running.writer.as_ref())
             else {
                 unreachable!("set above")
             };
-            let work = exec_on_channel(
-                host, &command, &request, observer, reader, writer, connection,
-            );
+            let work =
+                exec_on_channel(host, &token, &request, observer, reader, writer, connection);
             match request.timeout {
                 None => Ok(work.await),
                 Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
@@ -246,17 +246,19 @@ impl SshTransport {
     }
 }
 
-/// Runs `command` on an open channel and reads it to the end. The flag
+/// Runs the request's command, tagged with `token`, on an open channel and
+/// reads it to the end. The flag
 /// says whether the channel is gone (read until `None`).
 async fn exec_on_channel(
     host: &str,
-    command: &str,
+    token: &Token,
     request: &ExecRequest,
     observer: &dyn ExecObserver,
     reader: &mut russh::ChannelReadHalf,
     writer: &russh::ChannelWriteHalf<russh::client::Msg>,
     connection: &Connection,
 ) -> (Result<Output, TransportError>, bool) {
+    let command = tag_command(token, &request.command);
     if let Err(e) = writer.exec(true, command.as_bytes()).await {
         return (Err(lost_or(host, connection, e)), false);
     }
@@ -271,7 +273,7 @@ async fn exec_on_channel(
         let _ = writer.eof().await;
         None
     };
-    let collect = collect_output(reader, observer);
+    let collect = collect_output(reader, token, observer);
     // Feed and read at once. Once the channel is gone, stop feeding: a
     // command that exits without reading all its input leaves the feeder
     // waiting for window space that will never come.
@@ -325,125 +327,6 @@ async fn exec_on_channel(
         stderr,
     };
     (Ok(output), true)
-}
-
-/// A unique tag for one command, so that it can be found on the host.
-fn exec_token() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{:x}-{:x}-{:x}",
-        std::process::id(),
-        nanos,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The command line sent to sshd: the tag exported as `SHIPIT_EXEC`, then
-/// the command. Every process the command starts inherits the tag, which is
-/// how a command that timed out or was abandoned is found and stopped.
-fn tag_command(token: &str, command: &str) -> String {
-    if command.trim().is_empty() {
-        return command.to_string();
-    }
-    format!("SHIPIT_EXEC={token}; export SHIPIT_EXEC; {command}")
-}
-
-/// The shell script that sends `signal` to the command tagged `token`: it
-/// finds processes carrying the tag, goes up to their session leader (the
-/// shell sshd started; a process that made its own session with `setsid`
-/// is left alone) and signals the leader's process group. The tag is split
-/// by quotes so that this script's own command line does not match.
-fn stop_script(token: &str, signal: &str) -> String {
-    format!(
-        "t='SHIPIT_EXEC=''{token}'; \
-         for f in $(grep -lF -- \"$t\" /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null); do \
-         p=${{f#/proc/}}; p=${{p%%/*}}; \
-         s=$(cat /proc/$p/stat 2>/dev/null) || continue; set -- ${{s##*) }}; sid=$4; \
-         l=$(cat /proc/$sid/stat 2>/dev/null) || continue; set -- ${{l##*) }}; \
-         case \"$(cat /proc/$2/comm 2>/dev/null)\" in sshd*) kill -{signal} -- \"-$sid\" 2>/dev/null;; esac; \
-         done; true"
-    )
-}
-
-/// A command whose channel may still be open. Dropped before the channel
-/// ended (a timeout, or a caller that gave up), it stops the command in the
-/// background and keeps its channel slot until sshd has let the session go.
-///
-/// Closing the channel alone is not enough: sshd keeps a session (one of
-/// its `MaxSessions`) until the command exits, and OpenSSH refuses signal
-/// requests for root logins ("session signalling requires privilege
-/// separation"). So the command's process group is signalled by a small
-/// script on a second channel ([`stop_script`]): TERM, then KILL 5 s later
-/// if the session is still there.
-struct Running {
-    connection: Arc<Connection>,
-    token: String,
-    reader: Option<russh::ChannelReadHalf>,
-    writer: Option<russh::ChannelWriteHalf<russh::client::Msg>>,
-    permit: Option<OwnedSemaphorePermit>,
-    ended: bool,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        let (Some(mut reader), Some(writer), Ok(runtime)) = (
-            self.reader.take(),
-            self.writer.take(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
-            return;
-        };
-        let connection = self.connection.clone();
-        let token = std::mem::take(&mut self.token);
-        let permit = self.permit.take();
-        runtime.spawn(async move {
-            // Closing the channel first would be wrong twice over: sshd keeps
-            // the session while the command runs, and russh never reports
-            // the end of a channel it closed itself. So stop the command and
-            // let sshd close the channel.
-            let _ = writer.signal(russh::Sig::TERM).await;
-            let _ = writer.eof().await;
-            for signal in ["TERM", "KILL"] {
-                if connection.handle.is_closed() {
-                    break;
-                }
-                run_quietly(&connection, &stop_script(&token, signal)).await;
-                let ended = tokio::time::timeout(Duration::from_secs(5), async {
-                    while reader.wait().await.is_some() {}
-                })
-                .await;
-                if ended.is_ok() {
-                    tracing::debug!("stopped command {token} with {signal}");
-                    drop(permit);
-                    return;
-                }
-            }
-            tracing::debug!("command {token} did not stop; closing its channel");
-            let _ = writer.close().await;
-            drop(permit);
-        });
-    }
-}
-
-/// Runs a housekeeping command and waits (at most 10 s) for it to end.
-async fn run_quietly(connection: &Connection, command: &str) {
-    let Ok(mut channel) = connection.handle.channel_open_session().await else {
-        return;
-    };
-    if channel.exec(false, command.as_bytes()).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while channel.wait().await.is_some() {}
-    })
-    .await;
 }
 
 impl Transport for SshTransport {
@@ -534,6 +417,7 @@ async fn feed_stdin(
 /// whether sshd refused the exec request.
 async fn collect_output(
     reader: &mut russh::ChannelReadHalf,
+    token: &Token,
     observer: &dyn ExecObserver,
 ) -> (Vec<u8>, Vec<u8>, Option<Exit>, bool) {
     let mut stdout = Vec::new();
@@ -545,8 +429,11 @@ async fn collect_output(
     while let Some(message) = reader.wait().await {
         match message {
             ChannelMsg::Data { data } => {
-                observer.output(Stream::Stdout, &data);
-                stdout.extend_from_slice(&data);
+                let data = token.stdout(&data);
+                if !data.is_empty() {
+                    observer.output(Stream::Stdout, &data);
+                    stdout.extend_from_slice(&data);
+                }
             }
             ChannelMsg::ExtendedData { data, ext: 1 } => {
                 observer.output(Stream::Stderr, &data);
@@ -570,6 +457,11 @@ async fn collect_output(
             break;
         }
     }
+    let held = token.flush();
+    if !held.is_empty() {
+        observer.output(Stream::Stdout, &held);
+        stdout.extend_from_slice(&held);
+    }
     (stdout, stderr, exit, refused)
 }
 
@@ -591,34 +483,4 @@ fn signal_text(sig: &russh::Sig) -> String {
         Sig::Custom(name) => name.as_str(),
     }
     .to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_carry_a_tag_and_the_stop_script_parses() {
-        let token = exec_token();
-        assert_ne!(token, exec_token());
-        assert_eq!(
-            tag_command("t1", "echo hi"),
-            "SHIPIT_EXEC=t1; export SHIPIT_EXEC; echo hi"
-        );
-        assert_eq!(tag_command("t1", "  "), "  ");
-        let script = stop_script(&token, "TERM");
-        // Its own command line must not carry the joined tag.
-        assert!(!script.contains(&format!("SHIPIT_EXEC={token}")));
-        let status = std::process::Command::new("sh")
-            .args(["-n", "-c", &script])
-            .status()
-            .unwrap();
-        assert!(status.success(), "{script}");
-        // Run it for real: nothing carries the tag, nothing is signalled.
-        let status = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
 }
