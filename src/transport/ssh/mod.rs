@@ -247,8 +247,8 @@ impl SshTransport {
 }
 
 /// Runs the request's command, tagged with `token`, on an open channel and
-/// reads it to the end. The flag
-/// says whether the channel is gone (read until `None`).
+/// reads it to the end. The flag says whether the channel is gone (read
+/// until `None`).
 async fn exec_on_channel(
     host: &str,
     token: &Token,
