@@ -11,10 +11,9 @@ pub mod fake;
 pub mod local;
 pub mod ssh;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,19 +90,6 @@ impl Stdin {
 pub struct SharedFile {
     file: Arc<std::fs::File>,
     len: u64,
-    /// Pieces that some upload still holds (queued for its connection), by
-    /// offset: another host at the same offset is given the same bytes, so
-    /// hosts that keep pace share one copy instead of one each.
-    pieces: Arc<Mutex<HashMap<u64, Weak<Vec<u8>>>>>,
-}
-
-/// A piece of a [`SharedFile`] as [`Bytes`] own it.
-struct Piece(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for Piece {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
 }
 
 impl SharedFile {
@@ -113,7 +99,6 @@ impl SharedFile {
         Ok(SharedFile {
             file: Arc::new(file),
             len,
-            pieces: Arc::default(),
         })
     }
 
@@ -132,12 +117,8 @@ impl SharedFile {
         if want == 0 {
             return Ok(Bytes::new());
         }
-        let held = self.lock_pieces().get(&offset).and_then(Weak::upgrade);
-        if let Some(piece) = held.filter(|p| p.len() == want) {
-            return Ok(Bytes::from_owner(Piece(piece)));
-        }
         let file = self.file.clone();
-        let piece = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut buffer = vec![0; want];
             std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buffer, offset).map_err(
                 |e| match e.kind() {
@@ -147,18 +128,10 @@ impl SharedFile {
                     _ => e,
                 },
             )?;
-            Ok::<_, std::io::Error>(Arc::new(buffer))
+            Ok(Bytes::from(buffer))
         })
         .await
-        .map_err(std::io::Error::other)??;
-        let mut pieces = self.lock_pieces();
-        pieces.retain(|_, held| held.strong_count() > 0);
-        pieces.insert(offset, Arc::downgrade(&piece));
-        Ok(Bytes::from_owner(Piece(piece)))
-    }
-
-    fn lock_pieces(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<Vec<u8>>>> {
-        self.pieces.lock().unwrap_or_else(|e| e.into_inner())
+        .map_err(std::io::Error::other)?
     }
 }
 
@@ -367,47 +340,4 @@ pub trait Transport: Send + Sync + 'static {
         request: ExecRequest,
         observer: &dyn ExecObserver,
     ) -> impl Future<Output = Result<Output, TransportError>> + Send;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Hosts at the same offset share one copy of a piece while any of them
-    /// still holds it; every piece is read from the file as it is now.
-    #[tokio::test]
-    async fn uploads_at_the_same_offset_share_a_piece() {
-        let mut file = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..STDIN_CHUNK * 2 + 10).map(|i| (i % 251) as u8).collect();
-        std::io::Write::write_all(&mut file, &data).unwrap();
-        let stdin = Stdin::File(SharedFile::new(file).unwrap());
-        assert_eq!(stdin.len(), data.len() as u64);
-
-        let first = stdin.chunk(0).await.unwrap();
-        let second = stdin.chunk(0).await.unwrap();
-        assert_eq!(first.as_ptr(), second.as_ptr(), "one copy for both");
-        assert_eq!(&first[..], &data[..STDIN_CHUNK]);
-        drop((first, second));
-        let again = stdin.chunk(0).await.unwrap();
-        assert_eq!(&again[..], &data[..STDIN_CHUNK]);
-
-        let mut all = Vec::new();
-        loop {
-            let piece = stdin.chunk(all.len() as u64).await.unwrap();
-            if piece.is_empty() {
-                break;
-            }
-            all.extend_from_slice(&piece);
-        }
-        assert_eq!(all, data);
-        // Dropped pieces are forgotten, not kept.
-        drop(again);
-        let SharedFile { pieces, .. } = match &stdin {
-            Stdin::File(file) => file.clone(),
-            Stdin::Bytes(_) => unreachable!(),
-        };
-        let fresh = stdin.chunk(STDIN_CHUNK as u64).await.unwrap();
-        assert_eq!(pieces.lock().unwrap().len(), 1, "only the piece held now");
-        drop(fresh);
-    }
 }
