@@ -589,6 +589,7 @@ async fn secrets_never_reach_any_output() {
                             action: Action::Local {
                                 cmd: Cmd::new([Word::from("echo"), token()]),
                             },
+                            timeout: None,
                         },
                         Step {
                             kind: StepKind::Restart,
@@ -598,6 +599,7 @@ async fn secrets_never_reach_any_output() {
                                 )
                                 .env("TOKEN", token()),
                             },
+                            timeout: None,
                         },
                     ],
                 ),
@@ -608,6 +610,7 @@ async fn secrets_never_reach_any_output() {
                         action: Action::Remote {
                             cmd: Cmd::shell("sleep 5").env("TOKEN", token()),
                         },
+                        timeout: None,
                     }],
                 ),
             ],
