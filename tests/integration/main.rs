@@ -15,5 +15,6 @@ mod output;
 mod roles_health;
 mod rollout;
 mod run_control;
+mod signals;
 mod ssh;
 mod zero_downtime;
