@@ -10,7 +10,7 @@
 //! | drained, not switched | put back: it serves what it served before |
 //! | switched, not restarted (a deploy stopped by a signal or a hook) | switch `current` back (one rename), put back |
 //! | restarted, health check passed, enable failed | try to put it back once more |
-//! | restart or health check cut short by a second signal (hurry) | one look at its health check: put back if it answers for the release `current` names; else (a deploy) switch `current` back and put it back if it answers for the release it ran before |
+//! | restart or health check cut short by a second signal (hurry) | one look at its health check: put back if it answers; a deploy's host whose restart did not complete is otherwise switched back and put back if it answers for the release it ran before |
 //! | returned to the release it served before (undo, rollback), health check failed | put back: the load balancer's own check judges it |
 //! | anything else | left out, and the run says why |
 //!
@@ -85,11 +85,12 @@ pub(super) enum PutBack {
     Enable(&'static str),
     /// Point `current` back at the release it ran before, then enable it.
     SwitchBack,
-    /// Its restart or health check was cut short: what it runs is unknown.
-    /// Look once (at most [`LOOK`]) at its health check and enable it if it
-    /// answers; a deploy's host that does not is switched back and looked
-    /// at again for the release it ran before.
-    Recheck,
+    /// Its restart or health check was cut short: whether it serves is
+    /// unknown. Look once (at most [`LOOK`]) at its health check and enable
+    /// it if it answers. With `switch_back` (a deploy's restart that did
+    /// not complete: the app may still run what it ran before), one that
+    /// does not is switched back and looked at again for that release.
+    Recheck { switch_back: bool },
     /// Leave it out, saying why.
     LeaveOut(String),
 }
@@ -137,7 +138,9 @@ pub(super) fn decide(
             "it answered its health check, but the enable failed: trying to put it back once more",
         ),
         _ if progress.interrupted && progress.restart_began && !progress.healthy => {
-            PutBack::Recheck
+            PutBack::Recheck {
+                switch_back: direction == Direction::Forward && !progress.restarted && has_previous,
+            }
         }
         Direction::Forward => PutBack::LeaveOut(format!(
             "left out of the load balancer: it runs {release}, which did not prove healthy"
@@ -458,7 +461,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 }
                 back.switched_back = true;
             }
-            PutBack::Recheck => {
+            PutBack::Recheck { switch_back } => {
                 let Some(own) = health_check(pipeline) else {
                     self.note(
                         Some(host),
@@ -480,13 +483,21 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                             "its restart or health check was cut short, but it answers its health check for {target}: putting it back"
                         ),
                     );
+                } else if !switch_back {
+                    self.note(
+                        Some(host),
+                        &format!(
+                            "left out of the load balancer: it was restarted on {target}, and the run was told to hurry \
+                             before it answered its health check"
+                        ),
+                    );
+                    return back;
                 } else {
                     // A deploy's host may still run what it ran before.
                     let previous = run
                         .plan
                         .undo
                         .iter()
-                        .filter(|_| direction == Direction::Forward)
                         .find(|p| p.host == host)
                         .and_then(health_check);
                     let (Some(before), Some(previous)) = (before, previous) else {
@@ -669,7 +680,7 @@ mod tests {
         // Cut short by a second signal: what it runs is looked at.
         assert_eq!(
             d(p(true, true, false, false, true), Forward),
-            PutBack::Recheck
+            PutBack::Recheck { switch_back: false }
         );
         let cut_restart = Progress {
             switched: true,
@@ -677,8 +688,18 @@ mod tests {
             interrupted: true,
             ..Progress::default()
         };
-        assert_eq!(d(cut_restart, Forward), PutBack::Recheck);
-        assert_eq!(d(cut_restart, Undo), PutBack::Recheck);
+        assert_eq!(
+            d(cut_restart, Forward),
+            PutBack::Recheck { switch_back: true }
+        );
+        assert_eq!(
+            decide(cut_restart, Forward, "R", false),
+            PutBack::Recheck { switch_back: false }
+        );
+        assert_eq!(
+            d(cut_restart, Undo),
+            PutBack::Recheck { switch_back: false }
+        );
         // Back on the release it served before: the balancer judges.
         assert!(matches!(
             d(p(true, true, false, false, false), Undo),
@@ -688,7 +709,10 @@ mod tests {
             d(p(true, false, false, false, false), Undo),
             PutBack::LeaveOut(_)
         ));
-        assert_eq!(d(p(true, true, false, false, true), Undo), PutBack::Recheck);
+        assert_eq!(
+            d(p(true, true, false, false, true), Undo),
+            PutBack::Recheck { switch_back: false }
+        );
         // A restart that began and failed: its app may be half-way; it
         // stays out (the failure policy decides what comes next).
         let failed_restart = Progress {
