@@ -110,7 +110,7 @@ async fn dispatch(
                 }
                 _ => {
                     "stopping: no new step starts; running steps finish, drained hosts go back into the \
-                     load balancer and the lock is released (signal again to hurry)"
+                     load balancer and the lock is released (signal again to stop running commands and hurry)"
                 }
             };
             let signals = watch_signals(reporter, stopping);
