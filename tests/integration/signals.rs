@@ -394,3 +394,28 @@ fn an_admin_socket_that_drops_a_request_mid_enable_still_gets_the_host_back() {
     assert_ne!(r1, r2);
     every_host_back(&fleet, &[&r2], "a dropped enable request");
 }
+
+/// A second signal while a restarted host's health check is still
+/// counting its passes in a row: the wait is cut short, one look finds the
+/// new release answering, and the host goes back in service on it.
+#[test]
+fn a_second_signal_during_a_health_check_puts_a_host_that_answers_back() {
+    let fleet = fleet(2);
+    let extra =
+        "[stages.test.health]\nhealthy_threshold = 20\ninterval = \"500ms\"\ntimeout = \"30s\"\n";
+    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let r1 = deploy_v1(&project, &fleet);
+    project.set_version("v2");
+    let (run, took) = no_request_fails(&fleet, "a second signal during a health check", || {
+        let mut run = project.spawn(&["test", "deploy", "-v"]);
+        run.wait_for(&started("web1", "health"), Duration::from_secs(60));
+        cancel_like_a_runner(run, "INT", "INT")
+    });
+    println!("a second signal during a health check: ended {took:?} after it");
+    run.code(130)
+        .stderr_has("hurrying")
+        .stderr_has("but it answers its health check for");
+    let new = newest(&fleet, "web1");
+    let now = every_host_back(&fleet, &[&r1, &new], "health cut short");
+    assert_eq!(now, [new, r1], "{run}");
+}
