@@ -110,7 +110,7 @@ async fn dispatch(
                 }
                 _ => {
                     "stopping: no new step starts; running steps finish, drained hosts go back into the \
-                     load balancer and the lock is released (signal again to hurry)"
+                     load balancer and the lock is released (signal again to stop running commands and hurry)"
                 }
             };
             let signals = watch_signals(reporter, stopping);
@@ -157,18 +157,22 @@ async fn dispatch(
     }
 }
 
-/// Ctrl-C and SIGTERM: the first stops the run at the next step (running
-/// steps finish, drained hosts go back, the lock is released; `exec` stops
-/// its command on the hosts), saying so with `stopping`; the second cuts
-/// waits short and keeps only those essentials; the third quits.
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal, a dropped SSH session,
+/// some CI runners' cancel): the first stops the run at the next step
+/// (running steps finish, drained hosts go back, the lock is released;
+/// `exec` stops its command on the hosts), saying so with `stopping`; the
+/// second stops running commands, cuts waits short and keeps only those
+/// essentials, in a few seconds (GitHub Actions sends SIGINT, then SIGTERM
+/// 7.5 s later, then SIGKILL 2.5 s after that); the third quits.
 fn watch_signals(reporter: Arc<dyn Reporter>, stopping: &'static str) -> commands::Signals {
     let signals = commands::Signals::default();
     let (cancel, hurry) = (signals.cancel.clone(), signals.hurry.clone());
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
@@ -182,6 +186,7 @@ fn watch_signals(reporter: Arc<dyn Reporter>, stopping: &'static str) -> command
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             match count {
                 0 => {
@@ -190,7 +195,7 @@ fn watch_signals(reporter: Arc<dyn Reporter>, stopping: &'static str) -> command
                 }
                 1 => {
                     note(
-                        "hurrying: waits are cut short; only putting hosts back and releasing the lock (signal again to quit at once)",
+                        "hurrying: running commands are stopped and waits cut short; only putting hosts back and releasing the lock (signal again to quit at once)",
                     );
                     hurry.cancel();
                 }

@@ -41,8 +41,13 @@ pub struct Context {
     reporter: Arc<dyn Reporter>,
 }
 
-/// Ctrl-C / SIGTERM, as seen by a run: the first signal cancels (no new
-/// steps), the second hurries (cut waits, essentials only).
+/// How long a deploy or rollback waits, before it exits, for commands it
+/// gave up on to be stopped on their hosts (TERM to their process group).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Ctrl-C / SIGTERM / SIGHUP, as seen by a run: the first signal cancels
+/// (no new steps), the second hurries (running commands stopped, waits
+/// cut, essentials only).
 #[derive(Clone, Default)]
 pub struct Signals {
     pub cancel: tokio_util::sync::CancellationToken,

@@ -108,6 +108,9 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
             other => other,
         }
     };
+    // Commands given up on (a timeout, a second signal) are being stopped
+    // on their hosts: give that a moment before the connections close.
+    transport.settle(super::SETTLE).await;
     transport.close().await;
     result
 }

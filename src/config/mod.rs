@@ -138,6 +138,10 @@ pub struct App {
     pub shared_dirs: Vec<String>,
     pub shared_files: Vec<String>,
     pub restart: Option<Template>,
+    /// The longest `restart` may run: one that never returns (a server
+    /// started in the foreground) fails its host instead of keeping it out
+    /// of service, and the lock held, forever.
+    pub restart_timeout: Duration,
 }
 
 /// What gets shipped.

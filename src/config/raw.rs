@@ -147,6 +147,7 @@ pub struct RawApp {
     pub shared_dirs: Option<Vec<String>>,
     pub shared_files: Option<Vec<String>>,
     pub restart: Option<String>,
+    pub restart_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -303,7 +304,8 @@ overlay_fields!(RawApp {
     keep_releases,
     shared_dirs,
     shared_files,
-    restart
+    restart,
+    restart_timeout
 });
 overlay_fields!(RawSsh {
     user,

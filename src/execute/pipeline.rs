@@ -10,6 +10,7 @@
 //! | drained, not switched | put back: it serves what it served before |
 //! | switched, not restarted (a deploy stopped by a signal or a hook) | switch `current` back (one rename), put back |
 //! | restarted, health check passed, enable failed | try to put it back once more |
+//! | restart or health check cut short by a second signal (hurry) | one look at its health check: put back if it answers; a deploy's host whose restart did not complete is otherwise switched back and put back if it answers for the release it ran before |
 //! | returned to the release it served before (undo, rollback), health check failed | put back: the load balancer's own check judges it |
 //! | anything else | left out, and the run says why |
 //!
@@ -25,7 +26,7 @@ use super::capacity::Budget;
 use super::journal::journal_event;
 use super::step::Failure;
 use crate::host::{ReleaseId, journal};
-use crate::plan::{Action, Pipeline, Plan, Step, StepKind};
+use crate::plan::{Action, HealthCheck, Pipeline, Plan, Step, StepKind};
 use crate::report::{Event, HostResult, Phase};
 use crate::transport::Transport;
 
@@ -84,8 +85,36 @@ pub(super) enum PutBack {
     Enable(&'static str),
     /// Point `current` back at the release it ran before, then enable it.
     SwitchBack,
+    /// Its restart or health check was cut short: whether it serves is
+    /// unknown. Look once (at most [`LOOK`]) at its health check and enable
+    /// it if it answers. With `switch_back` (a deploy's restart that did
+    /// not complete: the app may still run what it ran before), one that
+    /// does not is switched back and looked at again for that release.
+    Recheck { switch_back: bool },
     /// Leave it out, saying why.
     LeaveOut(String),
+}
+
+/// How long one look at a host's health check may take when deciding
+/// whether to put it back: short, so that a run told to hurry still ends
+/// within a CI runner's grace period.
+pub(super) const LOOK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What [`Executor::put_back`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Back {
+    /// `current` points at the release the host ran before again.
+    pub switched_back: bool,
+    /// The host is back in the load balancer.
+    pub enabled: bool,
+}
+
+/// A pipeline's health check, if it has one.
+fn health_check(pipeline: &Pipeline) -> Option<&HealthCheck> {
+    pipeline.steps.iter().find_map(|s| match &s.action {
+        Action::Health { check } => Some(check),
+        _ => None,
+    })
 }
 
 /// The put-back rule (see the module documentation).
@@ -108,10 +137,10 @@ pub(super) fn decide(
         Direction::Forward if progress.healthy && progress.enable_failed => PutBack::Enable(
             "it answered its health check, but the enable failed: trying to put it back once more",
         ),
-        Direction::Forward if progress.interrupted && progress.restarted => {
-            PutBack::LeaveOut(format!(
-                "left out of the load balancer: it runs {release}, and the run was told to hurry before its health check passed"
-            ))
+        _ if progress.interrupted && progress.restart_began && !progress.healthy => {
+            PutBack::Recheck {
+                switch_back: direction == Direction::Forward && !progress.restarted && has_previous,
+            }
         }
         Direction::Forward => PutBack::LeaveOut(format!(
             "left out of the load balancer: it runs {release}, which did not prove healthy"
@@ -314,15 +343,15 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 .as_ref()
                 .map_or("its release".into(), ToString::to_string);
             let decision = decide(progress, direction, &release, before.is_some());
-            if self
-                .put_back(run, pipeline, &decision, before.as_ref())
-                .await
-            {
+            let back = self
+                .put_back(run, pipeline, &decision, before.as_ref(), direction)
+                .await;
+            if back.switched_back {
+                run.book.update(host, |r| r.now = r.before.clone());
+            }
+            if back.enabled {
                 drained = false;
                 run.book.update(host, |r| r.drained = false);
-                if decision == PutBack::SwitchBack {
-                    run.book.update(host, |r| r.now = r.before.clone());
-                }
                 pending.push(self.journal_entry(plan, "enabled", None));
             }
         }
@@ -401,23 +430,25 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         ok
     }
 
-    /// Carries out a put-back decision. True if the host is back.
+    /// Carries out a put-back decision.
     async fn put_back(
         &self,
         run: &RunCtx<'_>,
         pipeline: &Pipeline,
         decision: &PutBack,
         before: Option<&ReleaseId>,
-    ) -> bool {
+        direction: Direction,
+    ) -> Back {
         let host = pipeline.host.as_str();
+        let mut back = Back::default();
         let Some(enable) = pipeline.steps.iter().find(|s| s.kind == StepKind::Enable) else {
-            return false;
+            return back;
         };
         match decision {
             PutBack::Enable(why) => self.note(Some(host), why),
             PutBack::SwitchBack => {
                 let Some(before) = before else {
-                    return false;
+                    return back;
                 };
                 self.note(
                     Some(host),
@@ -425,26 +456,122 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                         "switching current back to {before} (it was never restarted, so it still runs {before}), then putting it back"
                     ),
                 );
-                let back = Step {
-                    kind: StepKind::Switch,
-                    action: Action::Remote {
-                        cmd: run.plan.bookkeeping.layout.switch(before),
-                    },
-                };
-                if self.step(host, &back).await.is_err() {
+                if !self.switch_back(run, host, before).await {
+                    return back;
+                }
+                back.switched_back = true;
+            }
+            PutBack::Recheck { switch_back } => {
+                let Some(own) = health_check(pipeline) else {
                     self.note(
                         Some(host),
-                        "left out of the load balancer: switching current back failed",
+                        "left out of the load balancer: its restart was cut short, and without a health check \
+                         nothing tells what it runs",
                     );
-                    return false;
+                    return back;
+                };
+                let target = match direction {
+                    Direction::Forward => run.plan.release.to_string(),
+                    Direction::Undo => {
+                        before.map_or_else(|| "its previous release".into(), ToString::to_string)
+                    }
+                };
+                if self.answers_check(host, own).await {
+                    self.note(
+                        Some(host),
+                        &format!(
+                            "its restart or health check was cut short, but it answers its health check for {target}: putting it back"
+                        ),
+                    );
+                } else if !switch_back {
+                    self.note(
+                        Some(host),
+                        &format!(
+                            "left out of the load balancer: it was restarted on {target}, and the run was told to hurry \
+                             before it answered its health check"
+                        ),
+                    );
+                    return back;
+                } else {
+                    // A deploy's host may still run what it ran before.
+                    let previous = run
+                        .plan
+                        .undo
+                        .iter()
+                        .find(|p| p.host == host)
+                        .and_then(health_check);
+                    let (Some(before), Some(previous)) = (before, previous) else {
+                        self.note(
+                            Some(host),
+                            &format!(
+                                "left out of the load balancer: its restart was cut short and it does not answer its health check for {target}"
+                            ),
+                        );
+                        return back;
+                    };
+                    if !self.switch_back(run, host, before).await {
+                        return back;
+                    }
+                    back.switched_back = true;
+                    if !self.answers_check(host, previous).await {
+                        self.note(
+                            Some(host),
+                            &format!(
+                                "left out of the load balancer: its restart was cut short, and it answers its health check \
+                                 neither for {target} nor for {before} (current points at {before} again)"
+                            ),
+                        );
+                        return back;
+                    }
+                    self.note(
+                        Some(host),
+                        &format!(
+                            "its restart was cut short; it still answers for {before}, so current points at {before} again: putting it back"
+                        ),
+                    );
                 }
             }
             PutBack::LeaveOut(why) => {
                 self.note(Some(host), why);
-                return false;
+                return back;
             }
         }
-        self.step(host, enable).await.is_ok()
+        back.enabled = self.step(host, enable).await.is_ok();
+        back
+    }
+
+    /// Points `current` back at `before`; false (and says so) if it failed.
+    async fn switch_back(&self, run: &RunCtx<'_>, host: &str, before: &ReleaseId) -> bool {
+        let back = Step::new(
+            StepKind::Switch,
+            Action::Remote {
+                cmd: run.plan.bookkeeping.layout.switch(before),
+            },
+        );
+        if self.step(host, &back).await.is_err() {
+            self.note(
+                Some(host),
+                "left out of the load balancer: switching current back failed",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// One look at `check`, within [`LOOK`]: whether the host answers it
+    /// now. Never cut short by a signal: it is how a host gets back.
+    async fn answers_check(&self, host: &str, check: &HealthCheck) -> bool {
+        let mut once = check.clone();
+        once.request_timeout = once.request_timeout.min(LOOK);
+        once.timeout = once.request_timeout;
+        once.interval = once.request_timeout;
+        once.healthy_threshold = 1;
+        once.start_period = std::time::Duration::ZERO;
+        once.min_healthy_time = std::time::Duration::ZERO;
+        let never = tokio_util::sync::CancellationToken::new();
+        super::health::wait_healthy(&self.prober(), host, &once, &never)
+            .await
+            .is_ok()
     }
 
     /// Runs stand-alone pipelines (repairs before a run) and returns the
@@ -550,10 +677,29 @@ mod tests {
                 "left out of the load balancer: it runs R, which did not prove healthy".into()
             )
         );
-        assert!(matches!(
+        // Cut short by a second signal: what it runs is looked at.
+        assert_eq!(
             d(p(true, true, false, false, true), Forward),
-            PutBack::LeaveOut(_)
-        ));
+            PutBack::Recheck { switch_back: false }
+        );
+        let cut_restart = Progress {
+            switched: true,
+            restart_began: true,
+            interrupted: true,
+            ..Progress::default()
+        };
+        assert_eq!(
+            d(cut_restart, Forward),
+            PutBack::Recheck { switch_back: true }
+        );
+        assert_eq!(
+            decide(cut_restart, Forward, "R", false),
+            PutBack::Recheck { switch_back: false }
+        );
+        assert_eq!(
+            d(cut_restart, Undo),
+            PutBack::Recheck { switch_back: false }
+        );
         // Back on the release it served before: the balancer judges.
         assert!(matches!(
             d(p(true, true, false, false, false), Undo),
@@ -563,10 +709,10 @@ mod tests {
             d(p(true, false, false, false, false), Undo),
             PutBack::LeaveOut(_)
         ));
-        assert!(matches!(
+        assert_eq!(
             d(p(true, true, false, false, true), Undo),
-            PutBack::LeaveOut(_)
-        ));
+            PutBack::Recheck { switch_back: false }
+        );
         // A restart that began and failed: its app may be half-way; it
         // stays out (the failure policy decides what comes next).
         let failed_restart = Progress {

@@ -117,9 +117,14 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             total: self.archive.as_ref().map_or(0, Stdin::len),
             partial: Mutex::default(),
         };
-        let request = |cmd: &crate::shell::Cmd, stdin: Option<Stdin>| {
-            exec_request(cmd, stdin, self.command_timeout)
+        // The step's own bound (`app.restart_timeout`) within the
+        // overall `ssh.command_timeout`.
+        let timeout = match (self.command_timeout, step.timeout) {
+            (Some(all), Some(own)) => Some(all.min(own)),
+            (all, own) => all.or(own),
         };
+        let request =
+            |cmd: &crate::shell::Cmd, stdin: Option<Stdin>| exec_request(cmd, stdin, timeout);
         let output = match &step.action {
             Action::Nothing { .. } => {
                 return Ok(Success {
@@ -175,9 +180,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             }
             Action::Remote { cmd } => {
                 let cmd = chain(cmd, then);
-                self.transport
-                    .exec(host, request(&cmd, None), &observer)
-                    .await
+                let exec = self.transport.exec(host, request(&cmd, None), &observer);
+                // A switch is one rename: its outcome must be known.
+                if step.kind == StepKind::Switch {
+                    exec.await
+                } else {
+                    self.unless_hurried(exec).await?
+                }
             }
             Action::Upload { cmd } => {
                 let archive = self
@@ -185,18 +194,50 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     .clone()
                     .unwrap_or_else(|| Stdin::Bytes(Bytes::new()));
                 let cmd = chain(cmd, then);
-                self.transport
-                    .exec(host, request(&cmd, Some(archive)), &observer)
-                    .await
+                self.unless_hurried(self.transport.exec(
+                    host,
+                    request(&cmd, Some(archive)),
+                    &observer,
+                ))
+                .await?
             }
             Action::Local { cmd } => {
-                self.local
-                    .exec("local", request(cmd, None), &observer)
-                    .await
+                self.unless_hurried(self.local.exec("local", request(cmd, None), &observer))
+                    .await?
             }
         };
         observer.flush();
-        judge(shown, output)
+        judge(shown, output).map_err(|mut failure| {
+            if step.kind == StepKind::Restart && failure.result == "timed out" {
+                failure.error.push_str(
+                    " (app.restart_timeout): a restart must return once the app is started; \
+                     start a server in the background (`docker compose up -d`), or raise app.restart_timeout",
+                );
+            }
+            failure
+        })
+    }
+}
+
+impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    /// Runs a command, unless a second signal (hurry) comes first: then the
+    /// command is abandoned, which stops it on its host (TERM to its process
+    /// group, KILL 5 s later), and the step fails as interrupted. A command
+    /// started after that signal (switching a host back, say) is one of the
+    /// essentials and runs to its end, within its timeout.
+    async fn unless_hurried<F>(&self, command: F) -> Result<F::Output, Failure>
+    where
+        F: std::future::Future,
+    {
+        if self.hurry.is_cancelled() {
+            return Ok(command.await);
+        }
+        tokio::select! {
+            output = command => Ok(output),
+            () = self.hurry.cancelled() => Err(Failure::interrupted(
+                "stopped while it ran: the run was told to hurry (a second signal)",
+            )),
+        }
     }
 }
 

@@ -17,14 +17,20 @@ use super::{
     Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
     ServiceState, Shared, Via, human,
 };
-use crate::config::{LbSettings, Template};
+use crate::config::{DEFAULT_ENABLE_TIMEOUT, LbSettings, Template};
 use crate::host::check::{Program, Verdict};
 use crate::shell::Cmd;
 use crate::transport::{ExecRequest, Output, Quiet, TransportError};
 
 pub const SPEC: DriverSpec = DriverSpec {
     name: "command",
-    keys: &["drain", "enable", "run_on", "wait_drained"],
+    keys: &[
+        "drain",
+        "enable",
+        "run_on",
+        "wait_drained",
+        "enable_timeout",
+    ],
     parse,
 };
 
@@ -42,9 +48,14 @@ pub struct CommandLb {
     /// Polled after `drain` until it exits 0.
     #[serde(skip)]
     pub wait_drained: Option<Template>,
+    /// Bounds the drain command (then `wait_drained` gets what is left).
     #[serde(serialize_with = "super::millis")]
     pub drain_timeout: Duration,
     pub drain_timeout_action: OnTimeout,
+    /// Bounds the enable command: one that never returns must not keep a
+    /// host out, and the lock held, forever.
+    #[serde(serialize_with = "super::millis")]
+    pub enable_timeout: Duration,
     /// Where releases live on the hosts, for judging `bin/...` programs in
     /// `check`.
     #[serde(skip)]
@@ -59,7 +70,9 @@ fn parse(lb: &mut LbSettings<'_, '_>, shared: Shared) -> Option<Arc<dyn Driver>>
         Some(at) => lb.via(&at.key, &at.value),
     };
     let wait_drained = lb.template("wait_drained");
-    let (drain, enable, run_on, wait_drained) = (drain?, enable?, run_on?, wait_drained?);
+    let enable_timeout = lb.positive_duration("enable_timeout", DEFAULT_ENABLE_TIMEOUT);
+    let (drain, enable, run_on, wait_drained, enable_timeout) =
+        (drain?, enable?, run_on?, wait_drained?, enable_timeout?);
     let (drain, enable) = match (drain, enable) {
         (Some(drain), Some(enable)) => (drain, enable),
         (Some(_), None) => {
@@ -88,6 +101,7 @@ fn parse(lb: &mut LbSettings<'_, '_>, shared: Shared) -> Option<Arc<dyn Driver>>
         wait_drained,
         drain_timeout: shared.drain_timeout,
         drain_timeout_action: shared.drain_timeout_action,
+        enable_timeout,
         deploy_to: lb.deploy_to().unwrap_or_default().to_string(),
     }))
 }
@@ -118,10 +132,29 @@ impl CommandLb {
         ctx.remote.exec(&self.run_on, request, ctx.observer).await
     }
 
-    /// Runs `cmd` once; an error says what ran and how it ended.
-    async fn once(&self, ctx: &LbCtx<'_>, cmd: &Cmd) -> Result<(), LbError> {
+    /// Runs `cmd` once, within `limit` (and `ssh.command_timeout`); an error
+    /// says what ran and how it ended. A second signal stops a command that
+    /// is running when it comes; one started after it (putting a host
+    /// back) runs to its end.
+    async fn once(&self, ctx: &LbCtx<'_>, cmd: &Cmd, limit: Duration) -> Result<(), LbError> {
         let shown = self.exec_line(cmd);
-        match self.run(ctx, cmd, ctx.command_timeout).await {
+        let limit = ctx.command_timeout.map_or(limit, |c| c.min(limit));
+        let run = self.run(ctx, cmd, Some(limit));
+        let outcome = if ctx.cancel.is_cancelled() {
+            run.await
+        } else {
+            tokio::select! {
+                outcome = run => outcome,
+                () = ctx.cancel.cancelled() => {
+                    return Err(LbError {
+                        result: "interrupted".into(),
+                        error: format!("`{shown}` was stopped while it ran: the run was told to hurry"),
+                        interrupted: true,
+                    });
+                }
+            }
+        };
+        match outcome {
             Ok(out) if out.exit.success() => Ok(()),
             Ok(out) => {
                 let tail = out.stderr_tail(8);
@@ -289,7 +322,7 @@ impl Driver for CommandLb {
         let Some(drain) = self.cmd(member, "drain") else {
             return Err(LbError::failed("no drain command for this host"));
         };
-        self.once(ctx, drain).await?;
+        self.once(ctx, drain, self.drain_timeout).await?;
         match self.cmd(member, "wait_drained") {
             Some(wait) => self.wait_drained(ctx, wait).await,
             None => Ok(Done::ok()),
@@ -300,7 +333,9 @@ impl Driver for CommandLb {
         let Some(enable) = self.cmd(member, "enable") else {
             return Err(LbError::failed("no enable command for this host"));
         };
-        self.once(ctx, enable).await.map(|()| Done::ok())
+        self.once(ctx, enable, self.enable_timeout)
+            .await
+            .map(|()| Done::ok())
     }
 
     async fn states(

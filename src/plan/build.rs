@@ -359,6 +359,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                         &format!("failed deploy rolled back by {}", input.run.by),
                     ),
                 },
+                timeout: None,
             }],
         });
         let host_hooks = &settings.hooks;
@@ -379,6 +380,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             Step {
                 kind: StepKind::Cleanup,
                 action: cleanup(stage, input, facts_of(host), previous.as_ref()),
+                timeout: None,
             },
         );
         finish.push(Pipeline {
@@ -406,6 +408,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             action: Action::Upload {
                 cmd: layout.unpack(&input.release),
             },
+            timeout: None,
         });
         if !app.shared_dirs.is_empty() || !app.shared_files.is_empty() {
             prep.push(Step {
@@ -413,6 +416,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
                 action: Action::Remote {
                     cmd: layout.link_shared(&input.release, &app.shared_dirs, &app.shared_files),
                 },
+                timeout: None,
             });
         }
         prep.push(Step {
@@ -420,6 +424,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             action: Action::Remote {
                 cmd: layout.finish(&input.release, &input.revision),
             },
+            timeout: None,
         });
         prep.extend(steps.host_hooks(
             StepKind::AfterUpload,
@@ -736,6 +741,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
                 action: Action::Remote {
                     cmd: layout.mark_bad(id, &note),
                 },
+                timeout: None,
             })
             .collect();
         after.extend(steps.host_hooks(

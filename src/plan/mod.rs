@@ -197,6 +197,33 @@ pub struct Pipeline {
 pub struct Step {
     pub kind: StepKind,
     pub action: Action,
+    /// The longest this step's command may run (`app.restart_timeout`),
+    /// within `ssh.command_timeout`; none: only that one bounds it.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_millis"
+    )]
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl Step {
+    pub fn new(kind: StepKind, action: Action) -> Step {
+        Step {
+            kind,
+            action,
+            timeout: None,
+        }
+    }
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    d: &Option<std::time::Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.as_millis() as u64),
+        None => s.serialize_none(),
+    }
 }
 
 /// What a step is for. The executor relies on a few of these meanings:

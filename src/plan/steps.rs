@@ -162,7 +162,11 @@ impl<'a> HostSteps<'a> {
             RunOn::Local => self.local(&hook.run),
             RunOn::Hosts | RunOn::Once => self.remote(&hook.run, cwd),
         };
-        Step { kind, action }
+        Step {
+            kind,
+            action,
+            timeout: None,
+        }
     }
 
     /// The hooks of `list` that run on this host: all of them for
@@ -193,6 +197,7 @@ impl<'a> HostSteps<'a> {
             steps.push(Step {
                 kind: StepKind::Drain,
                 action: Action::Lb { lb },
+                timeout: None,
             });
         }
         let cwd = Some(self.release_dir());
@@ -206,6 +211,7 @@ impl<'a> HostSteps<'a> {
             action: Action::Remote {
                 cmd: self.layout.switch(&self.release),
             },
+            timeout: None,
         });
         steps.extend(self.hooks(
             StepKind::AfterSwitch,
@@ -216,18 +222,21 @@ impl<'a> HostSteps<'a> {
             steps.push(Step {
                 kind: StepKind::Restart,
                 action: self.remote(restart, cwd),
+                timeout: Some(stage.app.restart_timeout),
             });
         }
         if let Some(check) = self.health_check() {
             steps.push(Step {
                 kind: StepKind::Health,
                 action: Action::Health { check },
+                timeout: None,
             });
         }
         if let Some(lb) = self.lb(LbOp::Enable).filter(|_| !kept_out) {
             steps.push(Step {
                 kind: StepKind::Enable,
                 action: Action::Lb { lb },
+                timeout: None,
             });
         }
         steps
@@ -282,6 +291,7 @@ impl<'a> HostSteps<'a> {
             .map(|h| Step {
                 kind,
                 action: self.local(&h.run),
+                timeout: None,
             })
             .collect()
     }

@@ -93,6 +93,16 @@ impl Transport for FakeTransport {
                 delay = delay.max(rule.delay);
             }
         }
+        // Like a real transport: a command that runs past its timeout
+        // fails with one.
+        if let Some(limit) = request.timeout.filter(|limit| *limit < delay) {
+            tokio::time::sleep(limit).await;
+            return Err(TransportError::Timeout {
+                host: host.to_string(),
+                what: format!("`{}`", request.command),
+                after: limit,
+            });
+        }
         tokio::time::sleep(delay).await;
         Ok(Output {
             exit: Exit::Code(code),

@@ -16,5 +16,6 @@ mod pack;
 mod roles_health;
 mod rollout;
 mod run_control;
+mod signals;
 mod ssh;
 mod zero_downtime;

@@ -4,6 +4,9 @@ use super::super::{App, Source};
 use super::{At, StageCheck, is_name, pick};
 
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
+/// Long enough for a slow stop-then-start; a restart that takes longer
+/// is almost always a command that never returns.
+pub const DEFAULT_RESTART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl StageCheck<'_> {
     pub(super) fn app(&mut self) -> Option<App> {
@@ -61,6 +64,9 @@ impl StageCheck<'_> {
             );
         }
         let restart = self.template(pick!(self, app, restart));
+        let restart_timeout = self
+            .positive_duration(pick!(self, app, restart_timeout))
+            .map(|d| d.unwrap_or(DEFAULT_RESTART_TIMEOUT));
         Some(App {
             name: name?,
             deploy_to: deploy_to?,
@@ -71,6 +77,7 @@ impl StageCheck<'_> {
             shared_dirs: shared_dirs?,
             shared_files: shared_files?,
             restart: restart?,
+            restart_timeout: restart_timeout?,
         })
     }
 }

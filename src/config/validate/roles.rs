@@ -23,7 +23,7 @@ use super::{Errors, Layer, StageCheck};
 
 /// `[app]` keys a role may set: the rest describe the release, which is
 /// one for the whole run.
-const ROLE_APP_KEYS: [&str; 1] = ["restart"];
+const ROLE_APP_KEYS: [&str; 2] = ["restart", "restart_timeout"];
 
 /// `[rollout]` keys that apply to the whole run.
 const RUN_ROLLOUT_KEYS: [&str; 4] = [
@@ -446,7 +446,7 @@ timeout = "20s"
         let cases = [
             (
                 "[roles.worker.app]\ndeploy_to = \"/srv/jobs\"",
-                "/p/deploy.toml: roles.worker.app.deploy_to: a role's [app] sets only `restart`: `deploy_to` is the \
+                "/p/deploy.toml: roles.worker.app.deploy_to: a role's [app] sets only `restart`, `restart_timeout`: `deploy_to` is the \
                  same for every host of a run (one release, one layout); set it in [app] or [stages.NAME.app]",
             ),
             (

@@ -394,6 +394,7 @@ mod tests {
                         .env(BATCH_HOSTS, members)
                         .then(Cmd::shell("more").env(BATCH_HOSTS, members)),
                 },
+                timeout: None,
             }],
         };
         let old: Vec<Batch> = ["web2", "web3"]

@@ -97,10 +97,23 @@ pub async fn ask(
     request: &Request,
 ) -> Result<String, String> {
     let line = request.line();
+    // HAProxy answers every request, with at least an empty line: nothing
+    // at all means the connection was dropped before the request was
+    // carried out (an HAProxy reloading, say), so it is worth another try.
+    let answered = |answer: String| {
+        if answer.is_empty() {
+            Err(format!(
+                "haproxy {balancer}: `{request}`: the connection closed without an answer"
+            ))
+        } else {
+            Ok(answer)
+        }
+    };
     if balancer.via == Via::Local {
         return local_socket(&balancer.socket, &line)
             .await
-            .map_err(|e| format!("haproxy {balancer}: `{request}`: {e}"));
+            .map_err(|e| format!("haproxy {balancer}: `{request}`: {e}"))
+            .and_then(answered);
     }
     let relay = relay(&balancer.socket);
     let exec = ExecRequest {
@@ -109,7 +122,7 @@ pub async fn ask(
         timeout: Some(ANSWER_TIMEOUT),
     };
     match remote.exec(&balancer.via, exec, &Quiet).await {
-        Ok(out) if out.exit.success() => Ok(out.stdout_text()),
+        Ok(out) if out.exit.success() => answered(out.stdout_text()),
         Ok(out) => Err(format!(
             "haproxy {balancer}: `{request}`: `{}` on {} ended with {}: {}",
             relay.display(),
@@ -179,6 +192,49 @@ mod tests {
             port: 9999,
         });
         assert_eq!(cmd.display(), "shipit:haproxy-relay tcp 10.0.0.5 9999");
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_without_an_answer_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let answers = tokio::spawn(async move {
+            for answer in [&b""[..], b"\n"] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                stream.read_to_end(&mut request).await.unwrap();
+                stream.write_all(answer).await.unwrap();
+            }
+        });
+        let balancer = Balancer {
+            via: Via::Local,
+            socket: AdminSocket::Unix {
+                path: path.display().to_string(),
+            },
+        };
+        let request = Request::set_state("app", "web1", super::super::api::State::Ready).unwrap();
+        struct Nowhere;
+        impl Remote for Nowhere {
+            fn exec<'a>(
+                &'a self,
+                _via: &'a Via,
+                _request: ExecRequest,
+                _observer: &'a dyn crate::transport::ExecObserver,
+            ) -> futures::future::BoxFuture<
+                'a,
+                Result<crate::transport::Output, crate::transport::TransportError>,
+            > {
+                unreachable!("a local socket is reached directly")
+            }
+        }
+        let dropped = ask(&Nowhere, &balancer, &request).await.unwrap_err();
+        assert!(
+            dropped.ends_with("the connection closed without an answer"),
+            "{dropped}"
+        );
+        assert_eq!(ask(&Nowhere, &balancer, &request).await.unwrap(), "\n");
+        answers.await.unwrap();
     }
 
     #[test]

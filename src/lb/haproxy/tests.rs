@@ -216,7 +216,8 @@ async fn an_enable_carries_a_lost_request_again() {
     let remote = Flaky {
         answers: Mutex::new(VecDeque::from([
             Err("connection reset".to_string()),
-            Ok(String::new()),
+            // HAProxy answers a `set server` it carried out with an empty line.
+            Ok("\n".to_string()),
             Err("connection reset".to_string()),
             Ok(UP_STAT.to_string()),
         ])),

@@ -320,6 +320,20 @@ impl Running {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// Waits up to `timeout` for shipit to exit; true if it did.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.child.try_wait().expect("wait for shipit").is_some() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the run to end and returns all it printed.
     pub fn finish(mut self) -> Run {
         let status = self.child.wait().expect("wait for shipit");
