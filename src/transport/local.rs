@@ -43,11 +43,15 @@ pub async fn run(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // A timed-out or abandoned command must not outlive shipit.
+        // Its own process group, so that a timed-out or abandoned command
+        // is stopped with everything it started, not only its `sh`; and a
+        // terminal's Ctrl-C reaches shipit, which decides what stops.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| TransportError::Local {
         detail: format!("cannot start sh: {e}"),
     })?;
+    let group = Group::new(child.id());
 
     let stdin = child.stdin.take();
     let mut stdout = child.stdout.take().expect("piped stdout");
@@ -78,6 +82,7 @@ pub async fn run(
         let status = child.wait().await.map_err(|e| TransportError::Local {
             detail: format!("waiting for `{}`: {e}", request.command),
         })?;
+        group.ended();
         let exit = match (status.code(), status.signal()) {
             (Some(code), _) => Exit::Code(code as u32),
             (None, Some(sig)) => Exit::Signal {
@@ -103,6 +108,42 @@ pub async fn run(
             }),
         },
         None => work.await,
+    }
+}
+
+/// A local command's process group, killed whole if the command is
+/// abandoned (a timeout, a second signal) before its `sh` has ended. A
+/// command that ended by itself keeps whatever it left running on purpose.
+struct Group {
+    id: Option<u32>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    fn new(id: Option<u32>) -> Self {
+        Group {
+            id,
+            ended: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn ended(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Some(id) = self.id.and_then(|id| i32::try_from(id).ok()) {
+            // SAFETY: kill(2) with a negative pid signals that process group
+            // only; it touches no memory of ours.
+            unsafe {
+                libc::kill(-id, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -166,6 +207,41 @@ mod tests {
         assert_eq!(out.exit, Exit::Code(3));
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr_tail(5), "err");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_command_is_stopped_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let command = format!(
+            "sleep 30 & echo $! > {}; wait",
+            crate::shell::quote(pid_file.to_str().unwrap())
+        );
+        let result = run(
+            ExecRequest {
+                timeout: Some(std::time::Duration::from_millis(500)),
+                ..req(&command)
+            },
+            &[],
+            &Quiet,
+        )
+        .await;
+        assert!(
+            matches!(result, Err(TransportError::Timeout { .. })),
+            "{result:?}"
+        );
+        let child = std::fs::read_to_string(&pid_file).unwrap();
+        let proc = std::path::Path::new("/proc").join(child.trim());
+        // A killed child is gone, or a zombie until its reaper gets to it.
+        let gone = (0..50).any(|_| {
+            let state = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            false
+        });
+        assert!(gone, "the command's child {} outlived it", child.trim());
     }
 
     #[tokio::test]
