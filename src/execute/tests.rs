@@ -391,6 +391,40 @@ async fn every_transition_goes_to_the_journal() {
     );
 }
 
+/// The journal entries ahead of the restart could not be written (a full
+/// disk): the restart never started, so the host, switched but still
+/// running its old app, is switched back and put back, and the summary
+/// says it runs the release it ran before.
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_is_not_taken_for_a_failed_step() {
+    let plan = plan(1);
+    let remote = FakeTransport::default().fail_saying(
+        "web1",
+        "restart-app",
+        crate::host::journal::UNWRITTEN,
+        "shipit: could not write the journal (/srv/shop/.shipit/journal: disk full or read-only?), so this step was not started",
+    );
+    let local = FakeTransport::default();
+    let (report, _) = run(&plan, &remote, &local).await;
+    assert!(!report.ok);
+    let host = &report.hosts[0];
+    assert_eq!(host.now, host.before, "switched back: {host:?}");
+    assert!(!host.drained, "put back: {host:?}");
+    match &host.result {
+        HostResult::Failed { step, error, .. } => {
+            assert_eq!(*step, StepKind::Restart);
+            assert!(error.contains("journal"), "{error}");
+            assert!(error.contains("was not started"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        remote.steps(&["shipit:switch"]),
+        ["web1:switch", "web1:switch"],
+        "switched, then back"
+    );
+}
+
 #[tokio::test]
 async fn secrets_travel_on_stdin_never_on_the_command_line() {
     let stage = stage(1, "restart = \"bin/restart\"");
@@ -624,6 +658,7 @@ async fn secrets_never_reach_any_output() {
             percent_of: 2,
         },
         parts: Vec::new(),
+        undo_parts: Vec::new(),
         pools: crate::plan::Pools::single(["web1".to_string(), "web2".to_string()], 2),
         out_at_start: Default::default(),
         finish: Vec::new(),

@@ -66,9 +66,9 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         }
         // Each part's hosts by its own shape; the last role of the order
         // goes back first.
-        let last_step = plan.parts.iter().map(|p| p.step).max().unwrap_or(0);
+        let last_step = plan.undo_parts.iter().map(|p| p.step).max().unwrap_or(0);
         let mut pieces: Vec<Piece> = Vec::new();
-        for part in &plan.parts {
+        for part in &plan.undo_parts {
             let candidates: Vec<Candidate> = pipelines
                 .iter()
                 .filter(|p| part.hosts.contains(&p.host))

@@ -396,6 +396,50 @@ mod tests {
         assert_eq!(run(&layout.lock_release("*")).0, 0);
     }
 
+    /// Two runs taking over the same dead run's lock (two `deploy
+    /// --resume`): the first gets it, with its own details; the second is
+    /// told who holds it now. The dead run's refresh fails from then on.
+    #[test]
+    fn of_two_take_overs_of_a_dead_run_one_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().to_str().unwrap());
+        let dead = info("dead", LockKind::Deploy);
+        assert_eq!(run(&layout.lock_acquire(&dead)).0, 0);
+        let a = LockInfo {
+            pid: 1,
+            ..info("resume-a", LockKind::Deploy)
+        };
+        let b = LockInfo {
+            pid: 2,
+            ..info("resume-b", LockKind::Deploy)
+        };
+        let (code, out, err) = run(&layout.lock_break("dead", &a));
+        assert_eq!(
+            (code, Attempt::parse(&out)),
+            (0, Ok(Attempt::Acquired)),
+            "{err}"
+        );
+        let (code, out, _) = run(&layout.lock_break("dead", &b));
+        assert_eq!(code, HELD as i32);
+        let Ok(Attempt::Held(held)) = Attempt::parse(&out) else {
+            panic!("{out}")
+        };
+        assert_eq!(held.run, "resume-a");
+        assert_eq!(held.info.map(|i| i.pid), Some(1), "the winner's details");
+        assert_eq!(run(&layout.lock_refresh("dead")).0, HELD as i32);
+        assert_eq!(run(&layout.lock_refresh("resume-a")).0, 0);
+        // Taking over again is fine for the winner itself.
+        assert_eq!(run(&layout.lock_break("dead", &a)).0, 0);
+        // A take-over in progress elsewhere: busy, nothing changed.
+        std::fs::create_dir(tmp.path().join(".shipit/lock.break")).unwrap();
+        let (code, out, _) = run(&layout.lock_break("resume-a", &b));
+        assert_eq!(
+            (code, Attempt::parse(&out)),
+            (HELD as i32, Ok(Attempt::Busy))
+        );
+        assert_eq!(run(&layout.lock_refresh("resume-a")).0, 0);
+    }
+
     #[test]
     fn staleness() {
         let held = |age, kind, machine: &str, pid| HeldLock {

@@ -321,6 +321,11 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     )?;
     let shape = rollout_shape(stage, rolling_hosts.len())?;
     let (parts, pools) = roles::parts(stage, &rolling_hosts)?;
+    let undo_parts = if rolling_hosts.len() == input.hosts.len() {
+        parts.clone()
+    } else {
+        roles::parts(stage, &input.hosts.iter().collect::<Vec<_>>())?.0
+    };
     let ours = |host: &Host| left_by_shipit(input.facts, host);
     let out = out_at_start(stage, input.service, &ours);
     let kept_out = |host: &Host| left_out(&out, host);
@@ -506,6 +511,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         batches,
         shape,
         parts,
+        undo_parts,
         pools,
         out_at_start: out,
         finish,
@@ -821,6 +827,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         prepare: Vec::new(),
         batches: assemble(shaped, rolling),
         shape,
+        undo_parts: parts.clone(),
         parts,
         pools,
         out_at_start: out,

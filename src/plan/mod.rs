@@ -71,6 +71,10 @@ pub struct Plan {
     /// stage's) and their place in `rollout.role_order`, each with its
     /// shape. One part when no role has settings of its own.
     pub parts: Vec<Part>,
+    /// The same over every host of the run, for an undo: a resumed run
+    /// rolls out only what the dead one left, but undoes it all.
+    #[serde(skip)]
+    pub undo_parts: Vec<Part>,
     /// Which capacity pool each host of the stage counts against, and each
     /// pool's `max_unavailable`.
     pub pools: Pools,

@@ -12,6 +12,7 @@ mod hooks;
 mod lb_caddy;
 mod lb_nginx;
 mod output;
+mod resume;
 mod roles_health;
 mod rollout;
 mod run_control;
