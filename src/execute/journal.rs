@@ -9,7 +9,7 @@ use futures::future::join_all;
 
 use super::Executor;
 use super::book::{Book, outcome};
-use super::step::judge;
+use super::step::{Failure, judge};
 use crate::host::journal;
 use crate::host::revlog::Entry;
 use crate::plan::{Plan, StepKind};
@@ -134,16 +134,22 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
     }
 
     /// Writes `pending` entries before a step that must not start
-    /// unless they are on the host; Err says why they are not.
+    /// unless they are on the host; Err says why they are not (a lost
+    /// connection is the host's failure, not the journal's).
     pub(super) async fn write_journal(
         &self,
         plan: &Plan,
         host: &str,
         pending: &mut Vec<journal::Entry>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let entries = std::mem::take(pending);
-        self.exec_bookkeeping(host, plan.bookkeeping.layout.journal(&entries), "journal")
-            .await
+        let request = ExecRequest {
+            command: plan.bookkeeping.layout.journal(&entries).render(),
+            stdin: None,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let result = self.transport.exec(host, request, &transport::Quiet).await;
+        judge("journal", result).map(|_| ())
     }
 
     /// A bookkeeping command: failures are reported, never fatal.

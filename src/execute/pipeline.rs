@@ -254,8 +254,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 // leaves a journal saying the host may be out. Without
                 // it, the host is not taken out.
                 pending.push(self.journal_entry(plan, "drained", None));
-                if let Err(why) = self.write_journal(plan, host, &mut pending).await {
-                    failed = Some((step.kind, journal_failure(&why)));
+                if let Err(failure) = self.write_journal(plan, host, &mut pending).await {
+                    let failure = if failure.lost {
+                        failure
+                    } else {
+                        journal_failure(&failure.error)
+                    };
+                    failed = Some((step.kind, failure));
                     break;
                 }
             }
@@ -320,6 +325,20 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     }
                 }
                 Err(failure) => {
+                    if step.kind == StepKind::Switch && failure.lost {
+                        // The rename may have happened before the
+                        // connection went: say what is known.
+                        self.note(
+                            Some(host),
+                            &format!(
+                                "the connection was lost during the switch: `current` may point to {} now; its app \
+                                 was not restarted, so it serves what it served. `shipit {} status` tells once the \
+                                 host answers",
+                                target.as_ref().map_or("the new release".into(), ToString::to_string),
+                                plan.stage
+                            ),
+                        );
+                    }
                     progress.enable_failed = step.kind == StepKind::Enable;
                     failed = Some((step.kind, failure));
                     break;
