@@ -248,7 +248,9 @@ pub struct DeployArgs {
     /// With --dry-run: show shipit's own scripts in full.
     #[arg(long, requires = "dry_run")]
     pub full: bool,
-    /// Continue a deploy whose run was killed (see `shipit STAGE status`).
+    /// Continue a deploy whose run was killed (see `shipit STAGE status`),
+    /// under a run id and lock of its own; if it died rolling back, finish
+    /// the rollback instead.
     #[arg(long, conflicts_with = "dry_run")]
     pub resume: bool,
     /// On Ctrl-C or SIGTERM, also return hosts already switched to the

@@ -94,6 +94,7 @@ pub fn run() -> crate::plan::Run {
         by: "ana@laptop".into(),
         rollback_on_abort: false,
         local_dir: None,
+        resumes: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! the deploy lock, read what the hosts have, repair what an interrupted run
 //! left behind, plan, then run the plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::lock::{self, LockOptions};
@@ -28,6 +28,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         by: who(),
         rollback_on_abort: args.rollback_on_abort,
         local_dir: ctx.local_dir(),
+        resumes: None,
     };
 
     if args.dry_run {
@@ -126,24 +127,41 @@ async fn locked(
     let stage = &ctx.stage;
     let hosts = &ctx.hosts;
     let mut resuming = None;
+    let mut take_over = None;
     if args.resume {
-        // Which run to continue, read before taking the lock: resuming
-        // takes over that run's lock, but only once it is known dead.
+        // Which run to continue, read before taking the lock: the resumed
+        // run has its own id and takes over the dead run's lock, host by
+        // host, only while that run still holds it (`lock::take_over`).
         let facts = fleet::probe(transport, stage, hosts).await?;
         let interrupted = interrupted_deploy(&facts)?;
-        if let Some(held) = facts
-            .values()
-            .filter_map(|f| f.lock.as_ref())
-            .find(|l| l.run == interrupted.run)
-            && !lock::is_stale(held)
-        {
-            return Err(Error::Unchanged(format!(
-                "the run to resume ({}) still holds the lock and is alive: {}. Wait for it, or stop it first",
-                interrupted.run,
-                held.describe()
-            )));
+        let mut dead = BTreeMap::new();
+        for (host, f) in &facts {
+            let Some(held) = &f.lock else { continue };
+            let its_own = interrupted.locks.contains(&held.run);
+            let stale = lock::is_stale(held);
+            if its_own && !stale {
+                return Err(Error::LockHeld {
+                    stage: stage.name.clone(),
+                    host: host.clone(),
+                    holder: format!(
+                        "{} (the run to resume, {}, is alive)",
+                        held.describe(),
+                        interrupted.run
+                    ),
+                    kind: held.info.as_ref().map(|i| i.kind),
+                    age_secs: held.age_secs,
+                    stale: false,
+                });
+            }
+            if its_own || (stale && args.lock.break_stale_lock) {
+                dead.insert(host.clone(), held.run.clone());
+            }
         }
-        prepared.run.id = interrupted.run.clone();
+        prepared.run.resumes = Some(plan::Resumes {
+            run: interrupted.run.clone(),
+            undoing: interrupted.undoing,
+        });
+        take_over = Some(dead);
         resuming = Some(interrupted);
     }
     let locking = Locking {
@@ -155,11 +173,22 @@ async fn locked(
             break_stale: args.lock.break_stale_lock,
         },
         repair: resuming.is_none(),
+        take_over,
     };
     let archive = crate::transport::Stdin::File(prepared.artifact.archive.clone());
     run::locked(ctx, transport, locking, signals, Some(archive), |found| {
         let facts = &found.facts;
         let release = match &resuming {
+            Some(interrupted) if interrupted.undoing => {
+                ctx.note(
+                    None,
+                    &format!(
+                        "run {} died rolling back release {}: finishing that rollback (nothing is rolled out)",
+                        interrupted.run, interrupted.release
+                    ),
+                );
+                interrupted.release.clone()
+            }
             Some(interrupted) => {
                 let needs_upload = facts
                     .values()
@@ -208,6 +237,11 @@ struct Interrupted {
     run: String,
     release: ReleaseId,
     digest: Option<String>,
+    /// Lock ids that belong to the run: its own, and those of the
+    /// processes that resumed it and died too.
+    locks: BTreeSet<String>,
+    /// It died rolling back.
+    undoing: bool,
 }
 
 /// The deploy whose machine died, as the hosts' journals tell it.
@@ -236,9 +270,13 @@ fn interrupted_deploy(facts: &BTreeMap<String, HostFacts>) -> Result<Interrupted
         let detail: serde_json::Value = serde_json::from_str(t.started_detail.as_deref()?).ok()?;
         detail["digest"].as_str().map(str::to_string)
     });
+    let mut locks: BTreeSet<String> = traces.iter().flat_map(|t| t.locks.clone()).collect();
+    locks.insert(first.run.clone());
     Ok(Interrupted {
         run: first.run.clone(),
         release,
         digest,
+        locks,
+        undoing: traces.iter().any(|t| t.undoing()),
     })
 }

@@ -35,15 +35,40 @@ pub struct Held<'t, T: Transport> {
     lease: Duration,
 }
 
-/// A unique id for this run: time, pid and a few bits of the clock.
+/// A unique id for this run: time and pid for people, and 64 random bits
+/// so that runs started in the same second with the same pid (containers
+/// whose shipit is PID 1) never share one. Letters, digits and `-` only:
+/// it names files on the hosts.
 pub fn run_id() -> String {
     let now = jiff::Timestamp::now();
     format!(
-        "{}-{}-{:04x}",
+        "{}-{}-{:016x}",
         now.strftime("%Y%m%dT%H%M%S"),
         std::process::id(),
-        now.subsec_nanosecond() as u32 & 0xffff
+        random_u64()
     )
+}
+
+/// 64 bits from the kernel's random source; where that cannot be read,
+/// from the standard library's per-process random hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(bytes);
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
 }
 
 pub fn lock_info(
@@ -216,6 +241,7 @@ async fn try_together<T: Transport>(
             Ok(Attempt::Held(held)) => {
                 refused.get_or_insert((host.clone(), *held));
             }
+            Ok(Attempt::Busy) => problems.push(format!("{host}: unexpected answer `busy`")),
             Err(problem) => problems.push(problem),
         }
     }
@@ -235,8 +261,16 @@ async fn attempt<T: Transport>(
     host: &str,
     info: &LockInfo,
 ) -> Result<Attempt, String> {
+    attempt_with(transport, host, layout.lock_acquire(info)).await
+}
+
+async fn attempt_with<T: Transport>(
+    transport: &T,
+    host: &str,
+    cmd: crate::shell::Cmd,
+) -> Result<Attempt, String> {
     let request = ExecRequest {
-        command: layout.lock_acquire(info).render(),
+        command: cmd.render(),
         stdin: None,
         timeout: Some(lock::COMMAND_TIMEOUT),
     };
@@ -266,6 +300,12 @@ async fn try_all<T: Transport>(
         match attempt {
             Ok(Attempt::Acquired) => taken.push(host.clone()),
             Ok(Attempt::Held(held)) => return Ok((taken, Some((host.clone(), *held)))),
+            Ok(Attempt::Busy) => {
+                release_on(transport, layout, &taken, &info.run).await;
+                return Err(Error::Unchanged(format!(
+                    "{host}: unexpected answer `busy` when taking the lock; nothing was changed"
+                )));
+            }
             Err(problem) => {
                 release_on(transport, layout, &taken, &info.run).await;
                 return Err(Error::Unchanged(format!("{problem}; nothing was changed")));
@@ -273,6 +313,75 @@ async fn try_all<T: Transport>(
         }
     }
     Ok((taken, None))
+}
+
+/// Takes the lock for a run that continues another one (`deploy
+/// --resume`): on each host, in name order, the lock `take_over` names
+/// there (the dead run's) is taken over only while that run still holds
+/// it; a host with no lock named is taken as usual. Of two runs doing this
+/// at once, the first to take the first host gets every host; the other
+/// is told who holds the lock and gives back what it took.
+pub async fn take_over<'t, T: Transport>(
+    transport: &'t T,
+    stage: &Stage,
+    hosts: &[Host],
+    info: &LockInfo,
+    take_over: &std::collections::BTreeMap<String, String>,
+) -> Result<Held<'t, T>, Error> {
+    let layout = Layout::new(&stage.app.deploy_to);
+    let mut names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    names.sort();
+    let mut taken = Vec::new();
+    for host in &names {
+        let cmd = || match take_over.get(host) {
+            Some(stale) => layout.lock_break(stale, info),
+            None => layout.lock_acquire(info),
+        };
+        let mut busy_until = None;
+        let refused = loop {
+            match attempt_with(transport, host, cmd()).await {
+                Ok(Attempt::Acquired) => break None,
+                Ok(Attempt::Held(held)) => break Some(*held),
+                // Someone is taking it over right now: once done, the lock
+                // names them.
+                Ok(Attempt::Busy) => {
+                    let until = *busy_until.get_or_insert(Instant::now() + RACE_WINDOW);
+                    if Instant::now() >= until {
+                        release_on(transport, &layout, &taken, &info.run).await;
+                        return Err(Error::Unchanged(format!(
+                            "{host}: another run kept taking over the deploy lock; nothing was changed"
+                        )));
+                    }
+                    tokio::time::sleep(jitter()).await;
+                }
+                Err(problem) => {
+                    release_on(transport, &layout, &taken, &info.run).await;
+                    return Err(Error::Unchanged(format!("{problem}; nothing was changed")));
+                }
+            }
+        };
+        match refused {
+            None => taken.push(host.clone()),
+            Some(held) => {
+                release_on(transport, &layout, &taken, &info.run).await;
+                return Err(Error::LockHeld {
+                    stage: stage.name.clone(),
+                    host: host.clone(),
+                    holder: held.describe(),
+                    kind: held.info.as_ref().map(|i| i.kind),
+                    age_secs: held.age_secs,
+                    stale: is_stale(&held),
+                });
+            }
+        }
+    }
+    Ok(Held {
+        transport,
+        layout,
+        run: info.run.clone(),
+        hosts: taken,
+        lease: Duration::from_secs(info.lease_secs.max(1)),
+    })
 }
 
 async fn exec<T: Transport>(
@@ -490,5 +599,28 @@ pub async fn release<T: Transport>(ctx: &Context, held: Held<'_, T>) {
                 humantime::format_duration(ctx.stage.rollout.lock_lease)
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two runs started in the same second by processes with the same pid
+    /// (PID 1 in two containers) still get different ids, each a plain
+    /// file name.
+    #[test]
+    fn run_ids_are_unique_and_plain() {
+        let ids: std::collections::BTreeSet<String> = (0..1000).map(|_| run_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert!(
+                id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+                "{id}"
+            );
+            let random = id.rsplit('-').next().unwrap();
+            assert_eq!(random.len(), 16, "{id}: 64 random bits");
+            assert!(crate::host::lock::check_run_id(id).is_ok());
+        }
     }
 }

@@ -248,12 +248,23 @@ pub fn run_result(plan: &Plan, report: &RunReport) -> Result<Exit, Error> {
             format!("{operation} interrupted{back}; {state}"),
         )
     } else if report.undo_ran && report.undo_failed.is_empty() && !changed {
+        let what = if plan.undoing {
+            format!(
+                "the rollback of {} that run {} began is finished",
+                plan.release,
+                plan.journal_run()
+            )
+        } else {
+            format!(
+                "{operation} of {} failed on {} and was rolled back",
+                plan.release,
+                failed.join(", ")
+            )
+        };
         (
             Exit::RolledBack,
             format!(
-                "{operation} of {} failed on {} and was rolled back: every host runs the release it ran before, and {} is marked bad",
-                plan.release,
-                failed.join(", "),
+                "{what}: every host runs the release it ran before, and {} is marked bad",
                 plan.release
             ),
         )

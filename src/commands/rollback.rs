@@ -31,6 +31,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         by: who(),
         rollback_on_abort: false,
         local_dir: ctx.local_dir(),
+        resumes: None,
     };
     let env = ctx.env(args.dry_run)?;
     ctx.event(&Event::PhaseStarted {
@@ -73,6 +74,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                 break_stale: args.lock.break_stale_lock,
             },
             repair: true,
+            take_over: None,
         };
         let options = locking.options.clone();
         match run::locked(ctx, &transport, locking, signals, None, &plan_from).await {
@@ -99,6 +101,7 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
                                 ..options
                             },
                             repair: true,
+                            take_over: None,
                         };
                         run::locked(ctx, &transport, locking, signals, None, &plan_from).await
                     }

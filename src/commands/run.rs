@@ -35,6 +35,9 @@ pub struct Locking<'a> {
     pub options: LockOptions,
     /// Put back hosts an interrupted run left drained, before planning.
     pub repair: bool,
+    /// Continuing a dead run: per host, the run whose lock is taken over
+    /// there (`lock::take_over`) instead of taking the lock afresh.
+    pub take_over: Option<BTreeMap<String, String>>,
 }
 
 /// Takes the lock, reads the hosts and the load balancer, plans with
@@ -59,10 +62,15 @@ where
         locking.message,
         stage.rollout.lock_lease,
     );
-    let held = lock::acquire(transport, stage, &ctx.hosts, &info, &locking.options, |m| {
-        ctx.note(None, m)
-    })
-    .await?;
+    let held = match &locking.take_over {
+        Some(dead) => lock::take_over(transport, stage, &ctx.hosts, &info, dead).await?,
+        None => {
+            lock::acquire(transport, stage, &ctx.hosts, &info, &locking.options, |m| {
+                ctx.note(None, m)
+            })
+            .await?
+        }
+    };
     tracing::debug!("deploy lock taken");
     let verb = match locking.kind {
         LockKind::Rollback => "rolling back",

@@ -46,7 +46,7 @@ impl Book {
                 .map(|h| {
                     let run = HostRun {
                         before: h.before.clone(),
-                        now: h.before.clone(),
+                        now: h.current.clone(),
                         drained: false,
                         result: h.unchanged.then_some(HostResult::Unchanged),
                         touched: false,

@@ -9,26 +9,40 @@ use futures::future::join_all;
 
 use super::Executor;
 use super::book::{Book, outcome};
-use super::step::judge;
+use super::step::{Failure, judge};
 use crate::host::journal;
 use crate::host::revlog::Entry;
 use crate::plan::{Plan, StepKind};
 use crate::transport::{self, ExecRequest, Transport};
 
 impl<T: Transport, L: Transport> Executor<'_, T, L> {
+    /// Opens the journal on every host the run changes. Each host's
+    /// `started` entry records what it ran before the run (for a resumed
+    /// run, what it ran before the dead one began), so an undo, however
+    /// many processes later, knows where to take it back; a resumed run
+    /// also records its own lock id.
     pub(super) async fn journal_started(&self, plan: &Plan) {
-        let detail =
-            serde_json::json!({ "by": plan.bookkeeping.by, "digest": plan.bookkeeping.digest })
-                .to_string();
-        let entry = self.journal_entry(plan, "started", Some(detail));
         let layout = &plan.bookkeeping.layout;
-        let writes = plan.changing_hosts().map(|h| {
-            self.quiet_exec(
-                &h.name,
-                layout.journal_start(&entry, plan.resume),
-                "journal",
-            )
-        });
+        let writes = plan
+            .hosts
+            .iter()
+            .filter(|h| !h.unchanged || plan.undoing)
+            .map(|h| {
+                let mut detail = serde_json::json!({
+                    "by": plan.bookkeeping.by,
+                    "digest": plan.bookkeeping.digest,
+                    "before": h.before.as_ref().map(ToString::to_string),
+                });
+                if plan.resumes.is_some() {
+                    detail["lock"] = plan.run.clone().into();
+                }
+                let entry = self.journal_entry(plan, "started", Some(detail.to_string()));
+                self.quiet_exec(
+                    &h.name,
+                    layout.journal_start(&entry, plan.resume),
+                    "journal",
+                )
+            });
         join_all(writes).await;
     }
 
@@ -65,7 +79,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         detail: Option<String>,
     ) -> journal::Entry {
         journal::Entry {
-            run: plan.run.clone(),
+            run: plan.journal_run().to_string(),
             time: now_utc_ms(),
             op: plan.operation.as_str().to_string(),
             release: plan.release.to_string(),
@@ -119,17 +133,45 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         join_all(writes).await;
     }
 
+    /// Writes `pending` entries before a step that must not start
+    /// unless they are on the host; Err says why they are not (a lost
+    /// connection is the host's failure, not the journal's).
+    pub(super) async fn write_journal(
+        &self,
+        plan: &Plan,
+        host: &str,
+        pending: &mut Vec<journal::Entry>,
+    ) -> Result<(), Failure> {
+        let entries = std::mem::take(pending);
+        let request = ExecRequest {
+            command: plan.bookkeeping.layout.journal(&entries).render(),
+            stdin: None,
+            timeout: Some(Duration::from_secs(30)),
+        };
+        let result = self.transport.exec(host, request, &transport::Quiet).await;
+        judge("journal", result).map(|_| ())
+    }
+
     /// A bookkeeping command: failures are reported, never fatal.
     async fn quiet_exec(&self, host: &str, cmd: crate::shell::Cmd, what: &str) {
+        if let Err(e) = self.exec_bookkeeping(host, cmd, what).await {
+            self.note(Some(host), &format!("could not write {what}: {e}"));
+        }
+    }
+
+    async fn exec_bookkeeping(
+        &self,
+        host: &str,
+        cmd: crate::shell::Cmd,
+        what: &str,
+    ) -> Result<(), String> {
         let request = ExecRequest {
             command: cmd.render(),
             stdin: None,
             timeout: Some(Duration::from_secs(30)),
         };
         let result = self.transport.exec(host, request, &transport::Quiet).await;
-        if let Err(e) = judge(what, result) {
-            self.note(Some(host), &format!("could not write {what}: {}", e.error));
-        }
+        judge(what, result).map(|_| ()).map_err(|e| e.error)
     }
 }
 

@@ -117,6 +117,17 @@ fn health_check(pipeline: &Pipeline) -> Option<&HealthCheck> {
     })
 }
 
+/// A step not started because the host's journal could not be written.
+fn journal_failure(why: &str) -> Failure {
+    Failure {
+        result: "journal not written".into(),
+        error: format!(
+            "the host's journal (deploy_to/.shipit/journal) could not be written, so this step was not started: {why}"
+        ),
+        ..Failure::default()
+    }
+}
+
 /// The put-back rule (see the module documentation).
 pub(super) fn decide(
     progress: Progress,
@@ -269,22 +280,41 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             }
             if step.kind == StepKind::Drain {
                 // Written before draining: a run that dies from here on
-                // leaves a journal saying the host may be out.
+                // leaves a journal saying the host may be out. Without
+                // it, the host is not taken out.
                 pending.push(self.journal_entry(plan, "drained", None));
-                self.flush_journal(plan, host, &mut pending).await;
+                if let Err(failure) = self.write_journal(plan, host, &mut pending).await {
+                    let failure = if failure.lost {
+                        failure
+                    } else {
+                        journal_failure(&failure.error)
+                    };
+                    failed = Some((step.kind, failure));
+                    break;
+                }
             }
             let event = journal_event(step.kind).filter(|_| step.kind != StepKind::Drain);
             let on_host = matches!(step.action, Action::Remote { .. } | Action::Upload { .. });
-            let chained = match (event, on_host) {
-                (Some(event), true) => {
-                    let mut entries = std::mem::take(&mut pending);
-                    entries.push(self.journal_entry(plan, event, None));
-                    Some(plan.bookkeeping.layout.journal(&entries))
+            // Entries not yet on the host go ahead of the step, in its own
+            // round trip: a step never starts before the journal tells
+            // what came before it, and a journal that cannot be written is
+            // never taken for a step that failed (`journal::unwritten`).
+            let first = (on_host && !pending.is_empty()).then(|| {
+                plan.bookkeeping
+                    .layout
+                    .journal_first(&std::mem::take(&mut pending))
+            });
+            match self.step_then(host, step, first).await {
+                Err(failure)
+                    if journal::unwritten(failure.exit_code, failure.stderr_tail.as_deref()) =>
+                {
+                    // The step never started.
+                    if step.kind == StepKind::Restart {
+                        progress.restart_began = false;
+                    }
+                    failed = Some((step.kind, journal_failure(&failure.error)));
+                    break;
                 }
-                _ => None,
-            };
-            let chained_now = chained.is_some();
-            match self.step_then(host, step, chained).await {
                 Err(failure) if step.kind == StepKind::Drain => {
                     // A drain that failed may have taken the host out of
                     // some load balancers already: put it back below.
@@ -319,11 +349,25 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                         }
                         _ => {}
                     }
-                    if let (Some(event), false) = (event, chained_now) {
+                    if let Some(event) = event {
                         pending.push(self.journal_entry(plan, event, None));
                     }
                 }
                 Err(failure) => {
+                    if step.kind == StepKind::Switch && failure.lost {
+                        // The rename may have happened before the
+                        // connection went: say what is known.
+                        self.note(
+                            Some(host),
+                            &format!(
+                                "the connection was lost during the switch: `current` may point to {} now; its app \
+                                 was not restarted, so it serves what it served. `shipit {} status` tells once the \
+                                 host answers",
+                                target.as_ref().map_or("the new release".into(), ToString::to_string),
+                                plan.stage
+                            ),
+                        );
+                    }
                     progress.enable_failed = step.kind == StepKind::Enable;
                     failed = Some((step.kind, failure));
                     break;

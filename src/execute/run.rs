@@ -83,7 +83,8 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         }
 
         let wants_undo = plan.operation == Operation::Deploy
-            && ((failed_batch.is_some() && plan.on_failure.action == OnFailure::Rollback)
+            && (plan.undoing
+                || (failed_batch.is_some() && plan.on_failure.action == OnFailure::Rollback)
                 || (interrupted && plan.on_failure.rollback_on_abort)
                 || steered
                     .as_ref()
@@ -95,7 +96,8 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             None
         };
 
-        let rolled_out = prepared
+        let rolled_out = !plan.undoing
+            && prepared
             && failed_batch.is_none()
             && !interrupted
             && steered.is_none()

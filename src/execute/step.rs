@@ -54,13 +54,14 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         self.step_then(host, step, None).await
     }
 
-    /// Runs a step; `then` (bookkeeping on the same host) is chained to its
-    /// command when it has one, so both take one round trip.
+    /// Runs a step; `first` (bookkeeping on the same host) goes ahead of
+    /// its command when it has one (`( first ) && step`), so both take one
+    /// round trip and the step runs only if `first` succeeded.
     pub(super) async fn step_then(
         &self,
         host: &str,
         step: &Step,
-        then: Option<crate::shell::Cmd>,
+        first: Option<crate::shell::Cmd>,
     ) -> Result<(), Failure> {
         let started = Instant::now();
         let shown = match &step.action {
@@ -75,7 +76,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             step: step.kind,
             action: shown.clone(),
         });
-        let result = self.perform(host, step, &shown, then).await;
+        let result = self.perform(host, step, &shown, first).await;
         let duration = started.elapsed();
         let event = match &result {
             Ok(success) => Event::StepFinished {
@@ -108,7 +109,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         host: &str,
         step: &Step,
         shown: &str,
-        then: Option<crate::shell::Cmd>,
+        first: Option<crate::shell::Cmd>,
     ) -> Result<Success, Failure> {
         let observer = StepObserver {
             reporter: self.reporter,
@@ -179,7 +180,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 });
             }
             Action::Remote { cmd } => {
-                let cmd = chain(cmd, then);
+                let cmd = chain(first, cmd);
                 let exec = self.transport.exec(host, request(&cmd, None), &observer);
                 // A switch is one rename: its outcome must be known.
                 if step.kind == StepKind::Switch {
@@ -193,7 +194,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     .archive
                     .clone()
                     .unwrap_or_else(|| Stdin::Bytes(Bytes::new()));
-                let cmd = chain(cmd, then);
+                let cmd = chain(first, cmd);
                 self.unless_hurried(self.transport.exec(
                     host,
                     request(&cmd, Some(archive)),
@@ -262,10 +263,10 @@ pub(super) fn exec_request(
     }
 }
 
-/// `cmd`, followed by `then` if there is one.
-fn chain(cmd: &crate::shell::Cmd, then: Option<crate::shell::Cmd>) -> crate::shell::Cmd {
-    match then {
-        Some(next) => cmd.clone().then(next),
+/// `cmd`, preceded by `first` if there is one.
+fn chain(first: Option<crate::shell::Cmd>, cmd: &crate::shell::Cmd) -> crate::shell::Cmd {
+    match first {
+        Some(first) => first.then(cmd.clone()),
         None => cmd.clone(),
     }
 }

@@ -361,18 +361,21 @@ async fn every_transition_goes_to_the_journal() {
         .filter(|(_, c)| c.contains("shipit:journal"))
         .flat_map(|(_, c)| journal_lines(c))
         .collect();
-    // Entries ride along with the step they record where there is one:
-    // switch and restart each take one round trip, their entry included.
-    let switch = log
-        .iter()
-        .find(|(_, c)| c.contains("shipit:switch"))
-        .unwrap();
-    assert_eq!(journal_lines(&switch.1), ["switched"]);
+    // Entries ride ahead of the next step on the host, in its round trip:
+    // the restart's command writes "switched" first, and runs only if it
+    // was written.
+    let restart = log.iter().find(|(_, c)| c.contains("restart-app")).unwrap();
+    assert_eq!(journal_lines(&restart.1), ["switched"]);
+    assert!(
+        restart.1.find("shipit:journal") < restart.1.find("restart-app"),
+        "{}",
+        restart.1
+    );
     let round_trips = log
         .iter()
         .filter(|(_, c)| c.contains("shipit:journal"))
         .count();
-    assert_eq!(round_trips, 7, "{log:#?}");
+    assert_eq!(round_trips, 6, "{log:#?}");
     assert_eq!(
         events,
         [
@@ -385,6 +388,40 @@ async fn every_transition_goes_to_the_journal() {
             "rolled-out",
             "finished"
         ]
+    );
+}
+
+/// The journal entries ahead of the restart could not be written (a full
+/// disk): the restart never started, so the host, switched but still
+/// running its old app, is switched back and put back, and the summary
+/// says it runs the release it ran before.
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_is_not_taken_for_a_failed_step() {
+    let plan = plan(1);
+    let remote = FakeTransport::default().fail_saying(
+        "web1",
+        "restart-app",
+        crate::host::journal::UNWRITTEN,
+        "shipit: could not write the journal (/srv/shop/.shipit/journal: disk full or read-only?), so this step was not started",
+    );
+    let local = FakeTransport::default();
+    let (report, _) = run(&plan, &remote, &local).await;
+    assert!(!report.ok);
+    let host = &report.hosts[0];
+    assert_eq!(host.now, host.before, "switched back: {host:?}");
+    assert!(!host.drained, "put back: {host:?}");
+    match &host.result {
+        HostResult::Failed { step, error, .. } => {
+            assert_eq!(*step, StepKind::Restart);
+            assert!(error.contains("journal"), "{error}");
+            assert!(error.contains("was not started"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        remote.steps(&["shipit:switch"]),
+        ["web1:switch", "web1:switch"],
+        "switched, then back"
     );
 }
 
@@ -558,6 +595,7 @@ async fn secrets_never_reach_any_output() {
         name: name.into(),
         address: "127.0.0.1".into(),
         before: Some(id(2)),
+        current: Some(id(2)),
         unchanged: false,
         zone: None,
         left_out: None,
@@ -623,6 +661,7 @@ async fn secrets_never_reach_any_output() {
             percent_of: 2,
         },
         parts: Vec::new(),
+        undo_parts: Vec::new(),
         pools: crate::plan::Pools::single(["web1".to_string(), "web2".to_string()], 2),
         out_at_start: Default::default(),
         finish: Vec::new(),
@@ -636,6 +675,8 @@ async fn secrets_never_reach_any_output() {
         hooks: Default::default(),
         on_failure_hosts: Vec::new(),
         resume: false,
+        resumes: None,
+        undoing: false,
         bookkeeping: Bookkeeping {
             layout: Layout::new(dir.path().to_str().unwrap()),
             by: "test".into(),

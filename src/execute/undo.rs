@@ -9,6 +9,7 @@
 
 use super::Executor;
 use super::pipeline::{Direction, RunCtx};
+use crate::host::journal;
 use crate::plan::Pipeline;
 use crate::plan::roles::{self, Piece};
 use crate::plan::shape::Candidate;
@@ -22,8 +23,10 @@ pub(super) struct Undone {
 }
 
 impl<T: Transport, L: Transport> Executor<'_, T, L> {
-    /// Returns every host this run switched to its previous release; `None`
-    /// if no host had been switched.
+    /// Returns every host this run switched to its previous release (on a
+    /// resumed run, also those the dead run switched: the plan's `before`
+    /// is what each ran before the whole run); `None` if no host had been
+    /// switched.
     pub(super) async fn undo(&self, run: &RunCtx<'_>) -> Option<Undone> {
         let plan = run.plan;
         let mut order: Vec<(usize, String)> = run
@@ -32,9 +35,19 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             .into_iter()
             .map(|(h, r)| (r.batch.unwrap_or(0), h))
             .collect();
-        if order.is_empty() {
+        // Finishing a dead run's rollback goes on to mark the release bad
+        // even when every host is back already.
+        if order.is_empty() && !plan.undoing {
             return None;
         }
+        // Before any host is touched for it: a run that dies from here on
+        // leaves journals saying so, and `deploy --resume` finishes the
+        // rollback instead of rolling the release out again.
+        let marks = plan.hosts.iter().map(|h| async move {
+            let mut entry = vec![self.journal_entry(plan, journal::UNDOING, None)];
+            self.flush_journal(plan, &h.name, &mut entry).await;
+        });
+        futures::future::join_all(marks).await;
         // The failed batch first, then back through the earlier ones.
         order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let mut failed = Vec::new();
@@ -53,9 +66,9 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         }
         // Each part's hosts by its own shape; the last role of the order
         // goes back first.
-        let last_step = plan.parts.iter().map(|p| p.step).max().unwrap_or(0);
+        let last_step = plan.undo_parts.iter().map(|p| p.step).max().unwrap_or(0);
         let mut pieces: Vec<Piece> = Vec::new();
-        for part in &plan.parts {
+        for part in &plan.undo_parts {
             let candidates: Vec<Candidate> = pipelines
                 .iter()
                 .filter(|p| part.hosts.contains(&p.host))
@@ -152,10 +165,11 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 failed.push(host);
             }
         }
+        // Finishing a dead run's undo: that run marked nothing yet.
         let marks: Vec<Pipeline> = plan
             .undo_finish
             .iter()
-            .filter(|p| run.book.get(&p.host).is_some_and(|r| r.touched))
+            .filter(|p| plan.undoing || run.book.get(&p.host).is_some_and(|r| r.touched))
             .cloned()
             .collect();
         if !marks.is_empty() {

@@ -61,6 +61,13 @@ pub struct RunTrace {
     pub events: Vec<String>,
     /// The `finished` entry's detail, if the run got that far.
     pub finished: Option<String>,
+    /// What the host ran before the run began, as its first `started`
+    /// entry recorded it: `Some(None)` for nothing, `None` if not recorded
+    /// (a journal of an older shipit).
+    pub before: Option<Option<String>>,
+    /// The lock ids of the processes that carried the run after its first
+    /// one died (`deploy --resume`), from their `started` entries.
+    pub locks: Vec<String>,
 }
 
 impl RunTrace {
@@ -92,11 +99,34 @@ impl RunTrace {
         self.events.iter().any(|e| e == "uploaded")
     }
 
+    /// The run was rolling back when it stopped: a resume finishes the
+    /// rollback rather than rolling the release out again.
+    pub fn undoing(&self) -> bool {
+        self.events.iter().any(|e| e == UNDOING)
+    }
+
+    /// The rollback had begun on this host and did not finish: it may be
+    /// out, switched back but not restarted, or not yet healthy.
+    pub fn undo_unsettled(&self) -> bool {
+        let Some(u) = self.events.iter().rposition(|e| e == UNDOING) else {
+            return false;
+        };
+        let after = &self.events[u + 1..];
+        !after.iter().any(|e| e == "rolled-back")
+            && after
+                .iter()
+                .any(|e| matches!(e.as_str(), "drained" | "switched" | "restarted" | "healthy"))
+    }
+
     /// The last thing that happened, for status lines.
     pub fn last_event(&self) -> &str {
         self.events.last().map_or("started", String::as_str)
     }
 }
+
+/// The entry written on every host when a failed deploy starts rolling
+/// back, before any host is touched for it.
+pub const UNDOING: &str = "undoing";
 
 /// The trace of the last run in `entries` (journal lines, oldest first).
 pub fn last_run(entries: &[Entry]) -> Option<RunTrace> {
@@ -112,6 +142,18 @@ pub fn last_run(entries: &[Entry]) -> Option<RunTrace> {
             trace.started = entry.time.clone();
         }
         if entry.event == "started" {
+            let detail: Option<serde_json::Value> = entry
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok());
+            if let Some(detail) = &detail {
+                if trace.before.is_none() {
+                    trace.before = detail.get("before").map(|b| b.as_str().map(str::to_string));
+                }
+                if let Some(lock) = detail["lock"].as_str() {
+                    trace.locks.push(lock.to_string());
+                }
+            }
             trace.started_detail = entry.detail.clone();
         }
         if entry.event == "finished" {
@@ -143,9 +185,42 @@ impl Layout {
         args.extend(entries.iter().map(Entry::to_line));
         Cmd::script("journal", JOURNAL, args)
     }
+
+    /// Appends entries ahead of a step, in the step's own command
+    /// (`( journal ) && step`): the step runs only once they are written.
+    /// If they cannot be, the command exits [`UNWRITTEN`] and says so
+    /// last on stderr ([`unwritten`]): the step was not started.
+    pub fn journal_first(&self, entries: &[Entry]) -> Cmd {
+        let mut args = vec![self.deploy_to().to_string(), "first".to_string()];
+        args.extend(entries.iter().map(Entry::to_line));
+        Cmd::script("journal", JOURNAL, args)
+    }
+}
+
+/// Exit status of a step whose journal entries, written first, could not
+/// be written: the step itself never ran.
+pub const UNWRITTEN: u32 = 97;
+
+/// How the journal script's refusal begins on stderr.
+const UNWRITTEN_SAYS: &str = "shipit: could not write the journal";
+
+/// Whether a step's command ended because the journal entries ahead of it
+/// could not be written (full disk, read-only file), so that the step was
+/// never started. Both the status and the last stderr line must say so: a
+/// user's command may exit 97 on its own.
+pub fn unwritten(exit_code: Option<u32>, stderr_tail: Option<&str>) -> bool {
+    exit_code == Some(UNWRITTEN)
+        && stderr_tail
+            .and_then(|t| t.lines().last())
+            .is_some_and(|l| l.starts_with(UNWRITTEN_SAYS))
 }
 
 const JOURNAL: &str = r#"d=$1 mode=$2; shift 2
+if [ "$mode" = first ]; then
+  { mkdir -p "$d/.shipit" && printf '%s\n' "$@" >> "$d/.shipit/journal"; } 2>/dev/null && exit 0
+  echo "shipit: could not write the journal ($d/.shipit/journal: disk full or read-only?), so this step was not started" >&2
+  exit 97
+fi
 mkdir -p "$d/.shipit" || exit
 if [ "$mode" = start ]; then printf '%s\n' "$@" > "$d/.shipit/journal"; else printf '%s\n' "$@" >> "$d/.shipit/journal"; fi"#;
 
@@ -201,6 +276,49 @@ mod tests {
         assert!(Entry::parse(&bad).is_err());
     }
 
+    /// The release a host ran before the run is the first `started`
+    /// entry's, whatever resumed runs appended; their lock ids are kept.
+    #[test]
+    fn the_release_before_the_whole_run_and_its_locks() {
+        let started = |detail: &str| Entry {
+            detail: Some(detail.into()),
+            ..entry("r2", "started")
+        };
+        let entries = vec![
+            started(r#"{"by":"ana","digest":"d","before":"20261122101500"}"#),
+            entry("r2", "switched"),
+            started(r#"{"by":"ana","digest":"d","before":"20261122101500","lock":"r2-b"}"#),
+        ];
+        let t = last_run(&entries).unwrap();
+        assert_eq!(t.before, Some(Some("20261122101500".into())));
+        assert_eq!(t.locks, ["r2-b"]);
+        let t = last_run(&[started(r#"{"by":"ana","before":null}"#)]).unwrap();
+        assert_eq!(t.before, Some(None), "nothing before");
+        let t = last_run(&[started(r#"{"by":"ana"}"#)]).unwrap();
+        assert_eq!(t.before, None, "not recorded");
+    }
+
+    #[test]
+    fn an_undo_in_progress() {
+        let t = trace(&["started", "drained", "switched", "rolled-out", "undoing"]);
+        assert!(
+            t.undoing() && !t.undo_unsettled(),
+            "not touched by the undo yet"
+        );
+        let t = trace(&["started", "switched", "undoing", "drained", "switched"]);
+        assert!(t.undoing() && t.undo_unsettled());
+        let t = trace(&[
+            "started",
+            "switched",
+            "undoing",
+            "drained",
+            "switched",
+            "rolled-back",
+        ]);
+        assert!(!t.undo_unsettled());
+        assert!(!trace(&["started", "drained", "switched"]).undoing());
+    }
+
     #[test]
     fn drained_and_done() {
         assert!(
@@ -218,6 +336,42 @@ mod tests {
         ]);
         assert!(t.left_drained());
         assert!(!trace(&["started", "finished"]).interrupted());
+    }
+
+    /// Entries written ahead of a step: the step runs only if they were
+    /// written, and a failed write is told apart from the step's own
+    /// failure.
+    #[test]
+    fn entries_ahead_of_a_step_gate_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().to_str().unwrap());
+        let run = |cmd: Cmd| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd.render())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            (out.status.code().map(|c| c as u32), err)
+        };
+        let step = Cmd::shell("touch stepped").cwd(tmp.path().to_str().unwrap());
+        let (code, err) = run(layout
+            .journal_first(&[entry("r1", "switched")])
+            .then(step.clone()));
+        assert_eq!(code, Some(0), "{err}");
+        assert!(tmp.path().join("stepped").exists());
+        std::fs::remove_file(tmp.path().join("stepped")).unwrap();
+        // A journal that cannot be written (here: a directory in its place).
+        std::fs::remove_file(tmp.path().join(".shipit/journal")).unwrap();
+        std::fs::create_dir(tmp.path().join(".shipit/journal")).unwrap();
+        let (code, err) = run(layout.journal_first(&[entry("r1", "switched")]).then(step));
+        assert_eq!(code, Some(UNWRITTEN));
+        assert!(unwritten(code, Some(&err)), "{err}");
+        assert!(!tmp.path().join("stepped").exists(), "the step never ran");
+        // The step's own exit 97 is the step's failure.
+        assert!(!unwritten(Some(97), Some("boom")));
+        assert!(!unwritten(Some(1), Some(&err)));
+        assert!(!unwritten(Some(97), None));
     }
 
     #[test]

@@ -151,6 +151,9 @@ impl HeldLock {
 pub enum Attempt {
     Acquired,
     Held(Box<HeldLock>),
+    /// Another run is taking this host's lock over at this very moment;
+    /// asking again shortly shows who got it.
+    Busy,
 }
 
 impl Attempt {
@@ -160,6 +163,7 @@ impl Attempt {
         match lines.next() {
             Some("acquired") => Ok(Attempt::Acquired),
             Some("held") => parse_held(lines).map(|h| Attempt::Held(Box::new(h))),
+            Some("busy") => Ok(Attempt::Busy),
             other => Err(format!("unexpected lock script output: {other:?}")),
         }
     }
@@ -230,8 +234,11 @@ impl Layout {
         )
     }
 
-    /// Replaces the lock of run `stale_run` (which the caller found stale)
-    /// by ours; refuses if the lock changed hands meanwhile.
+    /// Takes over the lock of run `stale_run` (which the caller found
+    /// stale, or whose run `deploy --resume` continues): only while that
+    /// run still holds it, so of two runs taking it over at once exactly
+    /// one gets it. Prints like [`Layout::lock_acquire`], or `busy` (exit
+    /// [`HELD`]) while another run is taking it over.
     pub fn lock_break(&self, stale_run: &str, info: &LockInfo) -> Cmd {
         Cmd::script(
             "lock-break",
@@ -282,15 +289,25 @@ printf 'lock-info\t%s\n' "$(head -n 1 "$l/info" 2>/dev/null)"
 exit 4"#;
 
 const BREAK: &str = r#"d=$1 stale=$2 run=$3 info=$4 l="$1/.shipit/lock" b="$1/.shipit/lock.break"
-# A breaker killed midway leaves lock.break behind; after a minute it is void.
+# One take-over at a time; a breaker killed midway leaves lock.break
+# behind, which is void after a minute.
 find "$d/.shipit" -maxdepth 1 -name lock.break -mmin +1 -exec rm -rf {} + 2>/dev/null
-mkdir "$b" 2>/dev/null || { echo "another run is breaking this lock right now" >&2; exit 4; }
+mkdir "$b" 2>/dev/null || { echo busy; echo "another run is taking over this lock right now" >&2; exit 4; }
 trap 'rmdir "$b"' EXIT
-if [ -d "$l" ] && [ "$(cat "$l/run" 2>/dev/null)" != "$stale" ]; then
-  echo "the lock changed hands while it was being broken" >&2; exit 4
+if mkdir "$l" 2>/dev/null; then :; else
+  held=$(cat "$l/run" 2>/dev/null)
+  if [ "$held" != "$stale" ] && [ "$held" != "$run" ]; then
+    echo held
+    printf 'lock-run\t%s\n' "$held"
+    hb=$(cat "$l/heartbeat" 2>/dev/null)
+    printf 'lock-age\t%s\n' "$(( $(date +%s) - ${hb:-0} ))"
+    printf 'lock-info\t%s\n' "$(head -n 1 "$l/info" 2>/dev/null)"
+    echo "the lock changed hands while it was being taken over" >&2; exit 4
+  fi
 fi
-rm -rf "$l" && mkdir "$l" || exit
-printf '%s\n' "$run" > "$l/run" && printf '%s\n' "$info" > "$l/info" && date +%s > "$l/heartbeat" && echo acquired"#;
+# The rename of run is the take-over: readers see the old holder or us.
+date +%s > "$l/heartbeat.new" && printf '%s\n' "$info" > "$l/info.new" && printf '%s\n' "$run" > "$l/run.new" || exit
+mv -f "$l/heartbeat.new" "$l/heartbeat" && mv -f "$l/run.new" "$l/run" && mv -f "$l/info.new" "$l/info" && echo acquired"#;
 
 const REFRESH: &str = r#"l="$1/.shipit/lock"
 [ "$(cat "$l/run" 2>/dev/null)" = "$2" ] || { echo "the deploy lock is no longer held by this run" >&2; exit 4; }
@@ -377,6 +394,50 @@ mod tests {
         assert_eq!(run(&layout.lock_release("run-b")).0, 0);
         assert_eq!(run(&layout.lock_acquire(&a)).0, 0, "free again");
         assert_eq!(run(&layout.lock_release("*")).0, 0);
+    }
+
+    /// Two runs taking over the same dead run's lock (two `deploy
+    /// --resume`): the first gets it, with its own details; the second is
+    /// told who holds it now. The dead run's refresh fails from then on.
+    #[test]
+    fn of_two_take_overs_of_a_dead_run_one_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path().to_str().unwrap());
+        let dead = info("dead", LockKind::Deploy);
+        assert_eq!(run(&layout.lock_acquire(&dead)).0, 0);
+        let a = LockInfo {
+            pid: 1,
+            ..info("resume-a", LockKind::Deploy)
+        };
+        let b = LockInfo {
+            pid: 2,
+            ..info("resume-b", LockKind::Deploy)
+        };
+        let (code, out, err) = run(&layout.lock_break("dead", &a));
+        assert_eq!(
+            (code, Attempt::parse(&out)),
+            (0, Ok(Attempt::Acquired)),
+            "{err}"
+        );
+        let (code, out, _) = run(&layout.lock_break("dead", &b));
+        assert_eq!(code, HELD as i32);
+        let Ok(Attempt::Held(held)) = Attempt::parse(&out) else {
+            panic!("{out}")
+        };
+        assert_eq!(held.run, "resume-a");
+        assert_eq!(held.info.map(|i| i.pid), Some(1), "the winner's details");
+        assert_eq!(run(&layout.lock_refresh("dead")).0, HELD as i32);
+        assert_eq!(run(&layout.lock_refresh("resume-a")).0, 0);
+        // Taking over again is fine for the winner itself.
+        assert_eq!(run(&layout.lock_break("dead", &a)).0, 0);
+        // A take-over in progress elsewhere: busy, nothing changed.
+        std::fs::create_dir(tmp.path().join(".shipit/lock.break")).unwrap();
+        let (code, out, _) = run(&layout.lock_break("resume-a", &b));
+        assert_eq!(
+            (code, Attempt::parse(&out)),
+            (HELD as i32, Ok(Attempt::Busy))
+        );
+        assert_eq!(run(&layout.lock_refresh("resume-a")).0, 0);
     }
 
     #[test]

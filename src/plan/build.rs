@@ -65,6 +65,17 @@ pub struct Run {
     /// Where commands for the machine running shipit run: deploy.toml's
     /// directory, so relative paths in them mean what they mean there.
     pub local_dir: Option<String>,
+    /// `deploy --resume`: the dead run this one continues.
+    pub resumes: Option<Resumes>,
+}
+
+/// The dead run a resumed one continues, as the hosts' journals tell it.
+#[derive(Debug, Clone)]
+pub struct Resumes {
+    /// Its id, which the journal entries keep.
+    pub run: String,
+    /// It was rolling back when it died: the resumed run finishes that.
+    pub undoing: bool,
 }
 
 /// Why a plan cannot be made. Found before anything changes on any host.
@@ -259,16 +270,34 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         preflight(stage, input.hosts, facts)?;
     }
     let facts_of = |host: &Host| input.facts.and_then(|f| f.get(&host.name));
-    let before = |host: &Host| facts_of(host).and_then(|f| f.current.release().cloned());
-    // Resuming: hosts the interrupted run finished stay as they are.
+    let current = |host: &Host| facts_of(host).and_then(|f| f.current.release().cloned());
+    let resumes = input.run.resumes.as_ref().filter(|_| input.resume);
+    let undoing = resumes.is_some_and(|r| r.undoing);
+    // What the host ran before the whole run: resuming, what the dead
+    // run's journal recorded (hosts it switched run the new release now,
+    // and an undo must take them back too); otherwise `current`.
+    let trace_of = |host: &Host| {
+        facts_of(host)
+            .and_then(|f| f.last_run.as_ref())
+            .filter(|t| resumes.is_some_and(|r| r.run == t.run))
+    };
+    let before = |host: &Host| -> Option<ReleaseId> {
+        match trace_of(host).and_then(|t| t.before.clone()) {
+            Some(recorded) => recorded.and_then(|r| r.parse().ok()),
+            None => current(host),
+        }
+    };
+    // Resuming: hosts the interrupted run finished stay as they are; one
+    // that was rolling back rolls nothing out.
     let done = |host: &Host| -> bool {
-        input.resume
-            && facts_of(host).is_some_and(|f| {
-                f.current.release() == Some(&input.release)
-                    && f.last_run
-                        .as_ref()
-                        .is_some_and(|r| r.release == input.release.as_str() && r.host_done())
-            })
+        undoing
+            || (input.resume
+                && facts_of(host).is_some_and(|f| {
+                    f.current.release() == Some(&input.release)
+                        && f.last_run
+                            .as_ref()
+                            .is_some_and(|r| r.release == input.release.as_str() && r.host_done())
+                }))
     };
     let has_release = |host: &Host| {
         facts_of(host)
@@ -292,6 +321,11 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
     )?;
     let shape = rollout_shape(stage, rolling_hosts.len())?;
     let (parts, pools) = roles::parts(stage, &rolling_hosts)?;
+    let undo_parts = if rolling_hosts.len() == input.hosts.len() {
+        parts.clone()
+    } else {
+        roles::parts(stage, &input.hosts.iter().collect::<Vec<_>>())?.0
+    };
     let ours = |host: &Host| left_by_shipit(input.facts, host);
     let out = out_at_start(stage, input.service, &ours);
     let kept_out = |host: &Host| left_out(&out, host);
@@ -446,6 +480,14 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
             name: h.name.clone(),
             address: h.address.clone(),
             before: before(h),
+            // A host whose rollback began and did not finish may still run
+            // the release being rolled back, whatever `current` says: the
+            // undo takes it through every step again.
+            current: if undoing && trace_of(h).is_some_and(|t| t.undo_unsettled()) {
+                Some(input.release.clone())
+            } else {
+                current(h)
+            },
             unchanged: done(h),
             zone: h.zone.clone(),
             left_out: kept_out(h),
@@ -474,6 +516,7 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         batches,
         shape,
         parts,
+        undo_parts,
         pools,
         out_at_start: out,
         finish,
@@ -488,6 +531,8 @@ pub fn deploy(input: &DeployInput<'_>) -> Result<Plan, PlanError> {
         },
         on_failure_hosts,
         resume: input.resume,
+        resumes: resumes.map(|r| r.run.clone()),
+        undoing,
         bookkeeping: Bookkeeping {
             layout,
             by: input.run.by.clone(),
@@ -765,6 +810,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         planned.push(PlannedHost {
             name: host.name.clone(),
             address: host.address.clone(),
+            current: previous.clone(),
             before: previous,
             unchanged,
             zone: host.zone.clone(),
@@ -787,6 +833,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         prepare: Vec::new(),
         batches: assemble(shaped, rolling),
         shape,
+        undo_parts: parts.clone(),
         parts,
         pools,
         out_at_start: out,
@@ -807,6 +854,8 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
         },
         on_failure_hosts,
         resume: false,
+        resumes: None,
+        undoing: false,
         bookkeeping: Bookkeeping {
             layout,
             by: input.run.by.clone(),

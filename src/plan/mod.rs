@@ -23,8 +23,8 @@ use crate::lb::{LbAction, ServiceState};
 use crate::shell::Cmd;
 
 pub use build::{
-    DeployInput, PlanError, RollbackInput, Run, Service, deploy, health_check, repair, rollback,
-    rollout_shape,
+    DeployInput, PlanError, Resumes, RollbackInput, Run, Service, deploy, health_check, repair,
+    rollback, rollout_shape,
 };
 pub use gates::{BatchGate, GateCommand, Measure};
 pub use render::render;
@@ -71,6 +71,10 @@ pub struct Plan {
     /// stage's) and their place in `rollout.role_order`, each with its
     /// shape. One part when no role has settings of its own.
     pub parts: Vec<Part>,
+    /// The same over every host of the run, for an undo: a resumed run
+    /// rolls out only what the dead one left, but undoes it all.
+    #[serde(skip)]
+    pub undo_parts: Vec<Part>,
     /// Which capacity pool each host of the stage counts against, and each
     /// pool's `max_unavailable`.
     pub pools: Pools,
@@ -95,6 +99,14 @@ pub struct Plan {
     /// Continues an interrupted run: the journal is appended to, not
     /// started afresh.
     pub resume: bool,
+    /// The dead run this one continues: journal entries keep its id, so
+    /// the hosts' journals tell one run however many processes carried it.
+    /// (`run` is this process's own id, which names the lock.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<String>,
+    /// The dead run was rolling back: this one only finishes that undo.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub undoing: bool,
     /// How each host records the run; the executor appends the outcome.
     pub bookkeeping: Bookkeeping,
     /// Things the user should know before running this (no health check…).
@@ -168,9 +180,14 @@ pub struct RunHooks {
 pub struct PlannedHost {
     pub name: String,
     pub address: String,
-    /// What `current` pointed to when the plan was made. `None` on a dry
-    /// run, which does not read the hosts, or on a host never deployed to.
+    /// What the host ran before the run: what `current` pointed to when
+    /// the plan was made or, resuming, when the dead run began. `None` on
+    /// a dry run, which does not read the hosts, or on a host never
+    /// deployed to. An undo returns the host here.
     pub before: Option<ReleaseId>,
+    /// What it runs as the plan is made: `before`, except on a resumed run
+    /// (hosts the dead run switched run the new release).
+    pub current: Option<ReleaseId>,
     /// True if the host is already where the run would take it (a
     /// rollback target it runs already, or a resumed run it finished).
     pub unchanged: bool,
@@ -444,6 +461,11 @@ pub struct Bookkeeping {
 }
 
 impl Plan {
+    /// The run id journal entries carry: the dead run's when resuming.
+    pub fn journal_run(&self) -> &str {
+        self.resumes.as_deref().unwrap_or(&self.run)
+    }
+
     /// Every pipeline of the plan, phase by phase.
     pub fn pipelines(&self) -> impl Iterator<Item = &Pipeline> {
         self.prepare

@@ -13,6 +13,8 @@ struct Rule {
     needle: String,
     exit: Option<u32>,
     delay: Duration,
+    /// What it says on stderr when it fails.
+    stderr: Option<String>,
 }
 
 #[derive(Default)]
@@ -29,6 +31,19 @@ impl FakeTransport {
             needle: needle.into(),
             exit: Some(code),
             delay: Duration::ZERO,
+            stderr: None,
+        });
+        self
+    }
+
+    /// Like [`FakeTransport::fail`], saying `stderr`.
+    pub fn fail_saying(self, host: &str, needle: &str, code: u32, stderr: &str) -> Self {
+        self.rules.lock().unwrap().push(Rule {
+            host: host.into(),
+            needle: needle.into(),
+            exit: Some(code),
+            delay: Duration::ZERO,
+            stderr: Some(stderr.into()),
         });
         self
     }
@@ -39,6 +54,7 @@ impl FakeTransport {
             needle: needle.into(),
             exit: None,
             delay,
+            stderr: None,
         });
         self
     }
@@ -85,10 +101,14 @@ impl Transport for FakeTransport {
             observer.stdin_progress(stdin.len());
         }
         let (mut code, mut delay) = (0, Duration::ZERO);
+        let mut said = b"scripted failure\n".to_vec();
         for rule in self.rules.lock().unwrap().iter() {
             if (rule.host == "*" || rule.host == host) && ran.contains(&rule.needle) {
                 if let Some(exit) = rule.exit {
                     code = exit;
+                }
+                if let Some(stderr) = &rule.stderr {
+                    said = format!("{stderr}\n").into_bytes();
                 }
                 delay = delay.max(rule.delay);
             }
@@ -107,11 +127,7 @@ impl Transport for FakeTransport {
         Ok(Output {
             exit: Exit::Code(code),
             stdout: Vec::new(),
-            stderr: if code == 0 {
-                Vec::new()
-            } else {
-                b"scripted failure\n".to_vec()
-            },
+            stderr: if code == 0 { Vec::new() } else { said },
         })
     }
 }

@@ -13,6 +13,7 @@ mod lb_caddy;
 mod lb_nginx;
 mod output;
 mod pack;
+mod resume;
 mod roles_health;
 mod rollout;
 mod run_control;
