@@ -13,6 +13,7 @@ mod connect;
 mod known_hosts;
 mod quick_ack;
 mod settings;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use auth::{MAX_ATTEMPTS, PASSPHRASE_VAR};
 pub use connect::HANDSHAKES_PER_SSHD;
 pub use settings::{HostKeyChecking, SshConfigSource, SshEnv, SshOverrides, SshTarget};
+pub use warm::WARM_SHELLS;
 
 use connect::{Connection, Shared, describe};
 
@@ -62,11 +64,20 @@ impl Default for ConnectOptions {
     }
 }
 
+impl HostEntry {
+    /// Channels of commands running now (or being stopped).
+    fn busy(&self) -> usize {
+        self.capacity as usize - self.channels.available_permits()
+    }
+}
+
 struct HostEntry {
     connection: Arc<Connection>,
     channels: Arc<Semaphore>,
     /// The size of `channels`: all of it free means no command is running.
     capacity: u32,
+    /// Login shells started ahead of need (`warm`).
+    warm: Arc<warm::Pool>,
 }
 
 /// Connections to a set of hosts, opened by [`SshTransport::connect`].
@@ -136,6 +147,7 @@ impl SshTransport {
                             connection: Arc::new(connection),
                             channels: Arc::new(Semaphore::new(options.channels_per_host.max(1))),
                             capacity: options.channels_per_host.max(1) as u32,
+                            warm: Arc::default(),
                         },
                     );
                 }
@@ -166,6 +178,16 @@ impl SshTransport {
     /// Jump host connections opened (each shared by all targets behind it).
     pub fn jump_connections(&self) -> usize {
         self.shared.jump_connections().len()
+    }
+
+    /// From now on, keeps `n` login shells started and waiting on every
+    /// host (see `warm`), so that each command of a run pays a round trip,
+    /// not a shell start-up. For runs of many commands per host.
+    pub fn prestart_shells(&self, n: usize) {
+        for entry in self.hosts.values() {
+            entry.warm.set_want(n);
+            entry.warm.refill(&entry.connection, entry.busy());
+        }
     }
 
     /// Waits, at most `limit`, until no command holds a channel on any host.
@@ -202,17 +224,46 @@ impl SshTransport {
                 host: host.to_string(),
             })?;
         let connection = &entry.connection;
-        let permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
+        let mut permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
             TransportError::NotConnected {
                 host: host.to_string(),
             }
         })?;
+        // A command without stdin of its own goes to a warm shell when one
+        // waits; if sshd turns out to have refused that shell, the command
+        // never ran and is sent the usual way.
+        if request.stdin.is_none() && !request.command.trim().is_empty() {
+            while let Some(mut shell) = entry.warm.take() {
+                // This command's permit counts as busy.
+                entry.warm.refill(connection, entry.busy());
+                let warm::Early::Waiting(early) = shell.early() else {
+                    tracing::debug!("{host}: a warm shell had ended; trying the next");
+                    continue;
+                };
+                tracing::debug!("{host}: on a warm shell: {}", request.command);
+                let running = Running {
+                    connection: connection.clone(),
+                    token: shell.token,
+                    reader: Some(shell.reader),
+                    writer: Some(shell.writer),
+                    permit: Some(permit),
+                    ended: false,
+                };
+                match self
+                    .finish(host, running, Start::Script(early), &request, observer)
+                    .await
+                {
+                    Ran::Done(result) => return result,
+                    Ran::Refused(back) => permit = back,
+                }
+            }
+        }
         let channel = open_session(host, connection).await?;
         let (reader, writer) = channel.split();
         let token = exec_token();
         // Until the channel is known to be closed, dropping this stops the
         // remote command and closes the channel (see `Running`).
-        let mut running = Running {
+        let running = Running {
             connection: connection.clone(),
             token: token.clone(),
             reader: Some(reader),
@@ -221,55 +272,104 @@ impl SshTransport {
             ended: false,
         };
         let command = tag_command(&token, &request.command);
+        match self
+            .finish(host, running, Start::Exec(command), &request, observer)
+            .await
+        {
+            Ran::Done(result) => result,
+            Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
+        }
+    }
+
+    /// Starts the command on `running`'s channel, within the request's
+    /// timeout, and reads it to the end.
+    async fn finish(
+        &self,
+        host: &str,
+        mut running: Running,
+        start: Start,
+        request: &ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Ran {
+        let entry = &self.hosts[host];
+        let connection = &entry.connection;
+        let warm = matches!(start, Start::Script(_));
         let outcome = {
             let (Some(reader), Some(writer)) = (running.reader.as_mut(), running.writer.as_ref())
             else {
-                unreachable!("set above")
+                unreachable!("set by the caller")
             };
-            let work = exec_on_channel(
-                host, &command, &request, observer, reader, writer, connection,
-            );
+            let work = exec_on_channel(host, start, request, observer, reader, writer, connection);
             match request.timeout {
                 None => Ok(work.await),
                 Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
             }
         };
         match outcome {
-            Ok((result, channel_gone)) => {
+            Ok((Err(_), false, true)) if warm => {
+                // sshd refused the warm shell: nothing ran on it.
+                running.ended = true;
+                Ran::Refused(running.permit.take().expect("set by the caller"))
+            }
+            Ok((result, channel_gone, _)) => {
                 running.ended = channel_gone;
-                result
+                Ran::Done(result)
             }
             // `running` is dropped on return: that stops the command.
-            Err(limit) => Err(TransportError::Timeout {
+            Err(limit) => Ran::Done(Err(TransportError::Timeout {
                 host: host.to_string(),
                 what: format!("`{}`", request.command),
                 after: limit,
-            }),
+            })),
         }
     }
+}
+
+/// How a command is started on its channel.
+enum Start {
+    /// An exec request with this (tagged) command line.
+    Exec(String),
+    /// The request's command as the script of a warm shell, which already
+    /// sent these messages.
+    Script(Vec<ChannelMsg>),
+}
+
+/// How [`SshTransport::finish`] ended.
+enum Ran {
+    Done(Result<Output, TransportError>),
+    /// A warm shell sshd had refused: the permit, for another try.
+    Refused(OwnedSemaphorePermit),
 }
 
 /// Runs `command` on an open channel and reads it to the end. The flag
 /// says whether the channel is gone (read until `None`).
 async fn exec_on_channel(
     host: &str,
-    command: &str,
+    start: Start,
     request: &ExecRequest,
     observer: &dyn ExecObserver,
     reader: &mut russh::ChannelReadHalf,
     writer: &russh::ChannelWriteHalf<russh::client::Msg>,
     connection: &Connection,
-) -> (Result<Output, TransportError>, bool) {
-    if let Err(e) = writer.exec(true, command.as_bytes()).await {
-        return (Err(lost_or(host, connection, e)), false);
-    }
+) -> (Result<Output, TransportError>, bool, bool) {
+    let (early, script) = match start {
+        Start::Exec(command) => {
+            if let Err(e) = writer.exec(true, command.as_bytes()).await {
+                return (Err(lost_or(host, connection, e)), false, false);
+            }
+            (Vec::new(), None)
+        }
+        Start::Script(early) => (early, Some(Bytes::from(format!("{}\n", request.command)))),
+    };
     let feed = async {
-        if let Some(data) = &request.stdin {
+        if let Some(script) = &script {
+            let _ = writer.data_bytes(script.clone()).await;
+        } else if let Some(data) = &request.stdin {
             feed_stdin(writer, data, observer).await;
         }
         let _ = writer.eof().await;
     };
-    let collect = collect_output(reader, observer);
+    let collect = collect_output(early, reader, observer);
     // Feed and read at once. Once the channel is gone, stop feeding: a
     // command that exits without reading all its input leaves the feeder
     // waiting for window space that will never come.
@@ -289,7 +389,7 @@ async fn exec_on_channel(
             host: host.to_string(),
             detail: format!("sshd refused to run `{}`", request.command),
         };
-        return (Err(error), false);
+        return (Err(error), false, true);
     }
     let exit = match exit {
         Some(exit) => exit,
@@ -302,7 +402,7 @@ async fn exec_on_channel(
                     request.command
                 ),
             };
-            return (Err(error), true);
+            return (Err(error), true, false);
         }
         None => Exit::Unknown,
     };
@@ -311,7 +411,7 @@ async fn exec_on_channel(
         stdout,
         stderr,
     };
-    (Ok(output), true)
+    (Ok(output), true, false)
 }
 
 /// A unique tag for one command, so that it can be found on the host.
@@ -513,6 +613,7 @@ async fn feed_stdin(
 /// Reads the channel until it is gone: stdout, stderr, how it ended, and
 /// whether sshd refused the exec request.
 async fn collect_output(
+    early: Vec<ChannelMsg>,
     reader: &mut russh::ChannelReadHalf,
     observer: &dyn ExecObserver,
 ) -> (Vec<u8>, Vec<u8>, Option<Exit>, bool) {
@@ -520,9 +621,17 @@ async fn collect_output(
     let mut stderr = Vec::new();
     let mut exit = None;
     let mut refused = false;
+    let mut early = early.into_iter();
     // Exit status may come after EOF, and data after the exit status: read
     // until the channel is gone.
-    while let Some(message) = reader.wait().await {
+    loop {
+        let message = match early.next() {
+            Some(message) => message,
+            None => match reader.wait().await {
+                Some(message) => message,
+                None => break,
+            },
+        };
         match message {
             ChannelMsg::Data { data } => {
                 observer.output(Stream::Stdout, &data);
