@@ -180,6 +180,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     .await
             }
             Action::Upload { cmd } => {
+                // Waiting for a turn is not part of the command's timeout.
+                let _turn = tokio::select! {
+                    turn = self.uploads.acquire() => turn.ok(),
+                    () = self.cancel.cancelled() => {
+                        return Err(Failure::interrupted("interrupted before the upload started"));
+                    }
+                };
                 let archive = self.archive.clone().unwrap_or_default();
                 let cmd = chain(cmd, then);
                 self.transport

@@ -73,6 +73,8 @@ impl HostEntry {
 
 struct HostEntry {
     connection: Arc<Connection>,
+    /// How it was reached, for a connection of its own (`BULK_INPUT`).
+    settings: Arc<settings::HostSettings>,
     channels: Arc<Semaphore>,
     /// The size of `channels`: all of it free means no command is running.
     capacity: u32,
@@ -125,8 +127,11 @@ impl SshTransport {
                 Some(Ok(settings)) => {
                     let shared = shared.clone();
                     let name = target.name.clone();
+                    let settings = Arc::new(settings);
+                    let kept = settings.clone();
                     tasks.push((
                         name,
+                        kept,
                         tokio::spawn(async move { shared.connect_target(&settings).await }),
                     ));
                 }
@@ -138,13 +143,14 @@ impl SshTransport {
             }
         }
         let mut hosts = HashMap::new();
-        for (name, task) in tasks {
+        for (name, settings, task) in tasks {
             match task.await {
                 Ok(Ok(connection)) => {
                     hosts.insert(
                         name,
                         HostEntry {
                             connection: Arc::new(connection),
+                            settings,
                             channels: Arc::new(Semaphore::new(options.channels_per_host.max(1))),
                             capacity: options.channels_per_host.max(1) as u32,
                             warm: Arc::default(),
@@ -223,12 +229,15 @@ impl SshTransport {
             .ok_or_else(|| TransportError::NotConnected {
                 host: host.to_string(),
             })?;
-        let connection = &entry.connection;
         let mut permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
             TransportError::NotConnected {
                 host: host.to_string(),
             }
         })?;
+        if request.stdin.as_ref().is_some_and(|d| d.len() > BULK_INPUT) {
+            return self.run_bulk(host, entry, permit, request, observer).await;
+        }
+        let connection = &entry.connection;
         // A command without stdin of its own goes to a warm shell when one
         // waits; if sshd turns out to have refused that shell, the command
         // never ran and is sent the usual way.
@@ -250,7 +259,14 @@ impl SshTransport {
                     ended: false,
                 };
                 match self
-                    .finish(host, running, Start::Script(early), &request, observer)
+                    .finish(
+                        host,
+                        connection,
+                        running,
+                        Start::Script(early),
+                        &request,
+                        observer,
+                    )
                     .await
                 {
                     Ran::Done(result) => return result,
@@ -273,7 +289,14 @@ impl SshTransport {
         };
         let command = tag_command(&token, &request.command);
         match self
-            .finish(host, running, Start::Exec(command), &request, observer)
+            .finish(
+                host,
+                connection,
+                running,
+                Start::Exec(command),
+                &request,
+                observer,
+            )
             .await
         {
             Ran::Done(result) => result,
@@ -281,18 +304,66 @@ impl SshTransport {
         }
     }
 
+    /// Runs a command with bulk input (the release) on a connection of its
+    /// own, closed afterwards. russh keeps the buffers it grew to send a
+    /// window's worth of data (about 2 MiB with sshd) for as long as the
+    /// connection lives: on the run's one connection per host that was
+    /// 2 MiB per host for the whole run; this way it is per upload in
+    /// flight, and freed when it ends.
+    async fn run_bulk(
+        &self,
+        host: &str,
+        entry: &HostEntry,
+        permit: OwnedSemaphorePermit,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
+        let connection = Arc::new(self.shared.connect_target(&entry.settings).await?);
+        let channel = open_session(host, &connection).await?;
+        let (reader, writer) = channel.split();
+        let token = exec_token();
+        let running = Running {
+            connection: connection.clone(),
+            token: token.clone(),
+            reader: Some(reader),
+            writer: Some(writer),
+            permit: Some(permit),
+            ended: false,
+        };
+        let command = tag_command(&token, &request.command);
+        let result = match self
+            .finish(
+                host,
+                &connection,
+                running,
+                Start::Exec(command),
+                &request,
+                observer,
+            )
+            .await
+        {
+            Ran::Done(result) => result,
+            Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
+        };
+        // A command still being stopped (a timeout) keeps its own handle on
+        // the connection until it is; otherwise it ends here.
+        if !matches!(result, Err(TransportError::Timeout { .. })) {
+            connection.disconnect().await;
+        }
+        result
+    }
+
     /// Starts the command on `running`'s channel, within the request's
     /// timeout, and reads it to the end.
     async fn finish(
         &self,
         host: &str,
+        connection: &Arc<Connection>,
         mut running: Running,
         start: Start,
         request: &ExecRequest,
         observer: &dyn ExecObserver,
     ) -> Ran {
-        let entry = &self.hosts[host];
-        let connection = &entry.connection;
         let warm = matches!(start, Start::Script(_));
         let outcome = {
             let (Some(reader), Some(writer)) = (running.reader.as_mut(), running.writer.as_ref())
@@ -324,6 +395,10 @@ impl SshTransport {
         }
     }
 }
+
+/// Input larger than this goes over a connection of its own (see
+/// [`SshTransport::run_bulk`]).
+const BULK_INPUT: usize = 256 * 1024;
 
 /// How a command is started on its channel.
 enum Start {
