@@ -251,7 +251,7 @@ TOML
 	local s w
 	read -r -a s <<<"$(summarize "$dir/runs" shipit)"
 	if [[ $only == shipit ]]; then
-		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$hosts" "$batch" "$delay" "${s[0]}" "${s[1]}" "${s[2]}" "${s[3]}" >>"$work/table"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$hosts" "$batch" "$delay" "${s[0]}" "${s[1]}" "${s[2]}" "${s[3]}" >>"$work/table"
 	else
 		read -r -a w <<<"$(summarize "$dir/runs" script)"
 		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$hosts" "$batch" "$delay" \
