@@ -85,6 +85,9 @@ pub async fn run(ctx: &Context, args: &DeployArgs, signals: &Signals) -> Result<
         hosts: ctx.hosts.iter().map(|h| h.name.clone()).collect(),
     });
     let transport = fleet::connect_for_run(stage, &ctx.hosts).await?;
+    // A run sends each host several commands in a row: start their login
+    // shells while the lock, the probe and the upload run.
+    transport.prestart_shells(crate::transport::ssh::WARM_SHELLS);
     tracing::debug!("connected to {} host(s)", ctx.hosts.len());
     let result = locked(
         ctx,

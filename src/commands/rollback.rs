@@ -39,6 +39,9 @@ pub async fn run(ctx: &Context, args: &RollbackArgs, signals: &Signals) -> Resul
         hosts: hosts.iter().map(|h| h.name.clone()).collect(),
     });
     let transport = fleet::connect_for_run(stage, hosts).await?;
+    // A run sends each host several commands in a row: start their login
+    // shells while the lock, the probe and the upload run.
+    transport.prestart_shells(crate::transport::ssh::WARM_SHELLS);
     let plan_from = |found: &Found| -> Result<Plan, Error> {
         Ok(plan::rollback(&RollbackInput {
             stage,

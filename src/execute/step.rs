@@ -190,6 +190,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 }
             }
             Action::Upload { cmd } => {
+                // Waiting for a turn is not part of the command's timeout.
+                let _turn = tokio::select! {
+                    turn = self.uploads.acquire() => turn.ok(),
+                    () = self.cancel.cancelled() => {
+                        return Err(Failure::interrupted("interrupted before the upload started"));
+                    }
+                };
                 let archive = self
                     .archive
                     .clone()

@@ -399,7 +399,7 @@ fn haproxy_steps_are_resolved_per_host() {
     let text = render(&plan, false);
     assert!(text.contains(
         "  web2      drain          haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \
-         set server shop/shop_web2 state drain; wait until 0 sessions (≤10s, then warn); set state maint\n"
+         set server shop/shop_web2 state drain; wait until 0 sessions (≤10s, then warn)\n"
     ), "{text}");
     assert!(text.contains(
         "            enable         haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \

@@ -2,14 +2,18 @@
 //! every HAProxy of the stage at once (an HA pair is a list in `via` or
 //! `socket`).
 //!
-//! - A drain sets the server to `drain`, polls `show stat` until HAProxy
+//! - A drain sets the server to `drain` and polls `show stat` until HAProxy
 //!   counts no session and no queued request on it (or `drain_timeout`
-//!   passes: a warning, or a failure with `drain_timeout_action = "fail"`),
-//!   then sets `maint` so its health checks do not flap while it restarts.
+//!   passes: a warning, or a failure with `drain_timeout_action = "fail"`).
+//!   It stays in `drain` while it restarts: no new request reaches it, and
+//!   HAProxy's own checks keep running (a restart longer than `fall` checks
+//!   shows as DOWN meanwhile).
 //! - An enable sets `ready` and polls until HAProxy's own health check
-//!   reports the server plain `UP` (after `maint`, HAProxy shows "UP 1/2"
-//!   until one check passed), bounded by `enable_timeout`. So traffic
-//!   really flows to a host again before the next batch drains another.
+//!   reports the server plain `UP`, bounded by `enable_timeout`. After a
+//!   restart quicker than HAProxy's `fall` checks that is at once (its
+//!   check never saw it fail twice); after a longer one it is when `rise`
+//!   checks have passed. So traffic really flows to a host again before the
+//!   next batch drains another, as HAProxy itself judges.
 //! - The preflight reads `show servers state`: every server the run
 //!   touches must exist on every HAProxy, and servers found in maintenance,
 //!   draining or DOWN count as out of service.
@@ -47,7 +51,7 @@ pub const SPEC: DriverSpec = DriverSpec {
 };
 
 /// How often HAProxy is asked about a server while shipit waits.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Haproxy {
@@ -116,7 +120,7 @@ impl Driver for Haproxy {
         let list = self.balancer_list();
         match op {
             LbOp::Drain => format!(
-                "haproxy {list}: set server {target} state drain; wait until 0 sessions (≤{}, then {}); set state maint",
+                "haproxy {list}: set server {target} state drain; wait until 0 sessions (≤{}, then {})",
                 human(self.drain_timeout),
                 self.drain_timeout_action.as_str()
             ),
@@ -290,7 +294,7 @@ impl Driver for Haproxy {
 }
 
 impl Haproxy {
-    /// drain → wait for no sessions → maint, on one load balancer. Ok with
+    /// drain → wait for no sessions, on one load balancer. Ok with
     /// a warning if sessions were left and that is allowed.
     async fn drain_one(
         &self,
@@ -342,9 +346,10 @@ impl Haproxy {
                 () = ctx.cancel.cancelled() => {}
             }
         }
-        // The maint that follows must not be cut short by the deadline.
-        let settle = Instant::now() + socket::ANSWER_TIMEOUT;
-        self.set_state(ctx, member, b, State::Maint, settle).await?;
+        // The server stays in `drain`, not `maint`: HAProxy sends it no new
+        // request either way, but its checks go on, so when shipit sets it
+        // `ready` after a quick restart its check state is still UP and it
+        // takes traffic at once instead of a whole check interval later.
         Ok(warning)
     }
 

@@ -32,7 +32,7 @@ fn actions_read_as_what_they_do() {
     assert_eq!(
         action(LOCAL, LbOp::Drain).to_string(),
         "haproxy local:/run/haproxy/admin.sock: set server app/web1 state drain; \
-         wait until 0 sessions (≤30s, then warn); set state maint"
+         wait until 0 sessions (≤30s, then warn)"
     );
     assert_eq!(
         action(LOCAL, LbOp::Enable).to_string(),

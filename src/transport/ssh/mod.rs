@@ -15,17 +15,20 @@ mod known_hosts;
 mod quick_ack;
 mod settings;
 mod stop;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use russh::ChannelMsg;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use auth::{MAX_ATTEMPTS, PASSPHRASE_VAR};
 pub use connect::HANDSHAKES_PER_SSHD;
 pub use settings::{HostKeyChecking, SshConfigSource, SshEnv, SshOverrides, SshTarget};
+pub use warm::WARM_SHELLS;
 
 use connect::{Connection, Shared, describe};
 use stop::{Running, Token, exec_token, tag_command};
@@ -61,11 +64,22 @@ impl Default for ConnectOptions {
     }
 }
 
+impl HostEntry {
+    /// Channels of commands running now (or being stopped).
+    fn busy(&self) -> usize {
+        self.capacity as usize - self.channels.available_permits()
+    }
+}
+
 struct HostEntry {
     connection: Arc<Connection>,
+    /// How it was reached, for a connection of its own (`BULK_INPUT`).
+    settings: Arc<settings::HostSettings>,
     channels: Arc<Semaphore>,
     /// The size of `channels`: all of it free means no command is running.
     capacity: u32,
+    /// Login shells started ahead of need (`warm`).
+    warm: Arc<warm::Pool>,
 }
 
 /// Connections to a set of hosts, opened by [`SshTransport::connect`].
@@ -113,8 +127,11 @@ impl SshTransport {
                 Some(Ok(settings)) => {
                     let shared = shared.clone();
                     let name = target.name.clone();
+                    let settings = Arc::new(settings);
+                    let kept = settings.clone();
                     tasks.push((
                         name,
+                        kept,
                         tokio::spawn(async move { shared.connect_target(&settings).await }),
                     ));
                 }
@@ -126,15 +143,17 @@ impl SshTransport {
             }
         }
         let mut hosts = HashMap::new();
-        for (name, task) in tasks {
+        for (name, settings, task) in tasks {
             match task.await {
                 Ok(Ok(connection)) => {
                     hosts.insert(
                         name,
                         HostEntry {
                             connection: Arc::new(connection),
+                            settings,
                             channels: Arc::new(Semaphore::new(options.channels_per_host.max(1))),
                             capacity: options.channels_per_host.max(1) as u32,
+                            warm: Arc::default(),
                         },
                     );
                 }
@@ -165,6 +184,16 @@ impl SshTransport {
     /// Jump host connections opened (each shared by all targets behind it).
     pub fn jump_connections(&self) -> usize {
         self.shared.jump_connections().len()
+    }
+
+    /// From now on, keeps `n` login shells started and waiting on every
+    /// host (see `warm`), so that each command of a run pays a round trip,
+    /// not a shell start-up. For runs of many commands per host.
+    pub fn prestart_shells(&self, n: usize) {
+        for entry in self.hosts.values() {
+            entry.warm.set_want(n);
+            entry.warm.refill(&entry.connection, entry.busy());
+        }
     }
 
     /// Waits, at most `limit`, until no command holds a channel on any host.
@@ -200,18 +229,57 @@ impl SshTransport {
             .ok_or_else(|| TransportError::NotConnected {
                 host: host.to_string(),
             })?;
-        let connection = &entry.connection;
-        let permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
+        let mut permit = entry.channels.clone().acquire_owned().await.map_err(|_| {
             TransportError::NotConnected {
                 host: host.to_string(),
             }
         })?;
+        if request.stdin.as_ref().is_some_and(|d| d.len() > BULK_INPUT) {
+            return self.run_bulk(host, entry, permit, request, observer).await;
+        }
+        let connection = &entry.connection;
+        // A command without stdin of its own goes to a warm shell when one
+        // waits; if sshd turns out to have refused that shell, the command
+        // never ran and is sent the usual way.
+        if request.stdin.is_none() && !request.command.trim().is_empty() {
+            while let Some(mut shell) = entry.warm.take() {
+                // This command's permit counts as busy.
+                entry.warm.refill(connection, entry.busy());
+                let warm::Early::Waiting(early) = shell.early() else {
+                    tracing::debug!("{host}: a warm shell had ended; trying the next");
+                    continue;
+                };
+                tracing::debug!("{host}: on a warm shell: {}", request.command);
+                let running = Running {
+                    connection: connection.clone(),
+                    token: shell.token,
+                    reader: Some(shell.reader),
+                    writer: Some(shell.writer),
+                    permit: Some(permit),
+                    ended: false,
+                };
+                match self
+                    .finish(
+                        host,
+                        connection,
+                        running,
+                        Start::Script(early),
+                        &request,
+                        observer,
+                    )
+                    .await
+                {
+                    Ran::Done(result) => return result,
+                    Ran::Refused(back) => permit = back,
+                }
+            }
+        }
         let channel = open_session(host, connection).await?;
         let (reader, writer) = channel.split();
         let token = exec_token();
         // Until the channel is known to be closed, dropping this stops the
         // remote command and closes the channel (see `Running`).
-        let mut running = Running {
+        let running = Running {
             connection: connection.clone(),
             token: token.clone(),
             reader: Some(reader),
@@ -219,51 +287,171 @@ impl SshTransport {
             permit: Some(permit),
             ended: false,
         };
+        let command = tag_command(&token, &request.command);
+        match self
+            .finish(
+                host,
+                connection,
+                running,
+                Start::Exec(command),
+                &request,
+                observer,
+            )
+            .await
+        {
+            Ran::Done(result) => result,
+            Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
+        }
+    }
+
+    /// Runs a command with bulk input (the release) on a connection of its
+    /// own, closed afterwards. russh keeps the buffers it grew to send a
+    /// window's worth of data (about 2 MiB with sshd) for as long as the
+    /// connection lives: on the run's one connection per host that was
+    /// 2 MiB per host for the whole run; this way it is per upload in
+    /// flight, and freed when it ends.
+    async fn run_bulk(
+        &self,
+        host: &str,
+        entry: &HostEntry,
+        permit: OwnedSemaphorePermit,
+        request: ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
+        let connection = Arc::new(self.shared.connect_target(&entry.settings).await?);
+        let channel = open_session(host, &connection).await?;
+        let (reader, writer) = channel.split();
+        let token = exec_token();
+        let running = Running {
+            connection: connection.clone(),
+            token: token.clone(),
+            reader: Some(reader),
+            writer: Some(writer),
+            permit: Some(permit),
+            ended: false,
+        };
+        let command = tag_command(&token, &request.command);
+        let result = match self
+            .finish(
+                host,
+                &connection,
+                running,
+                Start::Exec(command),
+                &request,
+                observer,
+            )
+            .await
+        {
+            Ran::Done(result) => result,
+            Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
+        };
+        // A command still being stopped (a timeout) keeps its own handle on
+        // the connection until it is; otherwise it ends here.
+        if !matches!(result, Err(TransportError::Timeout { .. })) {
+            connection.disconnect().await;
+        }
+        result
+    }
+
+    /// Starts the command on `running`'s channel, within the request's
+    /// timeout, and reads it to the end.
+    async fn finish(
+        &self,
+        host: &str,
+        connection: &Arc<Connection>,
+        mut running: Running,
+        start: Start,
+        request: &ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Ran {
+        let warm = matches!(start, Start::Script(_));
         let outcome = {
             let (Some(reader), Some(writer)) = (running.reader.as_mut(), running.writer.as_ref())
             else {
-                unreachable!("set above")
+                unreachable!("set by the caller")
             };
-            let work =
-                exec_on_channel(host, &token, &request, observer, reader, writer, connection);
+            let token = running.token.clone();
+            let work = exec_on_channel(
+                host,
+                start,
+                &token,
+                request,
+                observer,
+                (reader, writer),
+                connection,
+            );
             match request.timeout {
                 None => Ok(work.await),
                 Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| limit),
             }
         };
         match outcome {
-            Ok((result, channel_gone)) => {
+            Ok((Err(_), false, true)) if warm => {
+                // sshd refused the warm shell: nothing ran on it.
+                running.ended = true;
+                Ran::Refused(running.permit.take().expect("set by the caller"))
+            }
+            Ok((result, channel_gone, _)) => {
                 running.ended = channel_gone;
-                result
+                Ran::Done(result)
             }
             // `running` is dropped on return: that stops the command.
-            Err(limit) => Err(TransportError::Timeout {
+            Err(limit) => Ran::Done(Err(TransportError::Timeout {
                 host: host.to_string(),
                 what: format!("`{}`", request.command),
                 after: limit,
-            }),
+            })),
         }
     }
 }
 
-/// Runs the request's command, tagged with `token`, on an open channel and
-/// reads it to the end. The flag says whether the channel is gone (read
-/// until `None`).
+/// Input larger than this goes over a connection of its own (see
+/// [`SshTransport::run_bulk`]).
+const BULK_INPUT: u64 = 256 * 1024;
+
+/// How a command is started on its channel.
+enum Start {
+    /// An exec request with this (tagged) command line.
+    Exec(String),
+    /// The request's command as the script of a warm shell, which already
+    /// sent these messages.
+    Script(Vec<ChannelMsg>),
+}
+
+/// How [`SshTransport::finish`] ended.
+enum Ran {
+    Done(Result<Output, TransportError>),
+    /// A warm shell sshd had refused: the permit, for another try.
+    Refused(OwnedSemaphorePermit),
+}
+
+/// Runs `command` on an open channel and reads it to the end. The flag
+/// says whether the channel is gone (read until `None`).
 async fn exec_on_channel(
     host: &str,
+    start: Start,
     token: &Token,
     request: &ExecRequest,
     observer: &dyn ExecObserver,
-    reader: &mut russh::ChannelReadHalf,
-    writer: &russh::ChannelWriteHalf<russh::client::Msg>,
+    (reader, writer): (
+        &mut russh::ChannelReadHalf,
+        &russh::ChannelWriteHalf<russh::client::Msg>,
+    ),
     connection: &Connection,
-) -> (Result<Output, TransportError>, bool) {
-    let command = tag_command(token, &request.command);
-    if let Err(e) = writer.exec(true, command.as_bytes()).await {
-        return (Err(lost_or(host, connection, e)), false);
-    }
+) -> (Result<Output, TransportError>, bool, bool) {
+    let (early, script) = match start {
+        Start::Exec(command) => {
+            if let Err(e) = writer.exec(true, command.as_bytes()).await {
+                return (Err(lost_or(host, connection, e)), false, false);
+            }
+            (Vec::new(), None)
+        }
+        Start::Script(early) => (early, Some(Bytes::from(format!("{}\n", request.command)))),
+    };
     let feed = async {
-        if let Some(data) = &request.stdin
+        if let Some(script) = &script {
+            let _ = writer.data_bytes(script.clone()).await;
+        } else if let Some(data) = &request.stdin
             && let Err(e) = feed_stdin(writer, data, observer).await
         {
             // No EOF: the command must not take a cut-short input for all
@@ -273,7 +461,7 @@ async fn exec_on_channel(
         let _ = writer.eof().await;
         None
     };
-    let collect = collect_output(reader, token, observer);
+    let collect = collect_output(early, reader, token, observer);
     // Feed and read at once. Once the channel is gone, stop feeding: a
     // command that exits without reading all its input leaves the feeder
     // waiting for window space that will never come.
@@ -292,7 +480,7 @@ async fn exec_on_channel(
                                 request.command
                             ),
                         };
-                        return (Err(error), false);
+                        return (Err(error), false, false);
                     }
                 },
                 collected = &mut collect => break collected,
@@ -304,7 +492,7 @@ async fn exec_on_channel(
             host: host.to_string(),
             detail: format!("sshd refused to run `{}`", request.command),
         };
-        return (Err(error), false);
+        return (Err(error), false, true);
     }
     let exit = match exit {
         Some(exit) => exit,
@@ -317,7 +505,7 @@ async fn exec_on_channel(
                     request.command
                 ),
             };
-            return (Err(error), true);
+            return (Err(error), true, false);
         }
         None => Exit::Unknown,
     };
@@ -326,7 +514,7 @@ async fn exec_on_channel(
         stdout,
         stderr,
     };
-    (Ok(output), true)
+    (Ok(output), true, false)
 }
 
 impl Transport for SshTransport {
@@ -416,6 +604,7 @@ async fn feed_stdin(
 /// Reads the channel until it is gone: stdout, stderr, how it ended, and
 /// whether sshd refused the exec request.
 async fn collect_output(
+    early: Vec<ChannelMsg>,
     reader: &mut russh::ChannelReadHalf,
     token: &Token,
     observer: &dyn ExecObserver,
@@ -424,9 +613,17 @@ async fn collect_output(
     let mut stderr = Vec::new();
     let mut exit = None;
     let mut refused = false;
+    let mut early = early.into_iter();
     // Exit status may come after EOF, and data after the exit status: read
     // until the channel is gone.
-    while let Some(message) = reader.wait().await {
+    loop {
+        let message = match early.next() {
+            Some(message) => message,
+            None => match reader.wait().await {
+                Some(message) => message,
+                None => break,
+            },
+        };
         match message {
             ChannelMsg::Data { data } => {
                 let data = token.stdout(&data);
