@@ -927,6 +927,21 @@ fn a_prometheus_gate_stops_a_bad_canary_and_passes_a_good_release() {
     let first = &gate_events(&run)[0];
     assert_eq!(first["hosts"], serde_json::json!(["web1"]));
 
+    // The gate's 5 s range must not still hold the bad canary's answers:
+    // wait until Prometheus has scraped a window without any 5xx.
+    let window = "sum(rate(haproxy_server_http_responses_total{proxy=\"app\",code=\"5xx\"}[5s]))";
+    wait_for(
+        Duration::from_secs(30),
+        "Prometheus's 5 s window to hold no 5xx of the bad canary",
+        || {
+            fleet.prometheus_query(window).iter().all(|series| {
+                series["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    == Some(0.0)
+            })
+        },
+    );
     project.set_version("v3");
     error_rate(&project, None);
     let (run, _, took) = with_load(&fleet, || project.shipit(&["test", "deploy", "--json"]));
