@@ -274,11 +274,24 @@ impl SshTransport {
                 }
             }
         }
+        self.exec_fresh(host, connection, permit, &request, observer)
+            .await
+    }
+
+    /// Runs the request on a new channel of `connection`. Until the channel
+    /// is known to be closed, dropping the `Running` inside stops the remote
+    /// command and closes the channel.
+    async fn exec_fresh(
+        &self,
+        host: &str,
+        connection: &Arc<Connection>,
+        permit: OwnedSemaphorePermit,
+        request: &ExecRequest,
+        observer: &dyn ExecObserver,
+    ) -> Result<Output, TransportError> {
         let channel = open_session(host, connection).await?;
         let (reader, writer) = channel.split();
         let token = exec_token();
-        // Until the channel is known to be closed, dropping this stops the
-        // remote command and closes the channel (see `Running`).
         let running = Running {
             connection: connection.clone(),
             token: token.clone(),
@@ -294,7 +307,7 @@ impl SshTransport {
                 connection,
                 running,
                 Start::Exec(command),
-                &request,
+                request,
                 observer,
             )
             .await
@@ -319,32 +332,9 @@ impl SshTransport {
         observer: &dyn ExecObserver,
     ) -> Result<Output, TransportError> {
         let connection = Arc::new(self.shared.connect_target(&entry.settings).await?);
-        let channel = open_session(host, &connection).await?;
-        let (reader, writer) = channel.split();
-        let token = exec_token();
-        let running = Running {
-            connection: connection.clone(),
-            token: token.clone(),
-            reader: Some(reader),
-            writer: Some(writer),
-            permit: Some(permit),
-            ended: false,
-        };
-        let command = tag_command(&token, &request.command);
-        let result = match self
-            .finish(
-                host,
-                &connection,
-                running,
-                Start::Exec(command),
-                &request,
-                observer,
-            )
-            .await
-        {
-            Ran::Done(result) => result,
-            Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
-        };
+        let result = self
+            .exec_fresh(host, &connection, permit, &request, observer)
+            .await;
         // A command still being stopped (a timeout) keeps its own handle on
         // the connection until it is; otherwise it ends here.
         if !matches!(result, Err(TransportError::Timeout { .. })) {
