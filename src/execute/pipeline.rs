@@ -26,6 +26,7 @@ use super::capacity::Budget;
 use super::journal::journal_event;
 use super::step::Failure;
 use crate::host::{ReleaseId, journal};
+use crate::lb::Proof;
 use crate::plan::{Action, HealthCheck, Pipeline, Plan, Step, StepKind};
 use crate::report::{Event, HostResult, Phase};
 use crate::transport::Transport;
@@ -304,7 +305,12 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     .layout
                     .journal_first(&std::mem::take(&mut pending))
             });
-            match self.step_then(host, step, first).await {
+            let proof = if progress.healthy {
+                Proof::Checked
+            } else {
+                Proof::Unchecked
+            };
+            match self.step_then(host, step, first, proof).await {
                 Err(failure)
                     if journal::unwritten(failure.exit_code, failure.stderr_tail.as_deref()) =>
                 {

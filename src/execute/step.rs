@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Executor, health};
-use crate::lb::LbOp;
+use crate::lb::{LbOp, Proof};
 use crate::plan::{Action, Step, StepKind};
 use crate::report::{Event, Reporter};
 use crate::transport::{
@@ -51,17 +51,19 @@ pub(super) struct Success {
 
 impl<T: Transport, L: Transport> Executor<'_, T, L> {
     pub(super) async fn step(&self, host: &str, step: &Step) -> Result<(), Failure> {
-        self.step_then(host, step, None).await
+        self.step_then(host, step, None, Proof::Unchecked).await
     }
 
     /// Runs a step; `first` (bookkeeping on the same host) goes ahead of
     /// its command when it has one (`( first ) && step`), so both take one
-    /// round trip and the step runs only if `first` succeeded.
+    /// round trip and the step runs only if `first` succeeded. `proof`
+    /// tells an enable whether shipit's own health check just passed.
     pub(super) async fn step_then(
         &self,
         host: &str,
         step: &Step,
         first: Option<crate::shell::Cmd>,
+        proof: Proof,
     ) -> Result<(), Failure> {
         let started = Instant::now();
         let shown = match &step.action {
@@ -76,7 +78,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
             step: step.kind,
             action: shown.clone(),
         });
-        let result = self.perform(host, step, &shown, first).await;
+        let result = self.perform(host, step, &shown, first, proof).await;
         let duration = started.elapsed();
         let event = match &result {
             Ok(success) => Event::StepFinished {
@@ -110,6 +112,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         step: &Step,
         shown: &str,
         first: Option<crate::shell::Cmd>,
+        proof: Proof,
     ) -> Result<Success, Failure> {
         let observer = StepObserver {
             reporter: self.reporter,
@@ -162,7 +165,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                 };
                 let done = match lb.op {
                     LbOp::Drain => lb.driver.drain(&ctx, &lb.member).await,
-                    LbOp::Enable => lb.driver.enable(&ctx, &lb.member).await,
+                    LbOp::Enable => lb.driver.enable(&ctx, &lb.member, proof).await,
                 };
                 observer.flush();
                 let done = done.map_err(|e| Failure {

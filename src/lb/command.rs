@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{
-    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
+    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight, Proof,
     ServiceState, Shared, Via, human,
 };
 use crate::config::{DEFAULT_ENABLE_TIMEOUT, LbSettings, Template};
@@ -329,7 +329,12 @@ impl Driver for CommandLb {
         }
     }
 
-    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+    async fn enable(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        _proof: Proof,
+    ) -> Result<Done, LbError> {
         let Some(enable) = self.cmd(member, "enable") else {
             return Err(LbError::failed("no enable command for this host"));
         };

@@ -105,8 +105,11 @@ pub trait Driver: Send + Sync + fmt::Debug {
     async fn drain(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError>;
 
     /// Puts `member` back, then waits until the balancer sends it traffic
-    /// again (within the driver's enable timeout).
-    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError>;
+    /// again (within the driver's enable timeout). `proof` says whether
+    /// shipit's own health check has just passed on it: a balancer that
+    /// can be told so need not wait for its own next check.
+    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member, proof: Proof)
+    -> Result<Done, LbError>;
 
     /// The state of each member now, as the balancer sees it; members it
     /// cannot tell about are [`ServiceState::Unknown`].
@@ -243,6 +246,17 @@ pub struct LbCtx<'a> {
     /// Ends a drain's waiting early (a second Ctrl-C). An enable never
     /// stops early: putting a host back must finish.
     pub cancel: &'a CancellationToken,
+}
+
+/// What shipit knows about a host it puts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// shipit's own health check has just passed on it, for the release it
+    /// runs now.
+    Checked,
+    /// Nothing: no health check is configured, or it failed or was cut
+    /// short. Only the balancer's own check may judge the host.
+    Unchecked,
 }
 
 /// Runs a command where a driver says: on this machine or over SSH.

@@ -403,7 +403,8 @@ fn haproxy_steps_are_resolved_per_host() {
     ), "{text}");
     assert!(text.contains(
         "            enable         haproxy web1:/run/haproxy/admin.sock, ops@lb2:/run/haproxy/admin.sock: \
-         set server shop/shop_web2 state ready; wait until HAProxy's check reports UP (≤30s)\n"
+         set server shop/shop_web2 state ready (and health up, after shipit's own check passed); \
+         wait until HAProxy reports UP (≤30s)\n"
     ), "{text}");
 }
 

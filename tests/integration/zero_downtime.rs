@@ -5,7 +5,9 @@
 //!
 //! The apps take 2 s to boot (`APP_BOOT_DELAY`), so a host that is restarted
 //! while still in rotation, or put back and the next one drained before
-//! HAProxy's own check saw it up, costs requests. The negative control
+//! HAProxy sends it traffic again, costs requests. HAProxy's checks see
+//! each restarting host DOWN, so every enable there is one that tells
+//! HAProxy `health up` after shipit's own check passed. The negative control
 //! (`driver = "none"`, same fleet shape and boot delay) must lose requests:
 //! if it does not, the harness has lost its sensitivity and fails too.
 //!
@@ -192,7 +194,11 @@ fn rolling_deploys_and_a_rollback_drop_no_request() {
     let (run, report, finished) = under_load(&fleet, "deploy v2, batch size 1", || {
         project.shipit(&["test", "deploy"])
     });
-    run.success();
+    // A 2 s boot is longer than HAProxy's `fall` checks (2 × 500 ms): its
+    // checks saw each host DOWN, and each enable told HAProxy `health up`
+    // once shipit's own check had passed, before the next drain.
+    run.success()
+        .stderr_has("enable       ok (health up after shipit's check)");
     assert_zero_downtime(&report, finished, "v1", "v2");
     assert_all_in_service(&fleet);
 

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use self::admin::Balancer;
 use self::edit::{Mover, TookOut};
 use super::{
-    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
+    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight, Proof,
     ServiceState, Via, human,
 };
 use crate::config::Template;
@@ -261,7 +261,12 @@ impl Driver for Caddy {
         Ok(done)
     }
 
-    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+    async fn enable(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        _proof: Proof,
+    ) -> Result<Done, LbError> {
         let results = join_all(
             self.balancers
                 .iter()

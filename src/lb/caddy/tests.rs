@@ -523,7 +523,11 @@ async fn a_drain_removes_the_upstream_and_waits_for_its_requests() {
     let enable = action(&via(""), LbOp::Enable, 1);
     let done = enable
         .driver
-        .enable(&ctx(&caddy, &never), &enable.member)
+        .enable(
+            &ctx(&caddy, &never),
+            &enable.member,
+            crate::lb::Proof::Checked,
+        )
         .await;
     assert_eq!(done, Ok(Done::ok()));
     assert_eq!(
@@ -540,7 +544,11 @@ async fn a_drain_removes_the_upstream_and_waits_for_its_requests() {
     assert_eq!(
         enable
             .driver
-            .enable(&ctx(&caddy, &never), &enable.member)
+            .enable(
+                &ctx(&caddy, &never),
+                &enable.member,
+                crate::lb::Proof::Checked
+            )
             .await,
         Ok(Done::ok())
     );
@@ -588,7 +596,11 @@ async fn a_changed_upstream_is_tracked_as_it_is_now() {
     );
     let ctx = ctx(&caddy, &never);
     drain.driver.drain(&ctx, &drain.member).await.unwrap();
-    enable.driver.enable(&ctx, &enable.member).await.unwrap();
+    enable
+        .driver
+        .enable(&ctx, &enable.member, crate::lb::Proof::Checked)
+        .await
+        .unwrap();
     // Someone raises max_requests in the handler; the next drain keeps it.
     caddy.state.lock().unwrap().config["apps"]["http"]["servers"]["www"]["routes"][0]["handle"]
         [0]["upstreams"][2] = json!({"dial": "10.0.0.12:8080", "max_requests": 500});
@@ -601,7 +613,11 @@ async fn a_changed_upstream_is_tracked_as_it_is_now() {
         "{:#?}",
         caddy.log()
     );
-    enable.driver.enable(&ctx, &enable.member).await.unwrap();
+    enable
+        .driver
+        .enable(&ctx, &enable.member, crate::lb::Proof::Checked)
+        .await
+        .unwrap();
     assert_eq!(
         caddy.at("/apps/http/servers/www/routes/0/handle/0/upstreams/2"),
         json!({"dial": "10.0.0.12:8080", "max_requests": 500})
@@ -637,8 +653,8 @@ async fn two_drains_at_once_keep_both_edits() {
         action(&via(""), LbOp::Enable, 2),
     );
     let (ra, rb) = tokio::join!(
-        a.driver.enable(&ctx, &a.member),
-        b.driver.enable(&ctx, &b.member)
+        a.driver.enable(&ctx, &a.member, crate::lb::Proof::Checked),
+        b.driver.enable(&ctx, &b.member, crate::lb::Proof::Checked)
     );
     assert_eq!((ra, rb), (Ok(Done::ok()), Ok(Done::ok())));
     let mut route = caddy.route();
@@ -850,7 +866,11 @@ async fn an_enable_waits_out_passive_failures() {
     let enable = action(&via("enable_timeout = \"500ms\""), LbOp::Enable, 0);
     let err = enable
         .driver
-        .enable(&ctx(&caddy, &never), &enable.member)
+        .enable(
+            &ctx(&caddy, &never),
+            &enable.member,
+            crate::lb::Proof::Checked,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -871,7 +891,11 @@ async fn an_enable_waits_out_passive_failures() {
     assert_eq!(
         enable
             .driver
-            .enable(&ctx(&caddy, &never), &enable.member)
+            .enable(
+                &ctx(&caddy, &never),
+                &enable.member,
+                crate::lb::Proof::Checked
+            )
             .await,
         Ok(Done::ok())
     );

@@ -12,6 +12,8 @@
 //!
 //! - `set server B/S state drain|maint|ready`: answers nothing on success,
 //!   an error text ("No such server.") otherwise;
+//! - `set server B/S health up`: likewise (a server that tracks another's
+//!   checks refuses it);
 //! - `show servers state B`: a version line, a `#` header and one line per
 //!   server (`srv_op_state`, `srv_admin_state`);
 //! - `show stat -1 4 -1`: CSV of every server, with the current sessions
@@ -65,6 +67,12 @@ pub enum Request {
         server: String,
         state: State,
     },
+    /// `set server B/S health up`: HAProxy's check state set to fully up,
+    /// as if `rise` checks had just passed.
+    HealthUp {
+        backend: String,
+        server: String,
+    },
     ServersState {
         backend: String,
     },
@@ -99,6 +107,13 @@ impl Request {
         })
     }
 
+    pub fn health_up(backend: &str, server: &str) -> Result<Request, BadName> {
+        Ok(Request::HealthUp {
+            backend: checked(backend)?,
+            server: checked(server)?,
+        })
+    }
+
     pub fn servers_state(backend: &str) -> Result<Request, BadName> {
         Ok(Request::ServersState {
             backend: checked(backend)?,
@@ -113,6 +128,9 @@ impl Request {
                 server,
                 state,
             } => format!("set server {backend}/{server} state {}\n", state.as_str()),
+            Request::HealthUp { backend, server } => {
+                format!("set server {backend}/{server} health up\n")
+            }
             Request::ServersState { backend } => format!("show servers state {backend}\n"),
             Request::ServerStats => "show stat -1 4 -1\n".to_string(),
         }
@@ -273,6 +291,14 @@ impl ServerStat {
         } else {
             ServiceState::Unknown
         }
+    }
+
+    /// HAProxy's own checks hold the server back or count against it:
+    /// "DOWN", "DOWN 1/2" (rising) or "UP 1/2" (a check failed). Not a
+    /// server in maintenance or draining: that is an operator's state.
+    pub fn held_by_checks(&self) -> bool {
+        let status = self.status.as_str();
+        status.starts_with("DOWN") || (status.starts_with("UP ") && status.contains('/'))
     }
 
     /// No session on the server and none queued for it.

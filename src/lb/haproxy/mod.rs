@@ -8,12 +8,19 @@
 //!   It stays in `drain` while it restarts: no new request reaches it, and
 //!   HAProxy's own checks keep running (a restart longer than `fall` checks
 //!   shows as DOWN meanwhile).
-//! - An enable sets `ready` and polls until HAProxy's own health check
-//!   reports the server plain `UP`, bounded by `enable_timeout`. After a
-//!   restart quicker than HAProxy's `fall` checks that is at once (its
-//!   check never saw it fail twice); after a longer one it is when `rise`
-//!   checks have passed. So traffic really flows to a host again before the
-//!   next batch drains another, as HAProxy itself judges.
+//! - An enable sets `ready` and polls until HAProxy reports the server
+//!   plain `UP`, bounded by `enable_timeout`. A check of HAProxy's that
+//!   landed while the app restarted still counts against it ("UP 1/2",
+//!   or DOWN after `fall` of them), and HAProxy would take up to `rise`
+//!   more check intervals to believe it again. When shipit's own health
+//!   check has just passed on the host (for the release it now runs),
+//!   the enable says so: `set server B/S health up`, and the server is UP
+//!   at once. HAProxy goes on checking as always; if its check disagrees
+//!   with shipit's, it takes the server out after `fall` failures, and a
+//!   watch (`bake`, `min_healthy_time`) sees it out. Without a passed
+//!   check of shipit's (no `[health]`, or a put-back after a failed one),
+//!   the enable waits for HAProxy's own check. Either way the server is UP
+//!   in HAProxy before the next batch drains another.
 //! - The preflight reads `show servers state`: every server the run
 //!   touches must exist on every HAProxy, and servers found in maintenance,
 //!   draining or DOWN count as out of service.
@@ -40,7 +47,7 @@ use self::api::{Request, ServerStat, State};
 pub use self::socket::{AdminSocket, Balancer};
 use super::{
     Counted, Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
-    ServiceState, Via, human,
+    Proof, ServiceState, Via, human,
 };
 use crate::config::Template;
 
@@ -125,7 +132,8 @@ impl Driver for Haproxy {
                 self.drain_timeout_action.as_str()
             ),
             LbOp::Enable => format!(
-                "haproxy {list}: set server {target} state ready; wait until HAProxy's check reports UP (≤{})",
+                "haproxy {list}: set server {target} state ready (and health up, after shipit's own check passed); \
+                 wait until HAProxy reports UP (≤{})",
                 human(self.enable_timeout)
             ),
         }
@@ -219,19 +227,34 @@ impl Driver for Haproxy {
         Ok(done)
     }
 
-    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+    async fn enable(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        proof: Proof,
+    ) -> Result<Done, LbError> {
         let results = join_all(
             self.balancers
                 .iter()
-                .map(|b| self.enable_one(ctx, member, b)),
+                .map(|b| self.enable_one(ctx, member, b, proof)),
         )
         .await;
-        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-        if errors.is_empty() {
-            Ok(Done::ok())
-        } else {
-            Err(LbError::failed(errors.join("\n")))
+        let mut told = false;
+        let mut errors = Vec::new();
+        for result in results {
+            match result {
+                Ok(up) => told |= up == Up::Told,
+                Err(e) => errors.push(e),
+            }
         }
+        if !errors.is_empty() {
+            return Err(LbError::failed(errors.join("\n")));
+        }
+        let mut done = Done::ok();
+        if told {
+            done.result = "ok (health up after shipit's check)".into();
+        }
+        Ok(done)
     }
 
     async fn states(
@@ -353,20 +376,35 @@ impl Haproxy {
         Ok(warning)
     }
 
-    /// ready → wait until HAProxy's own check says UP, on one load balancer.
+    /// ready → wait until HAProxy says UP, on one load balancer. With
+    /// `proof`, a server HAProxy's checks still hold back is told `health
+    /// up` (once; a server tracking another's checks refuses, and then
+    /// HAProxy's check decides).
     async fn enable_one(
         &self,
         ctx: &LbCtx<'_>,
         member: &Member,
         b: &Balancer,
-    ) -> Result<(), String> {
+        proof: Proof,
+    ) -> Result<Up, String> {
         let deadline = Instant::now() + self.enable_timeout;
         self.set_state(ctx, member, b, State::Ready, deadline)
             .await?;
+        let mut up = Up::Checked;
         loop {
             let stat = self.server_stat(ctx, member, b, deadline).await?;
             if stat.is_up() {
-                return Ok(());
+                return Ok(up);
+            }
+            if proof == Proof::Checked && up == Up::Checked && stat.held_by_checks() {
+                up = Up::Told;
+                match self.health_up(ctx, member, b, deadline).await {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        tracing::debug!("{e}; waiting for HAProxy's own check");
+                        up = Up::Refused;
+                    }
+                }
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -390,6 +428,19 @@ impl Haproxy {
         deadline: Instant,
     ) -> Result<(), String> {
         let request = Request::set_state(&self.backend, &member.server, state)
+            .map_err(|e| format!("haproxy {b}: {e}"))?;
+        let answer = retrying(deadline, || socket::ask(ctx.remote, b, &request)).await?;
+        api::set_state_answer(&answer).map_err(|e| format!("haproxy {b}: `{request}`: {e}"))
+    }
+
+    async fn health_up(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        b: &Balancer,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let request = Request::health_up(&self.backend, &member.server)
             .map_err(|e| format!("haproxy {b}: {e}"))?;
         let answer = retrying(deadline, || socket::ask(ctx.remote, b, &request)).await?;
         api::set_state_answer(&answer).map_err(|e| format!("haproxy {b}: `{request}`: {e}"))
@@ -419,6 +470,17 @@ impl Haproxy {
         api::parse_stat(&answer)
             .map_err(|e| format!("haproxy {b}: `{}`: {e}", Request::ServerStats))
     }
+}
+
+/// How an enable saw a server come up on one HAProxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Up {
+    /// By HAProxy's own check (or it never doubted the server).
+    Checked,
+    /// Told `health up` after shipit's check passed.
+    Told,
+    /// It refused `health up`: HAProxy's check decided.
+    Refused,
 }
 
 /// Runs `attempt` until it succeeds or `deadline` passes: a request that

@@ -36,8 +36,8 @@ fn actions_read_as_what_they_do() {
     );
     assert_eq!(
         action(LOCAL, LbOp::Enable).to_string(),
-        "haproxy local:/run/haproxy/admin.sock: set server app/web1 state ready; \
-         wait until HAProxy's check reports UP (≤20s)"
+        "haproxy local:/run/haproxy/admin.sock: set server app/web1 state ready \
+         (and health up, after shipit's own check passed); wait until HAProxy reports UP (≤20s)"
     );
     let pair = "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/a.sock\"\nvia = [\"web2\", \"ops@lb2:2222\"]\nbackend = \"app\"";
     assert_eq!(
@@ -233,7 +233,10 @@ async fn an_enable_carries_a_lost_request_again() {
         command_timeout: None,
         cancel: &never,
     };
-    let done = action.driver.enable(&ctx, &action.member).await;
+    let done = action
+        .driver
+        .enable(&ctx, &action.member, crate::lb::Proof::Checked)
+        .await;
     assert_eq!(done, Ok(Done::ok()));
     assert_eq!(
         *remote.asked.lock().unwrap(),
@@ -268,4 +271,92 @@ async fn a_refusal_from_haproxy_is_final() {
         "haproxy web2:/run/a.sock: `set server app/web1 state drain`: No such server."
     );
     assert_eq!(remote.asked.lock().unwrap().len(), 1);
+}
+
+/// `show stat` with web1 in `status`, its last check `check`.
+fn stat(status: &str, check: &str) -> String {
+    format!(
+        "# pxname,svname,qcur,scur,status,check_status,check_desc\napp,web1,0,0,{status},{check},x\n"
+    )
+}
+
+/// An enable whose server HAProxy's checks still hold back: told `health
+/// up` only when shipit's own check passed, and only from a state the
+/// checks made (never from maintenance).
+#[tokio::test]
+async fn health_up_only_after_shipits_own_check() {
+    use crate::lb::Proof;
+    let run = |answers: Vec<String>, proof: Proof| async move {
+        let remote = Flaky {
+            answers: Mutex::new(answers.into_iter().map(Ok).collect()),
+            asked: Mutex::new(Vec::new()),
+        };
+        let via_lb = "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/a.sock\"\nvia = \"web2\"\nbackend = \"app\"";
+        let action = action(via_lb, LbOp::Enable);
+        let never = CancellationToken::new();
+        let ctx = LbCtx {
+            remote: &remote,
+            observer: &Quiet,
+            command_timeout: None,
+            cancel: &never,
+        };
+        let done = action.driver.enable(&ctx, &action.member, proof).await;
+        (done, remote.asked.into_inner().unwrap())
+    };
+    for held in ["UP 1/2", "DOWN", "DOWN 1/2"] {
+        let (done, asked) = run(
+            vec![
+                "\n".into(),
+                stat(held, "L4CON"),
+                "\n".into(),
+                stat("UP", "L4CON"),
+            ],
+            Proof::Checked,
+        )
+        .await;
+        assert_eq!(
+            done.unwrap().result,
+            "ok (health up after shipit's check)",
+            "{held}"
+        );
+        assert_eq!(
+            asked,
+            [
+                "set server app/web1 state ready",
+                "show stat -1 4 -1",
+                "set server app/web1 health up",
+                "show stat -1 4 -1"
+            ],
+            "{held}"
+        );
+    }
+    // Without a passed check of shipit's, HAProxy's own check decides.
+    let (done, asked) = run(
+        vec!["\n".into(), stat("UP 1/2", "L4CON"), stat("UP", "L7OK")],
+        Proof::Unchecked,
+    )
+    .await;
+    assert_eq!(done, Ok(Done::ok()));
+    assert!(!asked.iter().any(|a| a.contains("health")), "{asked:?}");
+    // Maintenance is an operator's state, not a check's.
+    let (done, asked) = run(
+        vec!["\n".into(), stat("MAINT", "L7OK"), stat("UP", "L7OK")],
+        Proof::Checked,
+    )
+    .await;
+    assert_eq!(done, Ok(Done::ok()));
+    assert!(!asked.iter().any(|a| a.contains("health")), "{asked:?}");
+    // A server tracking another's checks refuses: HAProxy's check decides.
+    let (done, asked) = run(
+        vec![
+            "\n".into(),
+            stat("UP 1/2", "L4CON"),
+            "cannot change health on a tracking server.\n".into(),
+            stat("UP", "L7OK"),
+        ],
+        Proof::Checked,
+    )
+    .await;
+    assert_eq!(done, Ok(Done::ok()));
+    assert_eq!(asked.iter().filter(|a| a.contains("health up")).count(), 1);
 }

@@ -48,7 +48,7 @@ use tokio::time::Instant;
 use self::script::{Answer, Op};
 use self::upstream::Probe;
 use super::{
-    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight,
+    Done, Driver, DriverSpec, HostRef, LbCtx, LbError, LbOp, Member, OnTimeout, Preflight, Proof,
     ServiceState, Via, human,
 };
 use crate::config::Template;
@@ -256,7 +256,12 @@ impl Driver for Nginx {
         Ok(done)
     }
 
-    async fn enable(&self, ctx: &LbCtx<'_>, member: &Member) -> Result<Done, LbError> {
+    async fn enable(
+        &self,
+        ctx: &LbCtx<'_>,
+        member: &Member,
+        _proof: Proof,
+    ) -> Result<Done, LbError> {
         let results = join_all(
             self.balancers
                 .iter()

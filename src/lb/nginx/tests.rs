@@ -197,7 +197,12 @@ async fn perform(extra: &str, op: LbOp, remote: &Canned) -> Result<Done, LbError
     };
     match op {
         LbOp::Drain => action.driver.drain(&ctx, &action.member).await,
-        LbOp::Enable => action.driver.enable(&ctx, &action.member).await,
+        LbOp::Enable => {
+            action
+                .driver
+                .enable(&ctx, &action.member, crate::lb::Proof::Checked)
+                .await
+        }
     }
 }
 
