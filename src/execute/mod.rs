@@ -78,18 +78,13 @@ pub struct RunReport {
     pub hosts: Vec<HostSummary>,
 }
 
-/// Hosts receiving the release at once. Each upload in flight holds about
-/// an SSH window of it (sshd's is 2 MiB) in russh's buffers, 3 MB measured,
-/// so a bounded number keeps the controller's memory flat in the size of
-/// the fleet; 8 streams already keep a link or the hosts' unpacking busy.
-pub const UPLOADS_AT_ONCE: usize = 8;
-
 pub struct Executor<'a, T: Transport, L: Transport = LocalTransport> {
     transport: &'a T,
     local: &'a L,
     reporter: &'a dyn Reporter,
     archive: Option<Stdin>,
-    /// Uploads running at once (see [`UPLOADS_AT_ONCE`]).
+    /// Uploads running at once: as many as the transport carries well
+    /// ([`Transport::bulk_at_once`]).
     uploads: Arc<tokio::sync::Semaphore>,
     http: reqwest::Client,
     command_timeout: Option<Duration>,
@@ -112,7 +107,7 @@ impl<'a, T: Transport, L: Transport> Executor<'a, T, L> {
             local,
             reporter,
             archive: None,
-            uploads: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
+            uploads: Arc::new(tokio::sync::Semaphore::new(transport.bulk_at_once().max(1))),
             http: health::client(),
             command_timeout: None,
             cancel: CancellationToken::new(),

@@ -340,4 +340,11 @@ pub trait Transport: Send + Sync + 'static {
         request: ExecRequest,
         observer: &dyn ExecObserver,
     ) -> impl Future<Output = Result<Output, TransportError>> + Send;
+
+    /// Commands with bulk stdin (the release) worth running at once: what
+    /// keeps the hosts busy without growing the controller's memory with
+    /// the fleet.
+    fn bulk_at_once(&self) -> usize {
+        8
+    }
 }
