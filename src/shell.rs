@@ -84,6 +84,24 @@ impl From<&String> for Word {
     }
 }
 
+/// Every command in turn, each whether or not the ones before succeeded,
+/// in one line (one round trip): fails if any failed. For bookkeeping that
+/// belongs to one moment but not to one outcome.
+pub fn each(cmds: &[Cmd]) -> String {
+    let mut line = String::from("rc=0;");
+    for cmd in cmds {
+        line.push_str(&format!(" ( {} ) || rc=$?;", cmd.render()));
+    }
+    line.push_str(" [ \"$rc\" = 0 ]");
+    line
+}
+
+/// `first`, then `cmd` whatever became of `first`, in one line: the
+/// status is `cmd`'s. For bookkeeping that must not hold back what follows.
+pub fn after(first: &Cmd, cmd: &Cmd) -> String {
+    format!("( {} ); {}", first.render(), cmd.render())
+}
+
 /// A command: `cd CWD && NAME=VALUE... PROGRAM ARGS...`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Cmd {
@@ -360,5 +378,37 @@ mod tests {
         assert!(!valid_env_name("1X"));
         assert!(!valid_env_name("A-B"));
         assert!(!valid_env_name(""));
+    }
+
+    /// Runs `line` in a real `sh`: its stdout and whether it succeeded.
+    fn status(line: &str) -> (String, bool) {
+        let out = Command::new("sh").arg("-c").arg(line).output().unwrap();
+        (String::from_utf8(out.stdout).unwrap(), out.status.success())
+    }
+
+    #[test]
+    fn each_runs_every_command_and_fails_if_any_failed() {
+        let say = |w: &str| Cmd::new(["echo", w]);
+        let fail = Cmd::shell("echo no; exit 3");
+        assert_eq!(
+            status(&each(&[say("a"), say("b")])),
+            ("a\nb\n".into(), true)
+        );
+        assert_eq!(
+            status(&each(&[fail.clone(), say("b")])),
+            ("no\nb\n".into(), false)
+        );
+        assert_eq!(status(&each(&[say("a"), fail])), ("a\nno\n".into(), false));
+    }
+
+    #[test]
+    fn after_runs_the_command_whatever_became_of_the_first() {
+        let fail = Cmd::shell("echo no; exit 3");
+        let then = Cmd::new(["echo", "it's on"]).cwd("/");
+        assert_eq!(status(&after(&fail, &then)), ("no\nit's on\n".into(), true));
+        assert_eq!(
+            status(&after(&Cmd::new(["true"]), &Cmd::shell("exit 4"))),
+            (String::new(), false)
+        );
     }
 }

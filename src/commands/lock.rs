@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::exit::Exit;
 use crate::host::Layout;
 use crate::host::lock::{self, Attempt, HeldLock, LockInfo, LockKind};
+use crate::shell::Cmd;
 use crate::transport::{ExecRequest, Quiet, Transport};
 use crate::who;
 
@@ -412,9 +413,15 @@ impl<T: Transport> Held<'_, T> {
     }
 
     /// Gives the lock back on every host; hosts that cannot be reached keep
-    /// it until its lease runs out. Returns those hosts.
-    pub async fn release(self) -> Vec<String> {
-        let cmd = self.layout.lock_release(&self.run).render();
+    /// it until its lease runs out. Returns those hosts. `first` (the run's
+    /// last bookkeeping) runs ahead of it on each host, in the same round
+    /// trip; what becomes of it does not hold the lock back.
+    pub async fn release(self, first: Option<&Cmd>) -> Vec<String> {
+        let unlock = self.layout.lock_release(&self.run);
+        let cmd = match first {
+            Some(first) => crate::shell::after(first, &unlock),
+            None => unlock.render(),
+        };
         let results = join_all(
             self.hosts
                 .iter()
@@ -583,13 +590,14 @@ where
             ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
         })
         .await;
-    release(ctx, held).await;
+    release(ctx, held, None).await;
     result
 }
 
-/// Gives the lock back, saying where that was not possible.
-pub async fn release<T: Transport>(ctx: &Context, held: Held<'_, T>) {
-    let kept = held.release().await;
+/// Gives the lock back (after `first`, see [`Held::release`]), saying
+/// where that was not possible.
+pub async fn release<T: Transport>(ctx: &Context, held: Held<'_, T>, first: Option<&Cmd>) {
+    let kept = held.release(first).await;
     if !kept.is_empty() {
         ctx.note(
             None,

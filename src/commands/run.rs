@@ -109,15 +109,18 @@ where
             Ok(exit) => (exit.code(), None),
             Err(e) => (e.exit().code(), Some(e.to_string())),
         };
-        steering.ended(code, message).await;
-        result
+        Ok((result, steering.ended(code, message)))
     };
-    let result = held
+    let ran = held
         .keep_while(&signals.cancel, work, |why| {
             ctx.note(None, &format!("lost the deploy lock ({why}); stopping"))
         })
         .await;
-    lock::release(ctx, held).await;
+    let (result, ended) = match ran {
+        Ok((result, ended)) => (result, Some(ended)),
+        Err(e) => (Err(e), None),
+    };
+    lock::release(ctx, held, ended.as_ref()).await;
     result
 }
 

@@ -13,6 +13,7 @@ use super::step::{Failure, judge};
 use crate::host::journal;
 use crate::host::revlog::Entry;
 use crate::plan::{Plan, StepKind};
+use crate::shell;
 use crate::transport::{self, ExecRequest, Transport};
 
 impl<T: Transport, L: Transport> Executor<'_, T, L> {
@@ -46,17 +47,6 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         join_all(writes).await;
     }
 
-    pub(super) async fn journal(
-        &self,
-        plan: &Plan,
-        host: &str,
-        event: &str,
-        detail: Option<String>,
-    ) {
-        let mut entries = vec![self.journal_entry(plan, event, detail)];
-        self.flush_journal(plan, host, &mut entries).await;
-    }
-
     /// Writes `pending` entries to the host's journal in one command.
     pub(super) async fn flush_journal(
         &self,
@@ -88,27 +78,19 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         }
     }
 
-    pub(super) async fn journal_finished(&self, plan: &Plan, book: &Book, ok: bool) {
-        let results: Vec<(String, String)> = book
-            .all()
-            .into_iter()
-            .filter(|(_, r)| r.touched)
-            .map(|(h, r)| (h, outcome(&r, ok)))
-            .collect();
-        join_all(results.into_iter().map(|(host, result)| async move {
-            self.journal(plan, &host, "finished", Some(result)).await
-        }))
-        .await;
-    }
-
-    /// Appends the outcome to revisions.log on every host that took part.
-    pub(super) async fn revisions_log(&self, plan: &Plan, book: &Book, ok: bool) {
+    /// Closes the books on every host that took part, in one round trip
+    /// each: the journal's `finished` entry and the outcome appended to
+    /// revisions.log. Each is written even if the other cannot be.
+    pub(super) async fn close_books(&self, plan: &Plan, book: &Book, ok: bool) {
         let time = now_utc();
-        let entries: Vec<(String, Entry)> = book
+        let layout = &plan.bookkeeping.layout;
+        let writes: Vec<(String, String)> = book
             .all()
             .into_iter()
             .filter(|(_, run)| run.touched)
             .map(|(host, run)| {
+                let result = outcome(&run, ok);
+                let finished = self.journal_entry(plan, "finished", Some(result.clone()));
                 let entry = Entry {
                     time: time.clone(),
                     action: plan.operation.as_str().to_string(),
@@ -116,21 +98,27 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
                     previous: run.before.as_ref().map(ToString::to_string),
                     revision: plan.revision.clone(),
                     by: plan.bookkeeping.by.clone(),
-                    result: outcome(&run, ok),
+                    result,
                     message: None,
                     run: None,
                 };
-                (host, entry)
+                let line =
+                    shell::each(&[layout.journal(&[finished]), layout.record(&entry.to_line())]);
+                (host, line)
             })
             .collect();
-        let writes = entries.iter().map(|(host, entry)| {
-            self.quiet_exec(
-                host,
-                plan.bookkeeping.layout.record(&entry.to_line()),
-                "revisions.log",
-            )
-        });
-        join_all(writes).await;
+        join_all(writes.into_iter().map(|(host, line)| async move {
+            if let Err(e) = self
+                .exec_line(&host, line, "the journal or revisions.log")
+                .await
+            {
+                self.note(
+                    Some(&host),
+                    &format!("could not write the journal or revisions.log: {e}"),
+                );
+            }
+        }))
+        .await;
     }
 
     /// Writes `pending` entries before a step that must not start
@@ -165,8 +153,13 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         cmd: crate::shell::Cmd,
         what: &str,
     ) -> Result<(), String> {
+        self.exec_line(host, cmd.render(), what).await
+    }
+
+    /// Runs a rendered bookkeeping line on `host`.
+    async fn exec_line(&self, host: &str, command: String, what: &str) -> Result<(), String> {
         let request = ExecRequest {
-            command: cmd.render(),
+            command,
             stdin: None,
             timeout: Some(Duration::from_secs(30)),
         };

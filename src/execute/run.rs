@@ -1,8 +1,8 @@
 //! A whole run, phase by phase: the journal opened on every host, the
 //! `before` hooks, prepare (upload on all hosts at once), the rolling
 //! phase, the undo of a failed deploy, the finish (cleanup, `after` hooks)
-//! or the failure hooks, the journal closed and revisions.log written, and
-//! the per-host summary.
+//! or the failure hooks, the books closed (journal and revisions.log, one
+//! round trip per host), and the per-host summary.
 
 use super::book::Book;
 use super::capacity::Budget;
@@ -117,8 +117,7 @@ impl<T: Transport, L: Transport> Executor<'_, T, L> {
         if !rolled_out {
             self.failure_hooks(&run).await;
         }
-        self.journal_finished(plan, &run.book, rolled_out).await;
-        self.revisions_log(plan, &run.book, rolled_out).await;
+        self.close_books(plan, &run.book, rolled_out).await;
 
         let hosts = run.book.summaries(plan);
         let ok = rolled_out

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::Control;
 use crate::host::Layout;
 use crate::host::steer::{self, Ended, Polled, Requests};
+use crate::shell::Cmd;
 use crate::transport::{ExecRequest, Quiet, Transport};
 
 /// How often the run looks for requests: a request is picked up within
@@ -61,17 +62,17 @@ impl<'t, T: Transport> Steering<'t, T> {
         out
     }
 
-    /// The run is over: publishes how it ended (requesters waiting for it
-    /// read this) and closes the hosts to requests.
-    pub async fn ended(&self, exit_code: u8, message: Option<String>) {
+    /// The run is over: the command that publishes how it ended (requesters
+    /// waiting for it read this) and closes the hosts to requests. It goes
+    /// ahead of the lock's release, in the same round trip.
+    pub fn ended(&self, exit_code: u8, message: Option<String>) -> Cmd {
         let (mut state, log) = self.control.publication();
         state.stage = steer::Stage::Ended;
         state.bake_left_ms = None;
         state.paused = None;
         state.pending.clear();
         state.ended = Some(Ended { exit_code, message });
-        let cmd = self.layout.steer_publish(Requests::Close, &state, &log);
-        join_all(self.hosts.iter().map(|h| self.exec(h, cmd.render()))).await;
+        self.layout.steer_publish(Requests::Close, &state, &log)
     }
 
     /// Reads requests from one host until `done`.
