@@ -414,20 +414,15 @@ impl<T: Transport> Held<'_, T> {
 
     /// Gives the lock back on every host; hosts that cannot be reached keep
     /// it until its lease runs out. Returns those hosts. `first` (the run's
-    /// last bookkeeping) runs ahead of it on each host, in the same round
-    /// trip; what becomes of it does not hold the lock back.
-    pub async fn release(self, first: Option<&Cmd>) -> Vec<String> {
+    /// last bookkeeping, per host) runs ahead of it on each host, in the
+    /// same round trip; what becomes of it does not hold the lock back.
+    pub async fn release(self, first: Option<&dyn Fn(&str) -> Cmd>) -> Vec<String> {
         let unlock = self.layout.lock_release(&self.run);
-        let cmd = match first {
-            Some(first) => crate::shell::after(first, &unlock),
+        let line = |host: &str| match first {
+            Some(first) => crate::shell::after(&first(host), &unlock),
             None => unlock.render(),
         };
-        let results = join_all(
-            self.hosts
-                .iter()
-                .map(|h| exec(self.transport, h, cmd.clone())),
-        )
-        .await;
+        let results = join_all(self.hosts.iter().map(|h| exec(self.transport, h, line(h)))).await;
         self.hosts
             .iter()
             .zip(results)
@@ -596,7 +591,11 @@ where
 
 /// Gives the lock back (after `first`, see [`Held::release`]), saying
 /// where that was not possible.
-pub async fn release<T: Transport>(ctx: &Context, held: Held<'_, T>, first: Option<&Cmd>) {
+pub async fn release<T: Transport>(
+    ctx: &Context,
+    held: Held<'_, T>,
+    first: Option<&dyn Fn(&str) -> Cmd>,
+) {
     let kept = held.release(first).await;
     if !kept.is_empty() {
         ctx.note(

@@ -120,7 +120,13 @@ where
         Ok((result, ended)) => (result, Some(ended)),
         Err(e) => (Err(e), None),
     };
-    lock::release(ctx, held, ended.as_ref()).await;
+    let last_words = ended.map(|ending| move |host: &str| ending.on(host).clone());
+    lock::release(
+        ctx,
+        held,
+        last_words.as_ref().map(|f| f as &dyn Fn(&str) -> _),
+    )
+    .await;
     result
 }
 

@@ -259,7 +259,8 @@ fn a_deploy_paused_from_another_process_switches_no_host_until_resumed() {
         assert!(at.duration_since(p.paused).unwrap() >= Duration::from_secs(5));
         assert_ne!(current(&fleet, host), v1);
     }
-    // Who paused and resumed is on record on every host.
+    // Who paused and resumed is on record on every host: on the run's
+    // mailboxes (web1..web3) as it answered, on web4 with the lock's release.
     for host in names() {
         let log = steering_log(&fleet, &host);
         let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();
