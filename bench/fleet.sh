@@ -37,6 +37,8 @@
 # requests of all runs, and shipit/script. Every run's figures go to
 # $BENCH_OUT (default /tmp/shipit-fleetbench.log) as well. BENCH_KEEP=1 keeps
 # the work directory (each run's `--json` events and logs) for a post-mortem.
+# A run that lost requests also prints the load generator's failures and the
+# HAProxy servers with connection or response errors or aborts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -176,7 +178,16 @@ measure() { # tool case-dir batch
 	failed=${failed%% *}
 	local total=${load##*total=}
 	[[ $rc == 0 ]] || { echo "bench: $tool failed (exit $rc):" >&2; tail -n 20 "$dir/$tool.log" >&2; }
-	[[ $failed == 0 ]] || cat "$dir/load.err" >&2
+	if [[ $failed != 0 ]]; then
+		cat "$dir/load.err" >&2
+		# Which servers HAProxy saw fail, and how: connection errors, response
+		# errors, aborts by the server or the client (counted since it started).
+		echo "show stat" | socat -t 2 stdio "UNIX-CONNECT:$FLEET_HAPROXY_SOCKET" >"$dir/haproxy-stat.$tool.csv" || true
+		awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+			$1 == "app" && ($c["econ"] + $c["eresp"] + $c["srv_abrt"] + $c["cli_abrt"] > 0) {
+				printf "  haproxy %s/%s: econ %s eresp %s srv_abrt %s cli_abrt %s\n", $1, $2, $c["econ"], $c["eresp"], $c["srv_abrt"], $c["cli_abrt"]
+			}' "$dir/haproxy-stat.$tool.csv" >&2 || true
+	fi
 	all_up || rc=99
 	echo "$tool $wall $(echo "$user + $sys" | bc) $rss $failed $total $rc" >>"$dir/runs"
 	printf '  %-6s wall %6.2f s  cpu %5.2f s  rss %4d MB  failed %d of %d  exit %d\n' \
