@@ -5,58 +5,11 @@
 
 use std::time::Duration;
 
-use crate::support::fleet::{Fleet, FleetOptions, Haproxy, wait_for};
-use crate::support::load::Load;
-use crate::support::shipit::{DEPLOY_TO, Project, host_state, standard_config};
-
-fn fleet(hosts: usize) -> Fleet {
-    Fleet::start(FleetOptions {
-        hosts,
-        haproxy: Haproxy::Local,
-        bastion: false,
-    })
-}
-
-/// The standard config behind HAProxy, driven through its runtime API,
-/// plus `extra` TOML.
-fn config(fleet: &Fleet, extra: &str) -> String {
-    let lb = format!(
-        "[stages.test.lb]\ndriver = \"haproxy\"\nsocket = \"{}\"\nbackend = \"app\"\n",
-        fleet.haproxy_socket().display()
-    );
-    standard_config(fleet, &format!("{lb}\n{extra}"))
-}
-
-/// Requests through HAProxy while `f` runs: none may fail, whatever went
-/// wrong with the deploy itself.
-fn no_request_fails<T>(fleet: &Fleet, what: &str, f: impl FnOnce() -> T) -> T {
-    let load = Load::start(&fleet.lb_url(), 4, 100);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f();
-    std::thread::sleep(Duration::from_millis(500));
-    let report = load.stop();
-    println!("{what}: {}", report.summary());
-    assert!(
-        report.total() > 100,
-        "{what}: the load did not run: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{what}: {} request(s) failed:\n{}",
-        report.failures().len(),
-        report.failure_list(10)
-    );
-    out
-}
-
-fn names(fleet: &Fleet) -> Vec<String> {
-    fleet.hosts().into_iter().map(|h| h.name).collect()
-}
-
-fn current(fleet: &Fleet, host: &str) -> Option<String> {
-    host_state(fleet, host, DEPLOY_TO).current
-}
+use crate::support::behind_haproxy::{
+    admin_states, config, current, deploy_v1, fleet, names, no_request_fails,
+};
+use crate::support::fleet::{Fleet, wait_for};
+use crate::support::shipit::{DEPLOY_TO, Project, host_state};
 
 /// Every host serves `release` and HAProxy has none of them drained or in
 /// maintenance (the admin state, whatever its checks currently say).
@@ -72,28 +25,6 @@ fn all_serve_and_none_drained(fleet: &Fleet, release: &str) {
         );
     }
     assert_no_host_drained(fleet);
-}
-
-/// `srv_admin_state` of every server of backend `app`: a bit field where 0
-/// means ready (neither drained nor in maintenance).
-fn admin_states(fleet: &Fleet) -> Vec<(String, String)> {
-    let state = fleet.haproxy_cmd("show servers state app");
-    let mut lines = state.lines().skip(1);
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("# ")
-        .split(' ')
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (name, admin) = (col("srv_name"), col("srv_admin_state"));
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields[name].to_string(), fields[admin].to_string())
-        })
-        .collect()
 }
 
 fn admin_state(fleet: &Fleet, server: &str) -> String {
@@ -119,20 +50,6 @@ fn assert_unlocked(fleet: &Fleet) {
             "{host} still locked"
         );
     }
-}
-
-/// Deploys v1 everywhere and returns its release id.
-fn deploy_v1(project: &Project, fleet: &Fleet) -> String {
-    project.shipit(&["test", "deploy", "-q"]).success();
-    let r1 = current(fleet, "web1").unwrap();
-    for host in names(fleet) {
-        wait_for(
-            Duration::from_secs(10),
-            &format!("HAProxy to see {host} UP"),
-            || fleet.haproxy_server_status(&host).as_deref() == Some("UP"),
-        );
-    }
-    r1
 }
 
 #[test]

@@ -5,27 +5,11 @@
 
 use std::time::Duration;
 
-use crate::support::fleet::{Fleet, FleetOptions, Haproxy, wait_for};
-use crate::support::shipit::{DEPLOY_TO, Project, host_state, standard_config};
+use crate::support::behind_haproxy::{admin_states, config, current, deploy_v1, fleet, names};
+use crate::support::fleet::Fleet;
+use crate::support::shipit::{DEPLOY_TO, Project, host_state};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn fleet(hosts: usize) -> Fleet {
-    Fleet::start(FleetOptions {
-        hosts,
-        haproxy: Haproxy::Local,
-        bastion: false,
-    })
-}
-
-/// The standard config behind HAProxy, plus `extra` TOML.
-fn config(fleet: &Fleet, extra: &str) -> String {
-    let lb = format!(
-        "[stages.test.lb]\ndriver = \"haproxy\"\nsocket = \"{}\"\nbackend = \"app\"\n",
-        fleet.haproxy_socket().display()
-    );
-    standard_config(fleet, &format!("{lb}\n{extra}"))
-}
 
 /// Restarts take a second (so a run can be caught mid-way), batches of
 /// `batch`, health checks give up after 3 s.
@@ -35,50 +19,6 @@ fn slow(batch: usize) -> String {
          [stages.test.rollout]\nrolling_batch_size = {batch}\nlock_lease = \"60s\"\n\
          [stages.test.health]\ntimeout = \"3s\"\n"
     )
-}
-
-fn names(fleet: &Fleet) -> Vec<String> {
-    fleet.hosts().into_iter().map(|h| h.name).collect()
-}
-
-fn current(fleet: &Fleet, host: &str) -> Option<String> {
-    host_state(fleet, host, DEPLOY_TO).current
-}
-
-/// Deploys v1 everywhere, waits for HAProxy to see every host up, and
-/// returns the release id.
-fn deploy_v1(project: &Project, fleet: &Fleet) -> String {
-    project.shipit(&["test", "deploy", "-q"]).success();
-    let r1 = current(fleet, "web1").unwrap();
-    for host in names(fleet) {
-        wait_for(
-            Duration::from_secs(10),
-            &format!("HAProxy to see {host} UP"),
-            || fleet.haproxy_server_status(&host).as_deref() == Some("UP"),
-        );
-    }
-    r1
-}
-
-/// `srv_admin_state` of every server of backend `app` (0: ready).
-fn admin_states(fleet: &Fleet) -> Vec<(String, String)> {
-    let state = fleet.haproxy_cmd("show servers state app");
-    let mut lines = state.lines().skip(1);
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("# ")
-        .split(' ')
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (name, admin) = (col("srv_name"), col("srv_admin_state"));
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields[name].to_string(), fields[admin].to_string())
-        })
-        .collect()
 }
 
 /// Every host's `current` is `release` and its app answers as `release`;

@@ -8,57 +8,16 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::fleet::{Fleet, FleetOptions, Haproxy, wait_for};
-use crate::support::load::Load;
-use crate::support::shipit::{DEPLOY_TO, Project, Running, host_state, standard_config};
-
-fn fleet(hosts: usize) -> Fleet {
-    Fleet::start(FleetOptions {
-        hosts,
-        haproxy: Haproxy::Local,
-        bastion: false,
-    })
-}
-
-/// The standard config behind HAProxy (its admin socket at `socket`), plus
-/// `extra` TOML.
-fn config(fleet: &Fleet, socket: &Path, extra: &str) -> String {
-    let lb = format!(
-        "[stages.test.lb]\ndriver = \"haproxy\"\nsocket = \"{}\"\nbackend = \"app\"\n",
-        socket.display()
-    );
-    standard_config(fleet, &format!("{lb}\n{extra}"))
-}
-
-fn names(fleet: &Fleet) -> Vec<String> {
-    fleet.hosts().into_iter().map(|h| h.name).collect()
-}
-
-/// `srv_admin_state` of every server of backend `app` (0: ready).
-fn admin_states(fleet: &Fleet) -> Vec<(String, String)> {
-    let state = fleet.haproxy_cmd("show servers state app");
-    let mut lines = state.lines().skip(1);
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("# ")
-        .split(' ')
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (name, admin) = (col("srv_name"), col("srv_admin_state"));
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (fields[name].to_string(), fields[admin].to_string())
-        })
-        .collect()
-}
+use crate::support::behind_haproxy::{
+    admin_states, config, config_at, fleet, names, no_request_fails,
+};
+use crate::support::fleet::{Fleet, wait_for};
+use crate::support::shipit::{DEPLOY_TO, Project, Running, host_state};
 
 /// What a run must leave, whatever stopped it: every server ready in
 /// HAProxy, every host serving exactly the release its `current` names
@@ -89,28 +48,6 @@ fn every_host_back(fleet: &Fleet, allowed: &[&str], what: &str) -> Vec<String> {
         releases.push(current);
     }
     releases
-}
-
-/// Requests through HAProxy while `f` runs: none may fail.
-fn no_request_fails<T>(fleet: &Fleet, what: &str, f: impl FnOnce() -> T) -> T {
-    let load = Load::start(&fleet.lb_url(), 4, 100);
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f();
-    std::thread::sleep(Duration::from_millis(500));
-    let report = load.stop();
-    println!("{what}: {}", report.summary());
-    assert!(
-        report.total() > 100,
-        "{what}: the load did not run: {}",
-        report.summary()
-    );
-    assert!(
-        report.failures().is_empty(),
-        "{what}: {} request(s) failed:\n{}",
-        report.failures().len(),
-        report.failure_list(10)
-    );
-    out
 }
 
 /// The `-v` line that announces `step` on `host`.
@@ -165,7 +102,7 @@ fn a_signal_at_every_point_between_drain_and_enable_puts_every_host_back() {
     let extra = "[stages.test.app]\nrestart = \"sleep 1; bin/restart\"\n\
                  [stages.test.rollout]\nrolling_batch_size = 2\n\
                  [hooks]\nbefore_switch = [\"sleep 1\"]\nafter_switch = [\"sleep 1\"]\n";
-    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let project = Project::new(&config(&fleet, extra));
     let mut previous = vec![deploy_v1(&project, &fleet); 4];
     std::fs::write(project.path().join("dist/BOOT_DELAY"), "2").unwrap();
     let points = [
@@ -216,7 +153,7 @@ fn sighup_mid_batch_puts_hosts_back_and_releases_the_lock() {
     let fleet = fleet(3);
     let extra = "[stages.test.app]\nrestart = \"sleep 1; bin/restart\"\n\
                  [stages.test.rollout]\nrolling_batch_size = 2\n";
-    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let project = Project::new(&config(&fleet, extra));
     let r1 = deploy_v1(&project, &fleet);
     project.set_version("v2");
     let run = no_request_fails(&fleet, "SIGHUP mid-batch", || {
@@ -249,7 +186,7 @@ fn a_second_signal_stops_a_hanging_restart_and_puts_hosts_back() {
     let extra = "[stages.test.app]\n\
                  restart = \"if [ -f HANG ]; then sleep 600; fi; bin/restart\"\n\
                  [stages.test.rollout]\nrolling_batch_size = 2\n";
-    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let project = Project::new(&config(&fleet, extra));
     let r1 = deploy_v1(&project, &fleet);
     std::fs::write(project.path().join("dist/HANG"), "").unwrap();
     for (first, second) in [("INT", "INT"), ("INT", "TERM")] {
@@ -293,7 +230,7 @@ fn a_restart_that_never_returns_fails_after_restart_timeout_and_is_rolled_back()
     let extra = "[stages.test.app]\n\
                  restart = \"if [ -f HANG ]; then sleep 600; fi; bin/restart\"\n\
                  restart_timeout = \"2s\"\n";
-    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let project = Project::new(&config(&fleet, extra));
     let r1 = deploy_v1(&project, &fleet);
     std::fs::write(project.path().join("dist/HANG"), "").unwrap();
     project.set_version("v2");
@@ -375,7 +312,7 @@ impl DroppingProxy {
 fn an_admin_socket_that_drops_a_request_mid_enable_still_gets_the_host_back() {
     let fleet = fleet(2);
     let proxy = DroppingProxy::start(fleet.haproxy_socket());
-    let project = Project::new(&config(&fleet, &proxy.path, ""));
+    let project = Project::new(&config_at(&fleet, &proxy.path, ""));
     let r1 = deploy_v1(&project, &fleet);
     assert_eq!(proxy.dropped.load(Ordering::SeqCst), 1, "v1 had its drop");
     // Once more, with the drop during this deploy's first enable.
@@ -403,7 +340,7 @@ fn a_second_signal_during_a_health_check_puts_a_host_that_answers_back() {
     let fleet = fleet(2);
     let extra =
         "[stages.test.health]\nhealthy_threshold = 20\ninterval = \"500ms\"\ntimeout = \"30s\"\n";
-    let project = Project::new(&config(&fleet, &fleet.haproxy_socket(), extra));
+    let project = Project::new(&config(&fleet, extra));
     let r1 = deploy_v1(&project, &fleet);
     project.set_version("v2");
     let (run, took) = no_request_fails(&fleet, "a second signal during a health check", || {
