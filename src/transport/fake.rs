@@ -59,6 +59,16 @@ impl FakeTransport {
         self
     }
 
+    /// Every command's text, in the order they ran.
+    pub fn commands(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
     /// `host:label` for every command whose text contains one of `labels`.
     pub fn steps(&self, labels: &[&str]) -> Vec<String> {
         self.log
