@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::support::behind_haproxy::{
-    admin_states, config, current, deploy_v1, fleet, names, no_request_fails,
+    admin_states, assert_no_host_drained, assert_unlocked, config, current, deploy_v1, fleet,
+    names, no_request_fails,
 };
 use crate::support::fleet::{Fleet, wait_for};
 use crate::support::shipit::{DEPLOY_TO, Project, host_state};
@@ -33,23 +34,6 @@ fn admin_state(fleet: &Fleet, server: &str) -> String {
         .find(|(n, _)| n == server)
         .map(|(_, s)| s)
         .unwrap_or_default()
-}
-
-#[track_caller]
-fn assert_no_host_drained(fleet: &Fleet) {
-    for (server, state) in admin_states(fleet) {
-        assert_eq!(state, "0", "{server} is drained or in maintenance");
-    }
-}
-
-#[track_caller]
-fn assert_unlocked(fleet: &Fleet) {
-    for host in names(fleet) {
-        assert!(
-            !fleet.exists(&host, &format!("{DEPLOY_TO}/.shipit/lock")),
-            "{host} still locked"
-        );
-    }
 }
 
 #[test]

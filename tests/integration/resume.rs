@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::support::behind_haproxy::{admin_states, config, current, deploy_v1, fleet, names};
+use crate::support::behind_haproxy::{
+    assert_no_host_drained, assert_unlocked, config, current, deploy_v1, fleet, names,
+};
 use crate::support::fleet::Fleet;
 use crate::support::shipit::{DEPLOY_TO, Project, host_state};
 
@@ -34,15 +36,8 @@ fn all_serve(fleet: &Fleet, release: &str) {
             "{host} serves {body:?}"
         );
     }
-    for (server, state) in admin_states(fleet) {
-        assert_eq!(state, "0", "{server} is drained or in maintenance");
-    }
-    for host in names(fleet) {
-        assert!(
-            !fleet.exists(&host, &format!("{DEPLOY_TO}/.shipit/lock")),
-            "{host} still locked"
-        );
-    }
+    assert_no_host_drained(fleet);
+    assert_unlocked(fleet);
 }
 
 /// Two `deploy --resume` of the same dead run, started at once on the same

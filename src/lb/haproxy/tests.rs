@@ -330,33 +330,38 @@ async fn health_up_only_after_shipits_own_check() {
             "{held}"
         );
     }
-    // Without a passed check of shipit's, HAProxy's own check decides.
-    let (done, asked) = run(
-        vec!["\n".into(), stat("UP 1/2", "L4CON"), stat("UP", "L7OK")],
-        Proof::Unchecked,
-    )
-    .await;
-    assert_eq!(done, Ok(Done::ok()));
-    assert!(!asked.iter().any(|a| a.contains("health")), "{asked:?}");
-    // Maintenance is an operator's state, not a check's.
-    let (done, asked) = run(
-        vec!["\n".into(), stat("MAINT", "L7OK"), stat("UP", "L7OK")],
-        Proof::Checked,
-    )
-    .await;
-    assert_eq!(done, Ok(Done::ok()));
-    assert!(!asked.iter().any(|a| a.contains("health")), "{asked:?}");
-    // A server tracking another's checks refuses: HAProxy's check decides.
-    let (done, asked) = run(
-        vec![
-            "\n".into(),
-            stat("UP 1/2", "L4CON"),
-            "cannot change health on a tracking server.\n".into(),
-            stat("UP", "L7OK"),
-        ],
-        Proof::Checked,
-    )
-    .await;
-    assert_eq!(done, Ok(Done::ok()));
-    assert_eq!(asked.iter().filter(|a| a.contains("health up")).count(), 1);
+    // HAProxy's own check decides: without a passed check of shipit's, for
+    // a server in maintenance (an operator's state, not a check's), and
+    // when a server tracking another's checks refuses `health up`.
+    let cases: [(&str, Vec<String>, Proof, usize); 3] = [
+        (
+            "unchecked",
+            vec!["\n".into(), stat("UP 1/2", "L4CON"), stat("UP", "L7OK")],
+            Proof::Unchecked,
+            0,
+        ),
+        (
+            "maintenance",
+            vec!["\n".into(), stat("MAINT", "L7OK"), stat("UP", "L7OK")],
+            Proof::Checked,
+            0,
+        ),
+        (
+            "tracking",
+            vec![
+                "\n".into(),
+                stat("UP 1/2", "L4CON"),
+                "cannot change health on a tracking server.\n".into(),
+                stat("UP", "L7OK"),
+            ],
+            Proof::Checked,
+            1,
+        ),
+    ];
+    for (why, answers, proof, told) in cases {
+        let (done, asked) = run(answers, proof).await;
+        assert_eq!(done, Ok(Done::ok()), "{why}");
+        let ups = asked.iter().filter(|a| a.contains("health up")).count();
+        assert_eq!(ups, told, "{why}: {asked:?}");
+    }
 }

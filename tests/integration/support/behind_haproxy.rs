@@ -62,6 +62,26 @@ pub fn admin_states(fleet: &Fleet) -> Vec<(String, String)> {
         .collect()
 }
 
+/// HAProxy has no server of the fleet drained or in maintenance (its admin
+/// state, whatever its checks say now).
+#[track_caller]
+pub fn assert_no_host_drained(fleet: &Fleet) {
+    for (server, state) in admin_states(fleet) {
+        assert_eq!(state, "0", "{server} is drained or in maintenance");
+    }
+}
+
+/// No host holds the deploy lock.
+#[track_caller]
+pub fn assert_unlocked(fleet: &Fleet) {
+    for host in names(fleet) {
+        assert!(
+            !fleet.exists(&host, &format!("{DEPLOY_TO}/.shipit/lock")),
+            "{host} still locked"
+        );
+    }
+}
+
 /// Deploys v1 everywhere, waits for HAProxy to see every host UP, and
 /// returns the release id.
 pub fn deploy_v1(project: &Project, fleet: &Fleet) -> String {
