@@ -4,8 +4,9 @@
 //!
 //! Find the run that holds the deploy lock on the stage's hosts (a live
 //! deploy or rollback that takes requests), write the request on every
-//! host holding that lock (`host::steer`), then wait for the run's answer
-//! in the state it publishes there: taken, done, refused, or too late. A
+//! host holding that lock that takes it (the run's mailboxes, see
+//! `execute::control::remote`), then wait for the run's answer in the
+//! state it publishes there: taken, done, refused, or too late. A
 //! `pause` waits until the run is paused; a `rollback` until the deploy
 //! it stopped has rolled back, and ends as that did. Nothing is changed
 //! when no run is going: the command says so and exits 1.
