@@ -75,17 +75,48 @@ pub fn deploy_plan(
 ) -> Result<crate::plan::Plan, crate::plan::PlanError> {
     let f = facts(stage, Some(2), &[1, 2]);
     crate::plan::deploy(&crate::plan::DeployInput {
+        facts: with_facts.then_some(&f),
+        service,
+        ..deploy_input(stage, &f)
+    })
+}
+
+/// A deploy of release 3 (revision `abc`) to every host of `stage` as the
+/// test run, found as `facts` say, without `[env]`, a digest or a load
+/// balancer's view; a test changes what it is about with `..`.
+pub fn deploy_input<'a>(
+    stage: &'a Stage,
+    facts: &'a BTreeMap<String, HostFacts>,
+) -> crate::plan::DeployInput<'a> {
+    crate::plan::DeployInput {
         stage,
         hosts: &stage.hosts,
         release: id(3),
         revision: "abc".into(),
-        facts: with_facts.then_some(&f),
+        facts: Some(facts),
         run: run(),
         env: &[],
         resume: false,
         digest: String::new(),
-        service,
-    })
+        service: None,
+    }
+}
+
+/// A rollback of every host of `stage` to its previous release, as the
+/// test run, found as `facts` say; a test changes the rest with `..`.
+pub fn rollback_input<'a>(
+    stage: &'a Stage,
+    facts: &'a BTreeMap<String, HostFacts>,
+) -> crate::plan::RollbackInput<'a> {
+    crate::plan::RollbackInput {
+        stage,
+        hosts: &stage.hosts,
+        to: None,
+        facts,
+        run: run(),
+        env: &[],
+        service: None,
+    }
 }
 
 pub fn run() -> crate::plan::Run {

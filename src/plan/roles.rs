@@ -290,8 +290,8 @@ mod tests {
 
     use super::*;
     use crate::config::{self, BatchSize};
-    use crate::plan::{Action, CheckKind, DeployInput, Pipeline, RollbackInput, deploy, rollback};
-    use crate::testing::{facts, id, run};
+    use crate::plan::{Action, CheckKind, Pipeline, deploy, rollback};
+    use crate::testing::{self, facts};
 
     /// Three web servers behind a load balancer, one worker outside it.
     fn stage(extra: &str) -> Stage {
@@ -332,19 +332,7 @@ hosts = [
 
     fn plan(stage: &Stage) -> Plan {
         let f = facts(stage, Some(2), &[1, 2]);
-        deploy(&DeployInput {
-            stage,
-            hosts: &stage.hosts,
-            release: id(3),
-            revision: "abc".into(),
-            facts: Some(&f),
-            run: run(),
-            env: &[],
-            resume: false,
-            digest: String::new(),
-            service: None,
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
+        deploy(&testing::deploy_input(stage, &f)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     use crate::plan::Plan;
@@ -578,16 +566,7 @@ hosts = [
         let stage = stage("");
         let mut f = facts(&stage, Some(3), &[1, 2, 3]);
         f.get_mut("web2").unwrap().releases[1].revision = "other".into();
-        let plan = rollback(&RollbackInput {
-            stage: &stage,
-            hosts: &stage.hosts,
-            to: None,
-            facts: &f,
-            run: run(),
-            env: &[],
-            service: None,
-        })
-        .unwrap();
+        let plan = rollback(&testing::rollback_input(&stage, &f)).unwrap();
         let body = |host: &str| match check_of(plan.rolling(host).unwrap()) {
             CheckKind::Http { expect_body, .. } => expect_body.clone().unwrap(),
             CheckKind::Command { cmd } => cmd.render(),
@@ -597,16 +576,7 @@ hosts = [
         assert!(body("jobs1").ends_with("revision=rev2'"));
         // Without a revision there, the check could not tell: refused.
         f.get_mut("web3").unwrap().releases[1].revision.clear();
-        let err = rollback(&RollbackInput {
-            stage: &stage,
-            hosts: &stage.hosts,
-            to: None,
-            facts: &f,
-            run: run(),
-            env: &[],
-            service: None,
-        })
-        .unwrap_err();
+        let err = rollback(&testing::rollback_input(&stage, &f)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "not deploying; nothing was changed on any host:\n  web3: the health check uses {revision}, but release \

@@ -263,16 +263,8 @@ async fn hooks_run_at_their_points_and_a_failing_before_hook_changes_nothing() {
     let f = facts(&stage, Some(2), &[1, 2]);
     let make = || {
         deploy(&DeployInput {
-            stage: &stage,
-            hosts: &stage.hosts,
-            release: id(3),
             revision: String::new(),
-            facts: Some(&f),
-            run: testing::run(),
-            resume: false,
-            digest: String::new(),
-            env: &[],
-            service: None,
+            ..testing::deploy_input(&stage, &f)
         })
         .unwrap()
     };

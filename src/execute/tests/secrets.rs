@@ -11,16 +11,9 @@ async fn secrets_travel_on_stdin_never_on_the_command_line() {
         crate::shell::Word::Secret("s3cret".into()),
     )];
     let plan = deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
         revision: String::new(),
-        facts: Some(&f),
-        run: testing::run(),
-        resume: false,
-        digest: String::new(),
         env: &env,
-        service: None,
+        ..testing::deploy_input(&stage, &f)
     })
     .unwrap();
     let remote = FakeTransport::default();

@@ -120,16 +120,8 @@ fn preflight_refuses_before_changing_anything() {
         .push(".env".into());
     f.get_mut("web1").unwrap().current = crate::host::Current::NotALink;
     let err = deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
         revision: String::new(),
-        facts: Some(&f),
-        run: run(),
-        env: &[],
-        resume: false,
-        digest: String::new(),
-        service: None,
+        ..testing::deploy_input(&stage, &f)
     })
     .unwrap_err()
     .to_string();

@@ -40,16 +40,8 @@ fn gates_measure_every_host_switched_so_far_during_each_bake() {
         crate::shell::Word::Secret("s3cret".into()),
     )];
     let plan = deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: run(),
         env: &env,
-        resume: false,
-        digest: String::new(),
-        service: None,
+        ..testing::deploy_input(&stage, &f)
     })
     .unwrap();
     let measured: Vec<Vec<&str>> = plan
@@ -147,16 +139,7 @@ fn hosts_kept_out_are_not_measured_and_rollbacks_are_not_gated() {
 
     let stage = stage(2, GATED);
     let f = facts(&stage, Some(3), &[1, 2, 3]);
-    let plan = rollback(&RollbackInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        to: None,
-        facts: &f,
-        run: run(),
-        env: &[],
-        service: None,
-    })
-    .unwrap();
+    let plan = rollback(&testing::rollback_input(&stage, &f)).unwrap();
     assert!(!plan.batches.is_empty());
     assert!(plan.batches.iter().all(|b| b.gates.is_empty()));
 }

@@ -32,16 +32,8 @@ fn hooks_go_where_they_belong() {
         ),
     ];
     let plan = deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
-        run: run(),
-        resume: false,
-        digest: String::new(),
         env: &env,
-        service: None,
+        ..testing::deploy_input(&stage, &f)
     })
     .unwrap();
     let kinds_of = |steps: &[Step]| steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>();

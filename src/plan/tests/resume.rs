@@ -34,16 +34,9 @@ fn resumed_plan(undoing: bool, journals: [&[&str]; 3], currents: [u32; 3]) -> Pl
         undoing,
     });
     deploy(&DeployInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        release: id(3),
-        revision: "abc".into(),
-        facts: Some(&f),
         run,
-        env: &[],
         resume: true,
-        digest: String::new(),
-        service: None,
+        ..testing::deploy_input(&stage, &f)
     })
     .unwrap()
 }

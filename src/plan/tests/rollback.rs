@@ -8,16 +8,7 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
     let mut f = facts(&stage, Some(3), &[1, 2, 3]);
     // web3 was never switched to 3 (a deploy that stopped early).
     f.get_mut("web3").unwrap().current = crate::host::Current::Release(id(2));
-    let plan = rollback(&RollbackInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        to: None,
-        facts: &f,
-        run: run(),
-        env: &[],
-        service: None,
-    })
-    .unwrap();
+    let plan = rollback(&testing::rollback_input(&stage, &f)).unwrap();
     assert_eq!(plan.release, id(2));
     assert_eq!(plan.revision, "rev2");
     let batches: Vec<Vec<&str>> = plan.batches.iter().map(|b| hosts(&b.pipelines)).collect();
@@ -49,16 +40,7 @@ fn rollback_rolls_the_hosts_not_yet_on_the_target() {
 fn rollback_with_nothing_older_is_an_error() {
     let stage = stage(1, "");
     let f = facts(&stage, Some(1), &[1]);
-    let err = rollback(&RollbackInput {
-        stage: &stage,
-        hosts: &stage.hosts,
-        to: None,
-        facts: &f,
-        run: run(),
-        env: &[],
-        service: None,
-    })
-    .unwrap_err();
+    let err = rollback(&testing::rollback_input(&stage, &f)).unwrap_err();
     assert!(
         err.to_string().starts_with("nothing to roll back to"),
         "{err}"
