@@ -298,3 +298,22 @@ impl Write for Buffer {
         Ok(())
     }
 }
+
+/// The `op` of host number `host` (0-based) of a stage of `hosts` hosts
+/// whose `[lb]` (in `extra`) the test is about.
+pub fn lb_action(
+    hosts: usize,
+    extra: &str,
+    op: crate::lb::LbOp,
+    host: usize,
+) -> crate::lb::LbAction {
+    let stage = stage(hosts, extra);
+    let driver = stage.lb.clone().expect("a stage with a load balancer");
+    let vars = stage.vars(&stage.hosts[host], "");
+    let member = driver.member(&crate::lb::HostRef {
+        vars: &vars,
+        env: &[],
+        local_dir: None,
+    });
+    crate::lb::LbAction { op, driver, member }
+}

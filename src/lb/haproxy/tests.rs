@@ -16,15 +16,7 @@ use crate::transport::{ExecObserver, ExecRequest, Exit, Output, Quiet, Transport
 const LOCAL: &str = "[lb]\ndriver = \"haproxy\"\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"app\"\nenable_timeout = \"20s\"";
 
 fn action(extra: &str, op: LbOp) -> LbAction {
-    let stage = stage(2, extra);
-    let driver = stage.lb.clone().expect("haproxy");
-    let vars = stage.vars(&stage.hosts[0], "");
-    let member = driver.member(&HostRef {
-        vars: &vars,
-        env: &[],
-        local_dir: None,
-    });
-    LbAction { op, driver, member }
+    crate::testing::lb_action(2, extra, op, 0)
 }
 
 #[test]

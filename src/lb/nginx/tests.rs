@@ -16,15 +16,7 @@ use crate::transport::{Exit, Quiet};
 const LOCAL: &str = "[lb]\ndriver = \"nginx\"\nupstream_file = \"/etc/nginx/upstreams/shop.conf\"\nserver = \"{address}:8080\"";
 
 fn action(extra: &str, op: LbOp) -> LbAction {
-    let stage = stage(2, extra);
-    let driver = stage.lb.clone().expect("nginx");
-    let vars = stage.vars(&stage.hosts[0], "");
-    let member = driver.member(&HostRef {
-        vars: &vars,
-        env: &[],
-        local_dir: None,
-    });
-    LbAction { op, driver, member }
+    crate::testing::lb_action(2, extra, op, 0)
 }
 
 #[test]

@@ -32,15 +32,7 @@ fn via(extra: &str) -> String {
 }
 
 fn action(extra: &str, op: LbOp, host: usize) -> LbAction {
-    let stage = stage(3, extra);
-    let driver = stage.lb.clone().expect("caddy");
-    let vars = stage.vars(&stage.hosts[host], "");
-    let member = driver.member(&HostRef {
-        vars: &vars,
-        env: &[],
-        local_dir: None,
-    });
-    LbAction { op, driver, member }
+    crate::testing::lb_action(3, extra, op, host)
 }
 
 #[test]
