@@ -23,6 +23,7 @@ pub(super) struct RunEnv<'a> {
 }
 
 /// Builds the steps of one host for one target release.
+#[derive(Clone)]
 pub(super) struct HostSteps<'a> {
     stage: &'a Stage,
     layout: Layout,

@@ -94,7 +94,7 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
             run,
         )
         .revision(&revision)
-        .once(points.clone());
+        .once(points);
         let kept_out = left_out(&out, host);
         if !unchanged {
             let batch = batch_of.get(&host.name).cloned().unwrap_or_default();
@@ -102,20 +102,10 @@ pub fn rollback(input: &RollbackInput<'_>) -> Result<Plan, PlanError> {
                 host.name.clone(),
                 Pipeline {
                     host: host.name.clone(),
-                    steps: steps.in_batch(&batch).rollout(kept_out.is_some()),
+                    steps: steps.clone().in_batch(&batch).rollout(kept_out.is_some()),
                 },
             );
         }
-        let steps = HostSteps::new(
-            settings,
-            Some(host),
-            &target,
-            previous.as_ref(),
-            Operation::Rollback,
-            run,
-        )
-        .revision(&revision)
-        .once(points);
         let host_facts = input.facts.get(&host.name);
         let mut after: Vec<Step> = abandoned
             .iter()

@@ -234,9 +234,7 @@ impl SshTransport {
                 host: host.to_string(),
             }
         })?;
-        if request.stdin.as_ref().is_some_and(|d| d.len() > BULK_INPUT)
-            && self.hosts.len() > BULK_SHARED_UP_TO
-        {
+        if request.stdin.as_ref().is_some_and(|d| d.len() > BULK_INPUT) && self.bulk_apart() {
             return self.run_bulk(host, entry, permit, request, observer).await;
         }
         let connection = &entry.connection;
@@ -317,6 +315,12 @@ impl SshTransport {
             Ran::Done(result) => result,
             Ran::Refused(_) => unreachable!("only a warm shell's refusal is handed back"),
         }
+    }
+
+    /// Whether bulk input goes over a connection of its own (past
+    /// [`BULK_SHARED_UP_TO`] hosts) rather than the run's.
+    fn bulk_apart(&self) -> bool {
+        self.hosts.len() > BULK_SHARED_UP_TO
     }
 
     /// Runs a command with bulk input (the release) on a connection of its
@@ -536,7 +540,7 @@ impl Transport for SshTransport {
     }
 
     fn bulk_at_once(&self) -> usize {
-        if self.hosts.len() > BULK_SHARED_UP_TO {
+        if self.bulk_apart() {
             BULK_APART_AT_ONCE
         } else {
             self.hosts.len()
